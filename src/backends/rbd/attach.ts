@@ -1,0 +1,151 @@
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import { cephArgs, cephArgsEnv, type CephConn } from '../../ceph/conn.js';
+import { internal } from '../../errors.js';
+import { findMount } from '../../mount/mountinfo.js';
+import { loopAttach, loopDetachAll, loopFind, unmount } from '../../mount/mounter.js';
+import { run, runAllowFail } from '../../util/exec.js';
+import type { RbdMounter } from './params.js';
+
+/**
+ * Turning an RBD image into a block device on this node, three ways:
+ * krbd (`rbd device map`, the production default), rbd-nbd, or rbd-fuse with
+ * a loop device over the image file for hosts without the kernel modules.
+ * The command builders are pure so tests can check the exact kernel-path
+ * commands on machines that cannot run them.
+ */
+
+export interface ImageRef {
+  cluster: string;
+  pool: string;
+  image: string;
+}
+
+const T = 60_000;
+
+export function kernelAvailable(kind: 'krbd' | 'rbd-nbd'): boolean {
+  return kind === 'krbd' ? existsSync('/sys/bus/rbd') : existsSync('/sys/module/nbd') || existsSync('/dev/nbd0');
+}
+
+/** krbd where the kernel has it, else rbd-fuse, unless the StorageClass chose. */
+export function chooseMounter(requested: string | undefined): RbdMounter {
+  if (requested === 'krbd' || requested === 'rbd-nbd' || requested === 'rbd-fuse') return requested;
+  return kernelAvailable('krbd') ? 'krbd' : 'rbd-fuse';
+}
+
+const deviceType = (m: 'krbd' | 'rbd-nbd') => (m === 'krbd' ? 'krbd' : 'nbd');
+
+export function mapCommand(m: 'krbd' | 'rbd-nbd', ref: ImageRef, conn: CephConn): [string, string[]] {
+  return ['rbd', [...cephArgs(conn), 'device', 'map', '-t', deviceType(m), `${ref.pool}/${ref.image}`]];
+}
+
+export function unmapCommand(m: 'krbd' | 'rbd-nbd', device: string): [string, string[]] {
+  return ['rbd', ['device', 'unmap', '-t', deviceType(m), device]];
+}
+
+export function listMappedCommand(m: 'krbd' | 'rbd-nbd'): [string, string[]] {
+  return ['rbd', ['device', 'list', '-t', deviceType(m), '--format', 'json']];
+}
+
+export function fuseCommand(ref: ImageRef, mountPoint: string, conn: CephConn): { file: string; args: string[]; env: Record<string, string> } {
+  // rbd-fuse has no --id/--keyfile flags; CEPH_ARGS carries them (FACTS pitfall 21).
+  return { file: 'rbd-fuse', args: ['-c', '/dev/null', '-p', ref.pool, '-r', ref.image, mountPoint], env: { CEPH_ARGS: cephArgsEnv(conn) } };
+}
+
+export class RbdAttacher {
+  constructor(private readonly stateDir: string) {}
+
+  fuseDir(ref: ImageRef): string {
+    return path.join(this.stateDir, 'rbd-fuse', `${ref.cluster}.${ref.pool}.${ref.image}`);
+  }
+
+  async attach(m: RbdMounter, ref: ImageRef, conn: CephConn, log: Logger): Promise<string> {
+    if (m === 'rbd-fuse') return this.attachFuse(ref, conn, log);
+    const existing = await this.findMapped(m, ref, log);
+    if (existing) return existing;
+    const [file, args] = mapCommand(m, ref, conn);
+    return (await run(file, args, { timeoutMs: T, log })).stdout.trim();
+  }
+
+  private async attachFuse(ref: ImageRef, conn: CephConn, log: Logger): Promise<string> {
+    const dir = this.fuseDir(ref);
+    mkdirSync(dir, { recursive: true });
+    if (!(await findMount(dir))) {
+      const c = fuseCommand(ref, dir, conn);
+      await run(c.file, c.args, { timeoutMs: T, env: c.env, log });
+    }
+    return loopAttach(path.join(dir, ref.image), log);
+  }
+
+  /** The device this node has for the image, whichever way it was attached. */
+  async findDevice(ref: ImageRef, log: Logger): Promise<string | undefined> {
+    const dir = this.fuseDir(ref);
+    if (await findMount(dir)) {
+      const dev = await loopFind(path.join(dir, ref.image), log);
+      if (dev) return dev;
+    }
+    for (const m of ['krbd', 'rbd-nbd'] as const) {
+      const dev = await this.findMapped(m, ref, log);
+      if (dev) return dev;
+    }
+    return undefined;
+  }
+
+  private async findMapped(m: 'krbd' | 'rbd-nbd', ref: ImageRef, log: Logger): Promise<string | undefined> {
+    if (!kernelAvailable(m)) return undefined;
+    const [file, args] = listMappedCommand(m);
+    const r = await runAllowFail(file, args, { timeoutMs: T, log });
+    if (r.exitCode !== 0 || !r.stdout.trim()) return undefined;
+    const list = JSON.parse(r.stdout) as Array<{ pool: string; name: string; device: string }>;
+    return list.find((d) => d.pool === ref.pool && d.name === ref.image)?.device;
+  }
+
+  /** Undoes attach whichever way it was done: loop, FUSE process, kernel mapping. */
+  async detach(ref: ImageRef, log: Logger): Promise<void> {
+    const dir = this.fuseDir(ref);
+    if (await findMount(dir)) {
+      await loopDetachAll(path.join(dir, ref.image), log);
+      const pid = fusePid(dir);
+      await unmount(dir, log);
+      // rbd-fuse flushes and exits after the unmount; unstage is done only when it has.
+      if (pid) await waitExit(pid, 20_000);
+    }
+    if (existsSync(dir)) rmdirSync(dir);
+    for (const m of ['krbd', 'rbd-nbd'] as const) {
+      const dev = await this.findMapped(m, ref, log);
+      if (dev) {
+        const [file, args] = unmapCommand(m, dev);
+        await run(file, args, { timeoutMs: T, log });
+      }
+    }
+  }
+}
+
+/** The rbd-fuse process serving `dir`, found from /proc (no pid files to go stale). */
+export function fusePid(dir: string): number | undefined {
+  for (const ent of readdirSync('/proc')) {
+    if (!/^\d+$/.test(ent)) continue;
+    try {
+      const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
+      if (argv[0]?.endsWith('rbd-fuse') && argv.includes(dir)) return Number(ent);
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return undefined;
+}
+
+async function waitExit(pid: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await sleep(20);
+  }
+  throw internal(`FUSE process ${pid} did not exit after unmount`);
+}

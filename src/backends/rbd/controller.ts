@@ -1,0 +1,352 @@
+import type { Logger } from 'pino';
+import pLimit from 'p-limit';
+import type { Config, ClusterConfig } from '../../config/config.js';
+import { findCluster } from '../../config/config.js';
+import { KeyFiles, resolveCephIdentity } from '../../ceph/credentials.js';
+import type { RpcContext } from '../../csi/handler.js';
+import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
+import { GiB, MiB, isBlock, isMultiNodeWriter, isSingleNode, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
+import type * as csi from '../../csi/types.js';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
+import type { ControllerBackend, PublishedVolume } from '../types.js';
+import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
+import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno, type ImageInfo } from './rbd-cli.js';
+
+/**
+ * RBD volumes are images named csi-vol-<hash of the request name>; snapshots
+ * are clone-v2 children named csi-snap-<hash> carrying one snapshot "csi", so a
+ * snapshot outlives its source and restores are plain clones. Everything the
+ * controller needs to remember (request name, attachments, snapshot links)
+ * lives in image metadata, never on local disk.
+ */
+
+const META_VOLUME = 'strata.volume';
+const META_SNAPSHOT = 'strata.snapshot';
+const META_ATTACH = 'strata.attach.';
+const SNAP_NAME = 'csi';
+const DEFAULT_SIZE = GiB;
+
+interface VolumeMeta {
+  v: 1;
+  name: string;
+  fsType?: string;
+  mounter?: string;
+  source?: { snapshot?: string; volume?: string };
+  createdAt: string;
+}
+
+interface SnapshotMeta {
+  v: 1;
+  name: string;
+  source: string;
+  size: number;
+  createdAt: string;
+}
+
+interface Attachment {
+  mode: string;
+  readonly: boolean;
+}
+
+export class RbdController implements ControllerBackend {
+  private readonly keyFiles = new KeyFiles();
+
+  constructor(private readonly cfg: Config) {}
+
+  private cluster(id: string): ClusterConfig {
+    const c = findCluster(this.cfg, id);
+    if (!c?.ceph) throw notFound(`cluster "${id}" is not configured for Ceph`);
+    return c;
+  }
+
+  cli(clusterId: string, secrets: Record<string, string> | undefined, log?: Logger): RbdCli {
+    const c = this.cluster(clusterId);
+    return new RbdCli({ monitors: c.ceph!.monitors, identity: resolveCephIdentity(c, secrets, this.keyFiles) }, log);
+  }
+
+  validateCapabilities(caps: csi.VolumeCapability[]): string | undefined {
+    for (const cap of caps) {
+      if (cap.mount) {
+        if (isMultiNodeWriter(modeOf(cap))) return `RBD file-system volumes cannot be written from several nodes (${modeOf(cap)}); use block mode or CephFS`;
+        const fs = cap.mount.fs_type;
+        if (fs && !FS_TYPES.includes(fs as never)) return `fs_type "${fs}" is not supported (use ${FS_TYPES.join(' or ')})`;
+      }
+    }
+    return undefined;
+  }
+
+  async createVolume(req: csi.CreateVolumeRequest, ctx: RpcContext): Promise<csi.Volume> {
+    const params = parseRbdParams(req.parameters);
+    const size = sizeFromRange(req.capacity_range, DEFAULT_SIZE, MiB);
+    const image = `csi-vol-${nameHash(this.cfg.driverName, req.name)}`;
+    const id = encodeId({ kind: 'v', backend: 'rbd', cluster: params.clusterID, location: [params.pool, image] });
+    const rbd = this.cli(params.clusterID, req.secrets, ctx.log);
+    const fsType = req.volume_capabilities.find((c) => c.mount?.fs_type)?.mount?.fs_type || params.fsType;
+    const meta: VolumeMeta = { v: 1, name: req.name, fsType, mounter: params.mounter, createdAt: new Date().toISOString() };
+    const src = req.volume_content_source;
+    const create = { features: params.imageFeatures, dataPool: params.dataPool };
+
+    let existing = await rbd.info(params.pool, image);
+    if (!existing) {
+      if (src?.snapshot) {
+        meta.source = { snapshot: src.snapshot.snapshot_id };
+        await this.cloneFromSnapshot(rbd, params, src.snapshot.snapshot_id, image, size, create);
+      } else if (src?.volume) {
+        meta.source = { volume: src.volume.volume_id };
+        await this.cloneFromVolume(rbd, params, src.volume.volume_id, image, size, create);
+      } else {
+        try {
+          await rbd.create(params.pool, image, size, create);
+        } catch (e) {
+          // A concurrent retry may have won the race; fall through to the existing-image path.
+          if (!isErrno(e, EEXIST)) throw e;
+        }
+      }
+      existing = await rbd.info(params.pool, image);
+      if (!existing) throw failedPrecondition(`image ${params.pool}/${image} vanished while being created`);
+    } else {
+      const prev = await this.volumeMeta(rbd, params.pool, image);
+      if (prev && prev.name !== req.name) throw alreadyExists(`image ${image} belongs to another volume name`);
+      const prevSrc = prev?.source?.snapshot ?? prev?.source?.volume;
+      const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
+      if (prev && prevSrc !== wantSrc) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
+      if (!sizeFits(existing.size, req.capacity_range) || (!req.capacity_range && existing.size !== DEFAULT_SIZE && !wantSrc)) {
+        throw alreadyExists(`volume "${req.name}" exists with size ${existing.size}, which does not match the request`);
+      }
+      if (prev) return this.toVolume(id, params.clusterID, params.pool, image, existing.size, prev);
+      meta.source = wantSrc ? (src?.snapshot ? { snapshot: wantSrc } : { volume: wantSrc }) : undefined;
+    }
+    // Written last: its presence marks the volume complete, so a retry after a crash finishes the job.
+    await rbd.metaSet(params.pool, image, META_VOLUME, JSON.stringify(meta));
+    return this.toVolume(id, params.clusterID, params.pool, image, existing.size, meta);
+  }
+
+  private async cloneFromSnapshot(rbd: RbdCli, params: RbdParams, snapshotId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
+    const sid = parseId(snapshotId, 's');
+    if (!sid || sid.backend !== 'rbd') throw notFound(`snapshot ${snapshotId} not found`);
+    const [spool, simage] = sid.location as [string, string];
+    if (sid.cluster !== params.clusterID || spool !== params.pool) {
+      throw invalidArgument('a volume can only be restored into the cluster and pool of its snapshot');
+    }
+    const snapInfo = await rbd.info(spool, simage);
+    if (!snapInfo) throw notFound(`snapshot ${snapshotId} not found`);
+    if (size < snapInfo.size) throw outOfRange(`requested size ${size} is smaller than the snapshot (${snapInfo.size} bytes)`);
+    await rbd.clone(params.pool, simage, SNAP_NAME, image, create);
+    if (size > snapInfo.size) await rbd.resize(params.pool, image, size);
+  }
+
+  private async cloneFromVolume(rbd: RbdCli, params: RbdParams, volumeId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
+    const vid = parseId(volumeId, 'v');
+    if (!vid || vid.backend !== 'rbd') throw notFound(`source volume ${volumeId} not found`);
+    const [vpool, vimage] = vid.location as [string, string];
+    if (vid.cluster !== params.clusterID || vpool !== params.pool) throw invalidArgument('a volume can only be cloned within its cluster and pool');
+    const srcInfo = await rbd.info(vpool, vimage);
+    if (!srcInfo) throw notFound(`source volume ${volumeId} not found`);
+    if (size < srcInfo.size) throw outOfRange(`requested size ${size} is smaller than the source volume (${srcInfo.size} bytes)`);
+    // A temporary snapshot named after the new image; with clone v2 removing it
+    // only moves it to the trash namespace until the clone no longer needs it.
+    await rbd.snapCreate(vpool, vimage, image);
+    await rbd.clone(vpool, vimage, image, image, create);
+    await rbd.snapRemove(vpool, vimage, image);
+    if (size > srcInfo.size) await rbd.resize(params.pool, image, size);
+  }
+
+  private toVolume(id: string, clusterID: string, pool: string, image: string, size: number, meta: VolumeMeta): csi.Volume {
+    const ctx: Record<string, string> = { clusterID, pool, imageName: image };
+    if (meta.fsType) ctx.fsType = meta.fsType;
+    if (meta.mounter) ctx.mounter = meta.mounter;
+    const vol: csi.Volume = { volume_id: id, capacity_bytes: size, volume_context: ctx };
+    if (meta.source?.snapshot) vol.content_source = { snapshot: { snapshot_id: meta.source.snapshot } };
+    else if (meta.source?.volume) vol.content_source = { volume: { volume_id: meta.source.volume } };
+    const topo = this.cluster(clusterID).topology;
+    if (topo) vol.accessible_topology = [{ segments: topo }];
+    return vol;
+  }
+
+  private async volumeMeta(rbd: RbdCli, pool: string, image: string): Promise<VolumeMeta | undefined> {
+    const all = await rbd.metaList(pool, image);
+    return all[META_VOLUME] ? (JSON.parse(all[META_VOLUME]) as VolumeMeta) : undefined;
+  }
+
+  async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
+    const [pool, image] = id.location as [string, string];
+    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    const info = await rbd.info(pool, image);
+    if (!info) return;
+    await this.removeImage(rbd, pool, info, ctx);
+  }
+
+  /** Removes (or trashes) an image, then purges trashed ancestors nothing needs any more. */
+  private async removeImage(rbd: RbdCli, pool: string, info: ImageInfo, ctx: RpcContext): Promise<void> {
+    let result;
+    try {
+      result = await rbd.remove(pool, info.name);
+    } catch (e) {
+      if (isErrno(e, EBUSY)) throw failedPrecondition(`volume is still in use: image ${pool}/${info.name} has watchers`);
+      throw e;
+    }
+    ctx.log.debug({ image: info.name, result }, 'image removed');
+    let parent = info.parent;
+    while (result !== 'trashed' && parent?.trash) {
+      const next = await rbd.infoById(parent.pool, parent.id);
+      if (!(await rbd.trashRemove(parent.pool, parent.id))) break;
+      ctx.log.debug({ id: parent.id }, 'purged trashed parent');
+      parent = next?.parent;
+    }
+  }
+
+  async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
+    const [pool, image] = id.location as [string, string];
+    const rbd = this.cli(id.cluster, req.secrets, ctx.log);
+    if (!(await rbd.info(pool, image))) throw notFound(`volume ${req.volume_id} not found`);
+    const meta = await rbd.metaList(pool, image);
+    const mode = modeOf(req.volume_capability);
+    const mine = meta[META_ATTACH + req.node_id];
+    if (mine) {
+      const a = JSON.parse(mine) as Attachment;
+      if (a.readonly !== req.readonly || a.mode !== mode) {
+        throw alreadyExists(`volume is already published to node ${req.node_id} with different options`);
+      }
+      return {};
+    }
+    const others = Object.keys(meta).filter((k) => k.startsWith(META_ATTACH)).map((k) => k.slice(META_ATTACH.length));
+    if (others.length && isSingleNode(mode)) {
+      throw failedPrecondition(`volume has a single-node access mode and is attached to node ${others[0]}`);
+    }
+    const held = others.map((n) => JSON.parse(meta[META_ATTACH + n]!) as Attachment).find((a) => isSingleNode(a.mode as never));
+    if (held) throw failedPrecondition(`volume is attached with a single-node access mode to node ${others[0]}`);
+    await rbd.metaSet(pool, image, META_ATTACH + req.node_id, JSON.stringify({ mode, readonly: req.readonly } satisfies Attachment));
+    return {};
+  }
+
+  async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
+    const [pool, image] = id.location as [string, string];
+    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    if (!(await rbd.info(pool, image))) return;
+    if (nodeId) return rbd.metaRemove(pool, image, META_ATTACH + nodeId);
+    const meta = await rbd.metaList(pool, image);
+    for (const k of Object.keys(meta).filter((k) => k.startsWith(META_ATTACH))) await rbd.metaRemove(pool, image, k);
+  }
+
+  async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {
+    const [pool, image] = id.location as [string, string];
+    if (!image?.startsWith('csi-vol-')) return undefined;
+    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    const info = await rbd.info(pool, image);
+    if (!info) return undefined;
+    const meta = await rbd.metaList(pool, image);
+    const vm = meta[META_VOLUME] ? (JSON.parse(meta[META_VOLUME]) as VolumeMeta) : undefined;
+    const publishedNodes = Object.keys(meta).filter((k) => k.startsWith(META_ATTACH)).map((k) => k.slice(META_ATTACH.length)).sort();
+    return {
+      volume: this.toVolume(encodeId(id), id.cluster, pool, image, info.size, vm ?? { v: 1, name: '', createdAt: '' }),
+      publishedNodes,
+      abnormal: vm ? undefined : 'image has no Strata metadata: creation did not finish',
+    };
+  }
+
+  async listVolumeIds(clusterId: string, ctx: RpcContext): Promise<string[]> {
+    return this.listImages(clusterId, 'csi-vol-', 'v', {}, ctx);
+  }
+
+  private async listImages(clusterId: string, prefix: string, kind: 'v' | 's', secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
+    const rbd = this.cli(clusterId, secrets, ctx.log);
+    const pools = await rbd.rbdPools();
+    const ids: string[] = [];
+    for (const p of pools) {
+      for (const img of await rbd.list(p.name)) {
+        if (img.startsWith(prefix)) ids.push(encodeId({ kind, backend: 'rbd', cluster: clusterId, location: [p.name, img] }));
+      }
+    }
+    return ids.sort();
+  }
+
+  async getCapacity(clusterId: string, params: Record<string, string>, ctx: RpcContext): Promise<number> {
+    const rbd = this.cli(clusterId, {}, ctx.log);
+    if (params.pool) return (await rbd.poolAvailable(params.pool)) ?? 0;
+    // No pool named: the largest any RBD pool can take (pools share OSDs, so a sum would overstate).
+    return Math.max(0, ...(await rbd.rbdPools()).map((p) => p.maxAvail));
+  }
+
+  async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
+    const [pool, image] = id.location as [string, string];
+    const rbd = this.cli(id.cluster, req.secrets, ctx.log);
+    const info = await rbd.info(pool, image);
+    if (!info) throw notFound(`volume ${req.volume_id} not found`);
+    const size = sizeFromRange(req.capacity_range, info.size, MiB);
+    if (size > info.size) await rbd.resize(pool, image, size);
+    return { capacity_bytes: Math.max(size, info.size), node_expansion_required: !isBlock(req.volume_capability) };
+  }
+
+  async createSnapshot(sourceId: ObjectId, req: csi.CreateSnapshotRequest, ctx: RpcContext): Promise<csi.Snapshot> {
+    const [pool, srcImage] = sourceId.location as [string, string];
+    const rbd = this.cli(sourceId.cluster, req.secrets, ctx.log);
+    const snapImage = `csi-snap-${nameHash(this.cfg.driverName, req.name)}`;
+    const snapshotId = encodeId({ kind: 's', backend: 'rbd', cluster: sourceId.cluster, location: [pool, snapImage] });
+    const sourceVolumeId = encodeId(sourceId);
+    const done = await this.snapshotMeta(rbd, pool, snapImage);
+    if (done) {
+      if (done.source !== sourceVolumeId) throw alreadyExists(`snapshot "${req.name}" exists for another source volume`);
+      return toSnapshot(snapshotId, done);
+    }
+    const src = await rbd.info(pool, srcImage);
+    if (!src) throw notFound(`source volume ${sourceVolumeId} not found`);
+    // Each step tolerates a retry after a crash part-way through; the metadata written last marks completion.
+    if (!(await rbd.info(pool, snapImage))) {
+      await rbd.snapCreate(pool, srcImage, snapImage);
+      await rbd.clone(pool, srcImage, snapImage, snapImage, { features: src.features.filter((f) => f !== 'operations') });
+    }
+    await rbd.snapCreate(pool, snapImage, SNAP_NAME);
+    await rbd.snapRemove(pool, srcImage, snapImage);
+    const meta: SnapshotMeta = { v: 1, name: req.name, source: sourceVolumeId, size: src.size, createdAt: new Date().toISOString() };
+    await rbd.metaSet(pool, snapImage, META_SNAPSHOT, JSON.stringify(meta));
+    return toSnapshot(snapshotId, meta);
+  }
+
+  private async snapshotMeta(rbd: RbdCli, pool: string, image: string): Promise<SnapshotMeta | undefined> {
+    try {
+      const all = await rbd.metaList(pool, image);
+      return all[META_SNAPSHOT] ? (JSON.parse(all[META_SNAPSHOT]) as SnapshotMeta) : undefined;
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return undefined;
+      throw e;
+    }
+  }
+
+  async deleteSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
+    const [pool, image] = id.location as [string, string];
+    if (!image?.startsWith('csi-snap-')) return;
+    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    const info = await rbd.info(pool, image);
+    if (!info) return;
+    await rbd.snapRemove(pool, image, SNAP_NAME);
+    await this.removeImage(rbd, pool, info, ctx);
+  }
+
+  async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {
+    const [pool, image] = id.location as [string, string];
+    if (!image?.startsWith('csi-snap-')) return undefined;
+    const meta = await this.snapshotMeta(this.cli(id.cluster, secrets, ctx.log), pool, image);
+    return meta ? toSnapshot(encodeId(id), meta) : undefined;
+  }
+
+  async listSnapshotIds(clusterId: string, source: ObjectId | undefined, secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
+    const all = await this.listImages(clusterId, 'csi-snap-', 's', secrets, ctx);
+    if (!source) return all;
+    const want = encodeId(source);
+    const limit = pLimit(8);
+    const rbd = this.cli(clusterId, secrets, ctx.log);
+    const metas = await Promise.all(all.map((sid) => limit(() => this.snapshotMeta(rbd, ...(parseId(sid, 's')!.location as [string, string])))));
+    return all.filter((_, i) => metas[i]?.source === want);
+  }
+}
+
+function toSnapshot(snapshotId: string, m: SnapshotMeta): csi.Snapshot {
+  const ms = Date.parse(m.createdAt);
+  return {
+    snapshot_id: snapshotId,
+    source_volume_id: m.source,
+    size_bytes: m.size,
+    ready_to_use: true,
+    creation_time: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 },
+  };
+}

@@ -1,0 +1,114 @@
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Config } from '../../config/config.js';
+import { findCluster } from '../../config/config.js';
+import type { CephConn } from '../../ceph/conn.js';
+import { KeyFiles, resolveCephIdentity } from '../../ceph/credentials.js';
+import { isReadOnlyMode, isSingleNode, modeOf } from '../../csi/capabilities.js';
+import type { RpcContext } from '../../csi/handler.js';
+import type { ObjectId } from '../../csi/ids.js';
+import type * as csi from '../../csi/types.js';
+import { failedPrecondition, notFound } from '../../errors.js';
+import { findMount } from '../../mount/mountinfo.js';
+import { bindMount, detectFs, deviceSize, growFs, loopRefresh, mkfs, mount, unmount } from '../../mount/mounter.js';
+import type { NodeBackend } from '../types.js';
+import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
+import { RbdCli } from './rbd-cli.js';
+
+/**
+ * Node side of RBD: attach the image, make a file system only on a blank
+ * device, mount it at the staging path (or, for raw block, bind the device to
+ * <staging>/dev). Everything is found again from mountinfo, losetup and the
+ * kernel's mapping list, so a restarted node plugin picks up where it was.
+ */
+
+import { STAGED_BLOCK_FILE as BLOCK_FILE } from '../types.js';
+
+export class RbdNode implements NodeBackend {
+  private readonly keyFiles = new KeyFiles();
+  readonly attacher: RbdAttacher;
+
+  constructor(
+    private readonly cfg: Config,
+    stateDir: string,
+  ) {
+    this.attacher = new RbdAttacher(stateDir);
+  }
+
+  private ref(id: ObjectId): ImageRef {
+    const [pool, image] = id.location as [string, string];
+    return { cluster: id.cluster, pool, image };
+  }
+
+  private conn(clusterId: string, secrets: Record<string, string>): CephConn {
+    const c = findCluster(this.cfg, clusterId);
+    if (!c?.ceph) throw notFound(`cluster "${clusterId}" is not configured for Ceph`);
+    return { monitors: c.ceph.monitors, identity: resolveCephIdentity(c, secrets, this.keyFiles) };
+  }
+
+  async stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void> {
+    const cap = req.volume_capability!;
+    const staging = req.staging_target_path;
+    const target = cap.block ? path.join(staging, BLOCK_FILE) : staging;
+    if (await findMount(target)) return; // already staged
+    const ref = this.ref(id);
+    const conn = this.conn(id.cluster, req.secrets);
+    const rbd = new RbdCli(conn, ctx.log);
+    if (!(await rbd.info(ref.pool, ref.image))) throw notFound(`volume ${req.volume_id} not found`);
+    const mode = modeOf(cap);
+    const ours = await this.attacher.findDevice(ref, ctx.log);
+    if (!ours && isSingleNode(mode)) {
+      // The node-side fence: a single-writer image already open elsewhere (a node
+      // the controller thinks is gone, or a stale attachment) must not be opened again.
+      const watchers = await rbd.watchers(ref.pool, ref.image);
+      if (watchers.length) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
+    }
+    const mounter = chooseMounter(req.volume_context.mounter);
+    const device = ours ?? (await this.attacher.attach(mounter, ref, conn, ctx.log));
+    try {
+      mkdirSync(staging, { recursive: true });
+      if (cap.block) {
+        writeFileSync(target, '');
+        await bindMount(device, target, false, [], ctx.log);
+        return;
+      }
+      const readonly = isReadOnlyMode(mode);
+      const wanted = cap.mount?.fs_type || req.volume_context.fsType || 'ext4';
+      let fs = await detectFs(device, ctx.log);
+      if (!fs) {
+        if (readonly) throw failedPrecondition('a blank volume cannot be staged read-only: it has no file system yet');
+        await mkfs(wanted, device, ctx.log);
+        fs = wanted;
+      } else if (fs !== wanted) {
+        ctx.log.warn({ found: fs, wanted }, 'volume already has a different file system; mounting it as it is');
+      }
+      const opts = [...(cap.mount?.mount_flags ?? [])];
+      if (readonly) opts.push('ro', fs === 'xfs' ? 'norecovery' : 'noload');
+      await mount(device, staging, fs, opts, ctx.log);
+    } catch (e) {
+      await this.attacher.detach(ref, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
+      throw e;
+    }
+  }
+
+  async unstage(id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
+    const blockFile = path.join(staging, BLOCK_FILE);
+    if (await findMount(blockFile)) await unmount(blockFile, ctx.log);
+    rmSync(blockFile, { force: true });
+    await unmount(staging, ctx.log);
+    await this.attacher.detach(this.ref(id), ctx.log);
+  }
+
+  async expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number> {
+    const device = await this.attacher.findDevice(this.ref(id), ctx.log);
+    if (!device) throw failedPrecondition(`volume ${req.volume_id} is not attached on this node`);
+    // A loop device keeps its old size until told to look again; kernel mappings update themselves.
+    if (device.startsWith('/dev/loop')) await loopRefresh(device, ctx.log);
+    if (!req.volume_capability?.block) {
+      const m = (await findMount(req.volume_path)) ?? (req.staging_target_path ? await findMount(req.staging_target_path) : undefined);
+      if (!m) throw failedPrecondition(`${req.volume_path} is not mounted`);
+      if (m.fsType !== 'fuse' && !m.fsType.startsWith('fuse.')) await growFs(m.fsType, device, m.mountPoint, ctx.log);
+    }
+    return deviceSize(device, ctx.log);
+  }
+}

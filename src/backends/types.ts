@@ -1,0 +1,49 @@
+import type { RpcContext } from '../csi/handler.js';
+import type { ObjectId } from '../csi/ids.js';
+import type * as csi from '../csi/types.js';
+
+/**
+ * What a storage backend implements. The gRPC layer (src/csi) validates the
+ * generic shape of each request, resolves ids and dispatches here; backends
+ * own everything storage specific and throw CsiErrors for the rest.
+ */
+
+/** Staged raw-block volumes are bound to this file inside the staging directory. */
+export const STAGED_BLOCK_FILE = 'dev';
+
+export interface PublishedVolume {
+  volume: csi.Volume;
+  publishedNodes: string[];
+  abnormal?: string;
+}
+
+export interface Page<T> {
+  items: T[];
+  nextToken: string;
+}
+
+export interface ControllerBackend {
+  createVolume(req: csi.CreateVolumeRequest, ctx: RpcContext): Promise<csi.Volume>;
+  deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void>;
+  publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>>;
+  unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void>;
+  /** Undefined when the volume does not exist. */
+  getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined>;
+  /** Every volume id this backend holds on a cluster, sorted, for ListVolumes paging. */
+  listVolumeIds(cluster: string, ctx: RpcContext): Promise<string[]>;
+  validateCapabilities(caps: csi.VolumeCapability[]): string | undefined;
+  getCapacity(cluster: string, params: Record<string, string>, ctx: RpcContext): Promise<number>;
+  expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse>;
+  createSnapshot(sourceId: ObjectId, req: csi.CreateSnapshotRequest, ctx: RpcContext): Promise<csi.Snapshot>;
+  deleteSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void>;
+  /** Undefined when the snapshot does not exist. */
+  getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined>;
+  /** Snapshot ids, sorted; of one source volume when given. */
+  listSnapshotIds(cluster: string, source: ObjectId | undefined, secrets: Record<string, string>, ctx: RpcContext): Promise<string[]>;
+}
+
+export interface NodeBackend {
+  stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void>;
+  unstage(id: ObjectId, stagingPath: string, ctx: RpcContext): Promise<void>;
+  expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number>;
+}

@@ -1,0 +1,68 @@
+import type { VolumeCapability__Output } from './gen/csi/v1/VolumeCapability.js';
+import type { CapacityRange__Output } from './gen/csi/v1/CapacityRange.js';
+import { invalidArgument, outOfRange } from '../errors.js';
+
+/** Helpers for the parts of requests every backend reads the same way. */
+
+export type AccessMode = NonNullable<VolumeCapability__Output['access_mode']>['mode'];
+
+const SINGLE_NODE = new Set<string>(['SINGLE_NODE_WRITER', 'SINGLE_NODE_READER_ONLY', 'SINGLE_NODE_SINGLE_WRITER', 'SINGLE_NODE_MULTI_WRITER']);
+const READ_ONLY = new Set<string>(['SINGLE_NODE_READER_ONLY', 'MULTI_NODE_READER_ONLY']);
+const MULTI_WRITER = new Set<string>(['MULTI_NODE_SINGLE_WRITER', 'MULTI_NODE_MULTI_WRITER']);
+
+export const isSingleNode = (m: AccessMode) => SINGLE_NODE.has(m);
+export const isReadOnlyMode = (m: AccessMode) => READ_ONLY.has(m);
+export const isMultiNodeWriter = (m: AccessMode) => MULTI_WRITER.has(m);
+
+export function modeOf(cap: VolumeCapability__Output | null | undefined): AccessMode {
+  return cap?.access_mode?.mode ?? 'UNKNOWN';
+}
+
+export function isBlock(cap: VolumeCapability__Output | null | undefined): boolean {
+  return !!cap?.block;
+}
+
+/** Checks the structure the spec requires; backends then decide what they support. */
+export function requireCapability(cap: VolumeCapability__Output | null | undefined, what = 'volume_capability'): VolumeCapability__Output {
+  if (!cap) throw invalidArgument(`${what} is required`);
+  if (!cap.block && !cap.mount) throw invalidArgument(`${what} must set an access type (block or mount)`);
+  if (!cap.access_mode || cap.access_mode.mode === 'UNKNOWN') throw invalidArgument(`${what} must set an access mode`);
+  return cap;
+}
+
+export function requireCapabilities(caps: VolumeCapability__Output[] | undefined): VolumeCapability__Output[] {
+  if (!caps || caps.length === 0) throw invalidArgument('volume_capabilities are required');
+  caps.forEach((c, i) => requireCapability(c, `volume_capabilities[${i}]`));
+  return caps;
+}
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+
+/**
+ * Picks a size from a capacity range: the required bytes rounded up to the
+ * backend's granularity, or the default when nothing is asked. A limit below
+ * what we can provide is OUT_OF_RANGE, as the spec says.
+ */
+export function sizeFromRange(range: CapacityRange__Output | null | undefined, defaultBytes: number, granularity: number): number {
+  const required = Number(range?.required_bytes ?? 0);
+  const limit = Number(range?.limit_bytes ?? 0);
+  if (required < 0 || limit < 0) throw invalidArgument('capacity_range values must not be negative');
+  if (limit && required > limit) throw outOfRange(`required_bytes ${required} is more than limit_bytes ${limit}`);
+  const want = required || (limit ? Math.min(defaultBytes, limit) : defaultBytes);
+  const rounded = Math.ceil(want / granularity) * granularity;
+  if (limit && rounded > limit) {
+    // Rounding up would cross the limit: round down instead if that still meets the requirement.
+    const down = Math.floor(limit / granularity) * granularity;
+    if (down >= required && down > 0) return down;
+    throw outOfRange(`no size that is a multiple of ${granularity} bytes fits between ${required} and ${limit}`);
+  }
+  return rounded;
+}
+
+/** True when `size` satisfies the range (used to decide if an existing volume matches a retry). */
+export function sizeFits(size: number, range: CapacityRange__Output | null | undefined): boolean {
+  const required = Number(range?.required_bytes ?? 0);
+  const limit = Number(range?.limit_bytes ?? 0);
+  return size >= required && (!limit || size <= limit);
+}

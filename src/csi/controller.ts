@@ -1,0 +1,268 @@
+import pLimit from 'p-limit';
+import type { Config } from '../config/config.js';
+import { findCluster } from '../config/config.js';
+import type { ControllerBackend } from '../backends/types.js';
+import { aborted, invalidArgument, notFound, unimplemented } from '../errors.js';
+import { requireCapabilities, requireCapability } from './capabilities.js';
+import type { ControllerHandlers } from './gen/csi/v1/Controller.js';
+import type { _csi_v1_ControllerServiceCapability_RPC_Type as ControllerServiceCapability_RPC_Type } from './gen/csi/v1/ControllerServiceCapability.js';
+import type { _csi_v1_ListVolumesResponse_Entry as ListVolumesEntry } from './gen/csi/v1/ListVolumesResponse.js';
+import type { ListSnapshotsResponse } from './gen/csi/v1/ListSnapshotsResponse.js';
+import { wrap, type RpcContext, type RpcRuntime } from './handler.js';
+import { parseId, type Backend, type ObjectId } from './ids.js';
+
+/**
+ * The Controller service: generic request checks and dispatch to the backend
+ * named by the StorageClass (CreateVolume) or by the id (everything else).
+ */
+
+export type ControllerBackends = Partial<Record<Backend, ControllerBackend>>;
+
+const CAPS: ControllerServiceCapability_RPC_Type[] = [
+  'CREATE_DELETE_VOLUME',
+  'PUBLISH_UNPUBLISH_VOLUME',
+  'LIST_VOLUMES',
+  'LIST_VOLUMES_PUBLISHED_NODES',
+  'GET_CAPACITY',
+  'CREATE_DELETE_SNAPSHOT',
+  'LIST_SNAPSHOTS',
+  'GET_SNAPSHOT',
+  'CLONE_VOLUME',
+  'PUBLISH_READONLY',
+  'EXPAND_VOLUME',
+  'GET_VOLUME',
+  'VOLUME_CONDITION',
+];
+
+const required = (v: string | undefined, field: string): string => {
+  if (!v) throw invalidArgument(`${field} is required`);
+  return v;
+};
+
+/** Parses an id whose absence is an error: unknown or malformed ids are NOT_FOUND. */
+function knownId(backends: ControllerBackends, s: string, kind: 'v' | 's'): { id: ObjectId; backend: ControllerBackend } {
+  const id = parseId(s, kind);
+  const backend = id && backends[id.backend];
+  if (!id || !backend) throw notFound(`${kind === 'v' ? 'volume' : 'snapshot'} ${s} not found`);
+  return { id, backend };
+}
+
+/** Parses an id for an idempotent removal: undefined means "nothing of ours, nothing to do". */
+function maybeId(backends: ControllerBackends, s: string, kind: 'v' | 's') {
+  const id = parseId(s, kind);
+  const backend = id && backends[id.backend];
+  return id && backend ? { id, backend } : undefined;
+}
+
+/** Offsets as page tokens: ids are listed sorted, so an offset is stable enough between pages. */
+function page<T>(all: T[], maxEntries: number, token: string): { items: T[]; next: string } {
+  if (maxEntries < 0) throw invalidArgument('max_entries must not be negative');
+  let start = 0;
+  if (token) {
+    if (!/^\d+$/.test(token) || Number(token) > all.length) throw aborted(`starting_token "${token}" is not valid`);
+    start = Number(token);
+  }
+  const end = maxEntries ? Math.min(all.length, start + maxEntries) : all.length;
+  return { items: all.slice(start, end), next: end < all.length ? String(end) : '' };
+}
+
+export function controllerService(rt: RpcRuntime, cfg: Config, backends: ControllerBackends): ControllerHandlers {
+  const limit = pLimit(8);
+  const byVolume = <R extends { volume_id: string }>(r: R) => [r.volume_id];
+
+  const backendFor = (params: Record<string, string>): { backend: ControllerBackend; cluster: string } => {
+    const name = params.backend;
+    if (!name) throw invalidArgument('parameter "backend" is required (rbd, cephfs or s3)');
+    const backend = backends[name as Backend];
+    if (!backend) throw invalidArgument(`parameter "backend": "${name}" is not available in this driver`);
+    const cluster = required(params.clusterID, 'parameter "clusterID"');
+    if (!findCluster(cfg, cluster)) throw invalidArgument(`parameter "clusterID": cluster "${cluster}" is not in the driver config`);
+    return { backend, cluster };
+  };
+
+  /** Every (cluster, backend) pair, for the listing RPCs that carry no parameters. */
+  const everywhere = (): Array<{ cluster: string; backend: ControllerBackend }> =>
+    cfg.clusters.flatMap((c) => (c.ceph && backends.rbd ? [{ cluster: c.id, backend: backends.rbd }] : []));
+
+  const listAll = async (f: (b: ControllerBackend, cluster: string) => Promise<string[]>): Promise<string[]> =>
+    (await Promise.all(everywhere().map(({ cluster, backend }) => f(backend, cluster)))).flat().sort();
+
+  return {
+    CreateVolume: wrap(
+      rt,
+      'CreateVolume',
+      async (req, ctx) => {
+        required(req.name, 'name');
+        const caps = requireCapabilities(req.volume_capabilities);
+        const { backend } = backendFor(req.parameters);
+        const why = backend.validateCapabilities(caps);
+        if (why) throw invalidArgument(why);
+        const src = req.volume_content_source;
+        if (src && !src.snapshot?.snapshot_id && !src.volume?.volume_id) throw invalidArgument('volume_content_source names no snapshot or volume');
+        return { volume: await backend.createVolume(req, ctx) };
+      },
+      { lockKeys: (r) => [`name:${r.name}`] },
+    ),
+
+    DeleteVolume: wrap(
+      rt,
+      'DeleteVolume',
+      async (req, ctx) => {
+        const t = maybeId(backends, required(req.volume_id, 'volume_id'), 'v');
+        if (t) await t.backend.deleteVolume(t.id, req.secrets, ctx);
+        return {};
+      },
+      { lockKeys: byVolume },
+    ),
+
+    ControllerPublishVolume: wrap(
+      rt,
+      'ControllerPublishVolume',
+      async (req, ctx) => {
+        required(req.volume_id, 'volume_id');
+        required(req.node_id, 'node_id');
+        requireCapability(req.volume_capability);
+        const { id, backend } = knownId(backends, req.volume_id, 'v');
+        const why = backend.validateCapabilities([req.volume_capability!]);
+        if (why) throw invalidArgument(why);
+        return { publish_context: await backend.publish(id, req, ctx) };
+      },
+      { lockKeys: byVolume },
+    ),
+
+    ControllerUnpublishVolume: wrap(
+      rt,
+      'ControllerUnpublishVolume',
+      async (req, ctx) => {
+        const t = maybeId(backends, required(req.volume_id, 'volume_id'), 'v');
+        if (t) await t.backend.unpublish(t.id, req.node_id, req.secrets, ctx);
+        return {};
+      },
+      { lockKeys: byVolume },
+    ),
+
+    ValidateVolumeCapabilities: wrap(rt, 'ValidateVolumeCapabilities', async (req, ctx) => {
+      required(req.volume_id, 'volume_id');
+      const caps = requireCapabilities(req.volume_capabilities);
+      const { id, backend } = knownId(backends, req.volume_id, 'v');
+      if (!(await backend.getVolume(id, req.secrets, ctx))) throw notFound(`volume ${req.volume_id} not found`);
+      const why = backend.validateCapabilities(caps);
+      if (why) return { message: why };
+      return { confirmed: { volume_context: req.volume_context, volume_capabilities: caps, parameters: req.parameters } };
+    }),
+
+    ListVolumes: wrap(rt, 'ListVolumes', async (req, ctx) => {
+      const all = await listAll((b, c) => b.listVolumeIds(c, ctx));
+      const { items, next } = page(all, req.max_entries, req.starting_token);
+      const entries = await Promise.all(items.map((vid) => limit(() => volumeEntry(backends, vid, ctx))));
+      return { entries: entries.filter((e): e is NonNullable<typeof e> => !!e) as ListVolumesEntry[], next_token: next };
+    }),
+
+    ControllerGetVolume: wrap(rt, 'ControllerGetVolume', async (req, ctx) => {
+      const { id, backend } = knownId(backends, required(req.volume_id, 'volume_id'), 'v');
+      const v = await backend.getVolume(id, {}, ctx);
+      if (!v) throw notFound(`volume ${req.volume_id} not found`);
+      return {
+        volume: v.volume,
+        status: { published_node_ids: v.publishedNodes, volume_condition: { abnormal: !!v.abnormal, message: v.abnormal ?? 'volume is healthy' } },
+      };
+    }),
+
+    GetCapacity: wrap(rt, 'GetCapacity', async (req, ctx) => {
+      if (req.volume_capabilities?.length) requireCapabilities(req.volume_capabilities);
+      const params = req.parameters ?? {};
+      if (params.backend || params.clusterID) {
+        const { backend, cluster } = backendFor(params);
+        return { available_capacity: await backend.getCapacity(cluster, params, ctx) };
+      }
+      const all = await Promise.all(everywhere().map(({ cluster, backend }) => backend.getCapacity(cluster, params, ctx)));
+      return { available_capacity: Math.max(0, ...all) };
+    }),
+
+    ControllerGetCapabilities: wrap(rt, 'ControllerGetCapabilities', async () => ({
+      capabilities: CAPS.map((type) => ({ rpc: { type } })),
+    })),
+
+    CreateSnapshot: wrap(
+      rt,
+      'CreateSnapshot',
+      async (req, ctx) => {
+        required(req.name, 'name');
+        const { id, backend } = knownId(backends, required(req.source_volume_id, 'source_volume_id'), 'v');
+        return { snapshot: await backend.createSnapshot(id, req, ctx) };
+      },
+      { lockKeys: (r) => [`snap:${r.name}`, r.source_volume_id] },
+    ),
+
+    DeleteSnapshot: wrap(
+      rt,
+      'DeleteSnapshot',
+      async (req, ctx) => {
+        const t = maybeId(backends, required(req.snapshot_id, 'snapshot_id'), 's');
+        if (t) await t.backend.deleteSnapshot(t.id, req.secrets, ctx);
+        return {};
+      },
+      { lockKeys: (r) => [r.snapshot_id] },
+    ),
+
+    ListSnapshots: wrap(rt, 'ListSnapshots', async (req, ctx) => {
+      type Entry = NonNullable<ListSnapshotsResponse['entries']>[number];
+      if (req.snapshot_id) {
+        const t = maybeId(backends, req.snapshot_id, 's');
+        const s = t && (await t.backend.getSnapshot(t.id, req.secrets, ctx));
+        const match = s && (!req.source_volume_id || s.source_volume_id === req.source_volume_id);
+        return { entries: match ? [{ snapshot: s }] : [], next_token: '' };
+      }
+      let all: string[];
+      if (req.source_volume_id) {
+        const t = maybeId(backends, req.source_volume_id, 'v');
+        all = t ? await t.backend.listSnapshotIds(t.id.cluster, t.id, req.secrets, ctx) : [];
+      } else {
+        all = await listAll((b, c) => b.listSnapshotIds(c, undefined, req.secrets, ctx));
+      }
+      const { items, next } = page(all, req.max_entries, req.starting_token);
+      const snaps = await Promise.all(
+        items.map((sid) =>
+          limit(async () => {
+            const t = maybeId(backends, sid, 's');
+            return t && t.backend.getSnapshot(t.id, req.secrets, ctx);
+          }),
+        ),
+      );
+      return { entries: snaps.filter(Boolean).map((s) => ({ snapshot: s }) as Entry), next_token: next };
+    }),
+
+    GetSnapshot: wrap(rt, 'GetSnapshot', async (req, ctx) => {
+      const { id, backend } = knownId(backends, required(req.snapshot_id, 'snapshot_id'), 's');
+      const s = await backend.getSnapshot(id, req.secrets, ctx);
+      if (!s) throw notFound(`snapshot ${req.snapshot_id} not found`);
+      return { snapshot: s };
+    }),
+
+    ControllerExpandVolume: wrap(
+      rt,
+      'ControllerExpandVolume',
+      async (req, ctx) => {
+        required(req.volume_id, 'volume_id');
+        if (!req.capacity_range) throw invalidArgument('capacity_range is required');
+        const { id, backend } = knownId(backends, req.volume_id, 'v');
+        return backend.expand(id, req, ctx);
+      },
+      { lockKeys: byVolume },
+    ),
+
+    ControllerModifyVolume: wrap(rt, 'ControllerModifyVolume', async () => {
+      throw unimplemented('ControllerModifyVolume is not supported');
+    }),
+  };
+}
+
+async function volumeEntry(backends: ControllerBackends, vid: string, ctx: RpcContext) {
+  const t = maybeId(backends, vid, 'v');
+  const v = t && (await t.backend.getVolume(t.id, {}, ctx));
+  if (!v) return undefined; // deleted between listing and reading
+  return {
+    volume: v.volume,
+    status: { published_node_ids: v.publishedNodes, volume_condition: { abnormal: !!v.abnormal, message: v.abnormal ?? 'volume is healthy' } },
+  };
+}

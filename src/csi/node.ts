@@ -1,0 +1,167 @@
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { STAGED_BLOCK_FILE, type NodeBackend } from '../backends/types.js';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errors.js';
+import { findMount, isReadOnly } from '../mount/mountinfo.js';
+import { bindMount, deviceSize, fsUsage, pathKind, unmount } from '../mount/mounter.js';
+import { isReadOnlyMode, modeOf, requireCapability } from './capabilities.js';
+import type { NodeHandlers } from './gen/csi/v1/Node.js';
+import type { VolumeUsage } from './gen/csi/v1/VolumeUsage.js';
+import { wrap, type RpcRuntime } from './handler.js';
+import { parseId, type Backend } from './ids.js';
+
+/**
+ * The Node service. Staging is backend specific; publishing is the same for
+ * every backend (a bind mount of the staged file system, or of the staged
+ * device file for raw block), as are stats and path checks.
+ */
+
+export type NodeBackends = Partial<Record<Backend, NodeBackend>>;
+
+export interface NodeIdentity {
+  nodeId: string;
+  topology?: Record<string, string>;
+  maxVolumes?: number;
+}
+
+
+const required = (v: string | undefined, field: string): string => {
+  if (!v) throw invalidArgument(`${field} is required`);
+  return v;
+};
+
+function absolute(p: string, field: string): string {
+  if (!path.isAbsolute(p) || p.split('/').includes('..')) throw invalidArgument(`${field} must be an absolute path without ".."`);
+  return p;
+}
+
+export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIdentity): NodeHandlers {
+  const byVolume = <R extends { volume_id: string }>(r: R) => [r.volume_id];
+  const resolve = (volumeId: string) => {
+    const id = parseId(volumeId, 'v');
+    const backend = id && backends[id.backend];
+    if (!id || !backend) throw notFound(`volume ${volumeId} not found`);
+    return { id, backend };
+  };
+
+  return {
+    NodeStageVolume: wrap(
+      rt,
+      'NodeStageVolume',
+      async (req, ctx) => {
+        required(req.volume_id, 'volume_id');
+        absolute(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+        requireCapability(req.volume_capability);
+        const { id, backend } = resolve(req.volume_id);
+        await backend.stage(id, req, ctx);
+        return {};
+      },
+      { lockKeys: byVolume },
+    ),
+
+    NodeUnstageVolume: wrap(
+      rt,
+      'NodeUnstageVolume',
+      async (req, ctx) => {
+        required(req.volume_id, 'volume_id');
+        absolute(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+        const id = parseId(req.volume_id, 'v');
+        const backend = id && backends[id.backend];
+        if (id && backend) await backend.unstage(id, req.staging_target_path, ctx);
+        return {};
+      },
+      { lockKeys: byVolume },
+    ),
+
+    NodePublishVolume: wrap(
+      rt,
+      'NodePublishVolume',
+      async (req, ctx) => {
+        required(req.volume_id, 'volume_id');
+        const target = absolute(required(req.target_path, 'target_path'), 'target_path');
+        const staging = absolute(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+        const cap = requireCapability(req.volume_capability);
+        resolve(req.volume_id);
+        const readonly = req.readonly || isReadOnlyMode(modeOf(cap));
+        const source = cap.block ? path.join(staging, STAGED_BLOCK_FILE) : staging;
+        if (!(await findMount(source))) throw failedPrecondition(`volume ${req.volume_id} is not staged at ${staging}`);
+        const existing = await findMount(target);
+        if (existing) {
+          if (isReadOnly(existing) !== readonly) throw alreadyExists(`${target} is already published with a different read-only setting`);
+          return {};
+        }
+        if (cap.block) {
+          mkdirSync(path.dirname(target), { recursive: true });
+          if ((await pathKind(target)) === 'missing') writeFileSync(target, '');
+        } else {
+          mkdirSync(target, { recursive: true });
+        }
+        await bindMount(source, target, readonly, cap.mount?.mount_flags ?? [], ctx.log);
+        return {};
+      },
+      { lockKeys: (r) => [r.volume_id, `target:${r.target_path}`] },
+    ),
+
+    NodeUnpublishVolume: wrap(
+      rt,
+      'NodeUnpublishVolume',
+      async (req, ctx) => {
+        required(req.volume_id, 'volume_id');
+        const target = absolute(required(req.target_path, 'target_path'), 'target_path');
+        await unmount(target, ctx.log);
+        rmSync(target, { recursive: false, force: true });
+        const kind = await pathKind(target);
+        if (kind === 'dir') rmSync(target, { recursive: true, force: true });
+        return {};
+      },
+      { lockKeys: (r) => [r.volume_id, `target:${r.target_path}`] },
+    ),
+
+    NodeGetVolumeStats: wrap(rt, 'NodeGetVolumeStats', async (req, ctx) => {
+      required(req.volume_id, 'volume_id');
+      const p = absolute(required(req.volume_path, 'volume_path'), 'volume_path');
+      const kind = await pathKind(p);
+      if (kind === 'missing') throw notFound(`volume path ${p} does not exist`);
+      const m = await findMount(p);
+      if (!m) return { usage: [], volume_condition: { abnormal: true, message: `${p} is not mounted` } };
+      try {
+        if (kind === 'file' || kind === 'block') {
+          const total = await deviceSize(p, ctx.log);
+          return { usage: [{ unit: 'BYTES', total }], volume_condition: { abnormal: false, message: 'device is attached' } };
+        }
+        const u = await fsUsage(p);
+        const usage: VolumeUsage[] = [
+          { unit: 'BYTES', total: u.bytesTotal, used: u.bytesUsed, available: u.bytesAvailable },
+          { unit: 'INODES', total: u.inodesTotal, used: u.inodesUsed, available: u.inodesFree },
+        ];
+        return { usage, volume_condition: { abnormal: false, message: 'file system is mounted and answers' } };
+      } catch (e) {
+        // A FUSE daemon that died leaves ENOTCONN; a failed device gives EIO.
+        return { usage: [], volume_condition: { abnormal: true, message: `${p} does not answer: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` } };
+      }
+    }),
+
+    NodeExpandVolume: wrap(
+      rt,
+      'NodeExpandVolume',
+      async (req, ctx) => {
+        required(req.volume_id, 'volume_id');
+        const p = absolute(required(req.volume_path, 'volume_path'), 'volume_path');
+        const { id, backend } = resolve(req.volume_id);
+        if ((await pathKind(p)) === 'missing') throw notFound(`volume path ${p} does not exist`);
+        return { capacity_bytes: await backend.expand(id, req, ctx) };
+      },
+      { lockKeys: byVolume },
+    ),
+
+    NodeGetCapabilities: wrap(rt, 'NodeGetCapabilities', async () => ({
+      capabilities: (['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION'] as const).map((type) => ({ rpc: { type } })),
+    })),
+
+    NodeGetInfo: wrap(rt, 'NodeGetInfo', async () => ({
+      node_id: me.nodeId,
+      max_volumes_per_node: me.maxVolumes ?? 0,
+      accessible_topology: me.topology ? { segments: me.topology } : null,
+    })),
+  };
+}

@@ -1,0 +1,141 @@
+import { stat, statfs } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { internal } from '../errors.js';
+import { ExecError, run, runAllowFail } from '../util/exec.js';
+import { findMount } from './mountinfo.js';
+
+/**
+ * Mounts, file systems and loop devices, each one command with an argument
+ * array and a timeout. Nothing here knows about CSI or backends.
+ */
+
+const T = 30_000;
+
+export async function mount(source: string, target: string, fsType: string, options: string[], log?: Logger): Promise<void> {
+  const args = ['-t', fsType];
+  if (options.length) args.push('-o', options.join(','));
+  await run('mount', [...args, source, target], { timeoutMs: T, log });
+}
+
+/** Bind-mounts and, when asked, makes the bind read-only (a second remount step the kernel requires). */
+export async function bindMount(source: string, target: string, readonly: boolean, extra: string[] = [], log?: Logger): Promise<void> {
+  await run('mount', ['--bind', source, target], { timeoutMs: T, log });
+  if (readonly || extra.length) {
+    const opts = ['remount', 'bind', ...(readonly ? ['ro'] : []), ...extra];
+    try {
+      await run('mount', ['-o', opts.join(','), target], { timeoutMs: T, log });
+    } catch (e) {
+      await unmount(target, log);
+      throw e;
+    }
+  }
+}
+
+/** Unmounts if mounted; a path that is not a mount point is fine. */
+export async function unmount(target: string, log?: Logger): Promise<void> {
+  for (let i = 0; i < 8 && (await findMount(target)); i++) {
+    const r = await runAllowFail('umount', [target], { timeoutMs: T, log });
+    if (r.exitCode !== 0 && (await findMount(target))) {
+      if (/target is busy/.test(r.stderr) && i < 7) {
+        await new Promise((res) => setTimeout(res, 100 * (i + 1)));
+        continue;
+      }
+      throw new ExecError('umount', r.exitCode, r.stderr, false);
+    }
+  }
+}
+
+/** The file-system type on a device, or undefined when blkid finds none (a blank device). */
+export async function detectFs(device: string, log?: Logger): Promise<string | undefined> {
+  const r = await runAllowFail('blkid', ['-p', '-o', 'value', '-s', 'TYPE', device], { timeoutMs: T, log });
+  if (r.exitCode === 0 && r.stdout.trim()) return r.stdout.trim();
+  if (r.exitCode === 2 || (r.exitCode === 0 && !r.stdout.trim())) return undefined;
+  throw new ExecError('blkid', r.exitCode, r.stderr, false);
+}
+
+export function mkfsCommand(fsType: string, device: string): [string, string[]] {
+  switch (fsType) {
+    case 'ext4':
+      // nodiscard: discard through loop over FUSE is unsupported and only slows mkfs.
+      return ['mkfs.ext4', ['-q', '-F', '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=1', '-m', '0', device]];
+    case 'xfs':
+      return ['mkfs.xfs', ['-q', '-K', device]];
+    default:
+      throw internal(`cannot create a ${fsType} file system`);
+  }
+}
+
+export async function mkfs(fsType: string, device: string, log?: Logger): Promise<void> {
+  const [file, args] = mkfsCommand(fsType, device);
+  await run(file, args, { timeoutMs: 90_000, log });
+}
+
+/** Grows a mounted file system to its device's size. */
+export function growFsCommand(fsType: string, device: string, mountPoint: string): [string, string[]] {
+  if (fsType === 'xfs') return ['xfs_growfs', [mountPoint]];
+  if (fsType.startsWith('ext')) return ['resize2fs', [device]];
+  throw internal(`cannot grow a ${fsType} file system`);
+}
+
+export async function growFs(fsType: string, device: string, mountPoint: string, log?: Logger): Promise<void> {
+  const [file, args] = growFsCommand(fsType, device, mountPoint);
+  await run(file, args, { timeoutMs: 90_000, log });
+}
+
+export async function deviceSize(device: string, log?: Logger): Promise<number> {
+  return Number((await run('blockdev', ['--getsize64', device], { timeoutMs: T, log })).stdout.trim());
+}
+
+// Loop devices, for backends whose data appears as a file (rbd-fuse).
+export async function loopFind(file: string, log?: Logger): Promise<string | undefined> {
+  const r = await run('losetup', ['-j', file, '-O', 'NAME', '-n'], { timeoutMs: T, log });
+  return r.stdout.split('\n').map((s) => s.trim()).find(Boolean);
+}
+
+export async function loopAttach(file: string, log?: Logger): Promise<string> {
+  return (await loopFind(file, log)) ?? (await run('losetup', ['-f', '--show', file], { timeoutMs: T, log })).stdout.trim();
+}
+
+export async function loopDetachAll(file: string, log?: Logger): Promise<void> {
+  for (let dev = await loopFind(file, log); dev; dev = await loopFind(file, log)) {
+    await run('losetup', ['-d', dev], { timeoutMs: T, log });
+  }
+}
+
+export async function loopRefresh(device: string, log?: Logger): Promise<void> {
+  await run('losetup', ['-c', device], { timeoutMs: T, log });
+}
+
+export interface FsUsage {
+  bytesTotal: number;
+  bytesAvailable: number;
+  bytesUsed: number;
+  inodesTotal: number;
+  inodesFree: number;
+  inodesUsed: number;
+}
+
+export async function fsUsage(p: string): Promise<FsUsage> {
+  const s = await statfs(p);
+  const total = s.blocks * s.bsize;
+  const free = s.bfree * s.bsize;
+  return {
+    bytesTotal: total,
+    bytesAvailable: s.bavail * s.bsize,
+    bytesUsed: total - free,
+    inodesTotal: s.files,
+    inodesFree: s.ffree,
+    inodesUsed: s.files - s.ffree,
+  };
+}
+
+export async function pathKind(p: string): Promise<'dir' | 'file' | 'block' | 'missing' | 'other'> {
+  try {
+    const s = await stat(p);
+    return s.isDirectory() ? 'dir' : s.isBlockDevice() ? 'block' : s.isFile() ? 'file' : 'other';
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return 'missing';
+    throw e;
+  }
+}

@@ -1,0 +1,318 @@
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { run, runAllowFail } from '../../src/util/exec.js';
+
+/**
+ * A throwaway single-node Ceph cluster (mon, mgr, osd and optionally mds and
+ * rgw) built from the Debian packages, for integration tests, csi-sanity, the
+ * demo and the benchmark. Config lines and pitfalls come from
+ * shared/ceph-lab/FACTS.md: paxos tuning, daemon-only asok/pid options,
+ * foreground daemons with stderr kept open, mon stopped last.
+ */
+
+export type Component = 'rbd' | 'cephfs' | 's3';
+
+export interface LabOptions {
+  /** What the lab must serve. rbd needs mon+mgr+osd; cephfs adds mds; s3 adds rgw. */
+  components?: Component[];
+  /** memstore boots faster and keeps data in OSD RAM. */
+  osdStore?: 'bluestore' | 'memstore';
+  log?: (msg: string) => void;
+}
+
+export const LAB_S3 = { accessKeyID: 'STRATALABACCESSKEY01', secretAccessKey: 'strata-lab-secret-key-0000000000000000000' };
+export const RGW_PORT = 7480;
+
+const REQUIRED_BINARIES = ['ceph-mon', 'ceph-mgr', 'ceph-osd', 'ceph', 'rbd', 'ceph-authtool', 'monmaptool'];
+
+interface Daemon {
+  name: string;
+  pid: number;
+}
+
+export class CephLab {
+  readonly dir: string;
+  readonly conf: string;
+  readonly monitors = ['127.0.0.1:6789'];
+  readonly fsid = randomUUID();
+  readonly adminKeyring: string;
+  adminKey = '';
+  /** File with the bare admin key, as the driver config's userKeyFile expects. */
+  readonly adminKeyFile: string;
+  readonly components: Component[];
+  private readonly daemons: Daemon[] = [];
+  private readonly say: (msg: string) => void;
+  private readonly store: 'bluestore' | 'memstore';
+
+  private constructor(opts: LabOptions) {
+    this.components = opts.components ?? ['rbd', 'cephfs', 's3'];
+    this.store = opts.osdStore ?? 'bluestore';
+    this.say = opts.log ?? (() => {});
+    this.dir = mkdtempSync(path.join(tmpdir(), 'strata-lab-'));
+    this.conf = path.join(this.dir, 'ceph.conf');
+    this.adminKeyring = path.join(this.dir, 'keys', 'ceph.client.admin.keyring');
+    this.adminKeyFile = path.join(this.dir, 'keys', 'admin.key');
+  }
+
+  static async start(opts: LabOptions = {}): Promise<CephLab> {
+    const missing = REQUIRED_BINARIES.filter((b) => !['/usr/bin', '/usr/sbin', '/bin', '/sbin'].some((d) => existsSync(path.join(d, b))));
+    if (missing.length) {
+      throw new Error(`Ceph lab needs ${missing.join(', ')}: run test/install-deps.sh (or the README's test command) first`);
+    }
+    const lab = new CephLab(opts);
+    try {
+      await lab.boot();
+      return lab;
+    } catch (e) {
+      const tail = lab.logTail();
+      await lab.stop();
+      throw new Error(`lab failed to start: ${(e as Error).message}\n${tail}`);
+    }
+  }
+
+  get hasCephFS(): boolean {
+    return this.components.includes('cephfs');
+  }
+  get hasS3(): boolean {
+    return this.components.includes('s3');
+  }
+  get s3Endpoint(): string {
+    return `http://127.0.0.1:${RGW_PORT}`;
+  }
+
+  /** Runs the ceph CLI as client.admin against this lab. */
+  async ceph(args: string[], timeoutMs = 30_000): Promise<string> {
+    return (await run('ceph', ['-c', this.conf, ...args], { timeoutMs })).stdout;
+  }
+
+  async rbd(args: string[], timeoutMs = 30_000): Promise<string> {
+    return (await run('rbd', ['-c', this.conf, ...args], { timeoutMs })).stdout;
+  }
+
+  /** A driver config (YAML) pointing at this lab, with admin as the default identity. */
+  driverConfig(extra: { topology?: Record<string, string> } = {}): string {
+    const lines = ['driverName: strata.csi.dev', 'clusters:', '  - id: lab'];
+    if (extra.topology) {
+      lines.push('    topology:');
+      for (const [k, v] of Object.entries(extra.topology)) lines.push(`      ${JSON.stringify(k)}: ${JSON.stringify(v)}`);
+    }
+    lines.push('    ceph:', `      monitors: ${JSON.stringify(this.monitors)}`, '      userID: admin', `      userKeyFile: ${this.adminKeyFile}`);
+    if (this.hasS3) lines.push('    s3:', `      endpoint: ${this.s3Endpoint}`, '      region: us-east-1');
+    return lines.join('\n') + '\n';
+  }
+
+  writeDriverConfig(extra: { topology?: Record<string, string> } = {}): string {
+    const p = path.join(this.dir, `strata-${randomUUID().slice(0, 8)}.yaml`);
+    writeFileSync(p, this.driverConfig(extra));
+    return p;
+  }
+
+  private p(...parts: string[]): string {
+    return path.join(this.dir, ...parts);
+  }
+
+  private writeConf(): void {
+    const L = this.dir;
+    const conf = `[global]
+fsid = ${this.fsid}
+mon_host = [v2:127.0.0.1:3300,v1:127.0.0.1:6789]
+public_addr = 127.0.0.1
+cluster_addr = 127.0.0.1
+auth_cluster_required = cephx
+auth_service_required = cephx
+auth_client_required = cephx
+keyring = ${L}/keys/$cluster.$name.keyring
+run_dir = ${L}/run
+log_file = ${L}/log/$cluster-$name.log
+crash_dir = ${L}/crash
+osd_pool_default_size = 1
+osd_pool_default_min_size = 1
+mon_allow_pool_size_one = true
+mon_warn_on_pool_no_redundancy = false
+osd_crush_chooseleaf_type = 0
+osd_pool_default_pg_num = 8
+osd_pool_default_pgp_num = 8
+osd_pool_default_pg_autoscale_mode = off
+mon_max_pg_per_osd = 1000
+mon_allow_pool_delete = true
+mon_data_avail_warn = 2
+mon_data_avail_crit = 1
+client_mount_timeout = 30
+rbd_default_clone_format = 2
+
+[mon]
+mon_data = ${L}/mon/$cluster-$id
+auth_allow_insecure_global_id_reclaim = false
+mon_memory_target = 512M
+paxos_propose_interval = 0.05
+paxos_min_wait = 0.01
+mgr_initial_modules = iostat
+admin_socket = ${L}/run/$cluster-$name.asok
+
+[mgr]
+mgr_data = ${L}/mgr/$cluster-$id
+admin_socket = ${L}/run/$cluster-$name.asok
+
+[osd]
+osd_data = ${L}/osd/$cluster-$id
+osd_objectstore = ${this.store}
+bluestore_block_create = true
+bluestore_block_size = 10G
+osd_memory_target = 1G
+admin_socket = ${L}/run/$cluster-$name.asok
+
+[mds]
+mds_data = ${L}/mds/$cluster-$id
+mds_cache_memory_limit = 256M
+admin_socket = ${L}/run/$cluster-$name.asok
+
+[client]
+admin_socket = ${L}/run/$cluster-$name.$pid.$cctid.asok
+
+[client.rgw.gw]
+rgw_frontends = beast endpoint=127.0.0.1:${RGW_PORT} tcp_nodelay=1
+rgw_thread_pool_size = 64
+rgw_data = ${L}/rgw
+`;
+    writeFileSync(this.conf, conf);
+  }
+
+  private startDaemon(name: string, file: string, args: string[]): void {
+    const out = openSync(this.p('log', `${name}.out`), 'a');
+    // Foreground (-f) with stderr open: a daemonized mgr has a closed stderr and
+    // its volumes module then fails (FACTS pitfall 3).
+    const child = spawn(file, ['-c', this.conf, ...args, '-f'], { detached: true, stdio: ['ignore', out, out] });
+    closeSync(out);
+    child.unref();
+    if (!child.pid) throw new Error(`could not start ${name}`);
+    this.daemons.push({ name, pid: child.pid });
+  }
+
+  private async waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (await check().catch(() => false)) return;
+      await sleep(100);
+    }
+    throw new Error(`timed out waiting for ${what}`);
+  }
+
+  private async boot(): Promise<void> {
+    const t0 = Date.now();
+    for (const d of ['keys', 'run', 'log', 'crash', 'mon', 'mgr/ceph-x', 'osd', 'mds/ceph-a', 'rgw']) mkdirSync(this.p(d), { recursive: true });
+    this.writeConf();
+    const keys = this.p('keys');
+    await run('ceph-authtool', ['--create-keyring', `${keys}/ceph.mon..keyring`, '--gen-key', '-n', 'mon.', '--cap', 'mon', 'allow *']);
+    await run('ceph-authtool', [
+      '--create-keyring', this.adminKeyring, '--gen-key', '-n', 'client.admin',
+      '--cap', 'mon', 'allow *', '--cap', 'osd', 'allow *', '--cap', 'mds', 'allow *', '--cap', 'mgr', 'allow *',
+    ]);
+    await run('ceph-authtool', [`${keys}/ceph.mon..keyring`, '--import-keyring', this.adminKeyring]);
+    this.adminKey = (await run('ceph-authtool', ['-p', '-n', 'client.admin', this.adminKeyring])).stdout.trim();
+    writeFileSync(this.adminKeyFile, this.adminKey + '\n', { mode: 0o600 });
+    await run('monmaptool', ['--create', '--addv', 'a', '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]', '--fsid', this.fsid, this.p('monmap')]);
+    await run('ceph-mon', ['-c', this.conf, '--mkfs', '-i', 'a', '--monmap', this.p('monmap'), '--keyring', `${keys}/ceph.mon..keyring`]);
+    this.startDaemon('mon.a', 'ceph-mon', ['-i', 'a']);
+    await this.waitFor('mon', async () => (await runAllowFail('ceph', ['-c', this.conf, '--connect-timeout', '2', 'mon', 'stat'], { timeoutMs: 5000 })).exitCode === 0);
+    this.say(`mon up (${Date.now() - t0} ms)`);
+
+    await this.ceph(['auth', 'get-or-create', 'mgr.x', 'mon', 'allow profile mgr', 'osd', 'allow *', 'mds', 'allow *', '-o', `${keys}/ceph.mgr.x.keyring`]);
+    this.startDaemon('mgr.x', 'ceph-mgr', ['-i', 'x']);
+
+    const osdUuid = randomUUID();
+    const osdId = (await this.ceph(['osd', 'new', osdUuid])).trim();
+    mkdirSync(this.p('osd', `ceph-${osdId}`), { recursive: true });
+    await this.ceph([
+      'auth', 'get-or-create', `osd.${osdId}`, 'mon', 'allow profile osd', 'mgr', 'allow profile osd', 'osd', 'allow *',
+      '-o', `${keys}/ceph.osd.${osdId}.keyring`,
+    ]);
+    await run('ceph-osd', ['-c', this.conf, '-i', osdId, '--mkfs', '--osd-uuid', osdUuid], { timeoutMs: 60_000 });
+    this.startDaemon(`osd.${osdId}`, 'ceph-osd', ['-i', osdId]);
+    await this.waitFor('osd up', async () => JSON.parse(await this.ceph(['osd', 'stat', '-f', 'json'])).num_up_osds >= 1);
+    this.say(`osd up (${Date.now() - t0} ms)`);
+
+    await this.ceph(['osd', 'pool', 'create', 'rbd', '8']);
+    await this.rbd(['pool', 'init', 'rbd']);
+
+    if (this.hasS3) await this.bootRgw();
+    if (this.hasCephFS) await this.bootMds();
+    await this.waitFor('mgr available', async () => JSON.parse(await this.ceph(['mgr', 'stat', '-f', 'json'])).available === true);
+    if (this.hasCephFS) {
+      await this.ceph(['fs', 'volume', 'create', 'cephfs'], 60_000);
+      await this.waitFor('mds active', async () => (await this.ceph(['fs', 'status', 'cephfs', '-f', 'json'])).includes('"active"'));
+      await this.ceph(['fs', 'subvolumegroup', 'create', 'cephfs', 'csi']);
+    }
+    if (this.hasS3) {
+      await this.waitFor('rgw http', async () => (await fetch(this.s3Endpoint)).status < 500);
+      await run('radosgw-admin', [
+        '-c', this.conf, 'user', 'create', '--uid', 'lab', '--display-name', 'Strata lab',
+        '--access-key', LAB_S3.accessKeyID, '--secret-key', LAB_S3.secretAccessKey,
+      ]);
+    }
+    this.say(`lab ready in ${Date.now() - t0} ms (${this.components.join(', ')})`);
+  }
+
+  private async bootMds(): Promise<void> {
+    await this.ceph([
+      'auth', 'get-or-create', 'mds.a', 'mon', 'allow profile mds', 'osd', 'allow rwx', 'mds', 'allow', 'mgr', 'allow profile mds',
+      '-o', this.p('keys', 'ceph.mds.a.keyring'),
+    ]);
+    this.startDaemon('mds.a', 'ceph-mds', ['-i', 'a']);
+  }
+
+  private async bootRgw(): Promise<void> {
+    // Pre-create the bucket pools: RGW otherwise stalls ~2 s on the first bucket (FACTS pitfall 9).
+    for (const pool of ['.rgw.root', 'default.rgw.log', 'default.rgw.control', 'default.rgw.meta', 'default.rgw.buckets.index', 'default.rgw.buckets.data', 'default.rgw.buckets.non-ec']) {
+      await this.ceph(['osd', 'pool', 'create', pool, '8']);
+      await this.ceph(['osd', 'pool', 'application', 'enable', pool, 'rgw']);
+    }
+    await this.ceph(['auth', 'get-or-create', 'client.rgw.gw', 'mon', 'allow rw', 'osd', 'allow rwx', 'mgr', 'allow rw', '-o', this.p('keys', 'ceph.client.rgw.gw.keyring')]);
+    this.startDaemon('rgw.gw', 'radosgw', ['-n', 'client.rgw.gw']);
+  }
+
+  logTail(lines = 20): string {
+    const out: string[] = [];
+    for (const d of this.daemons) {
+      const f = this.p('log', `${d.name}.out`);
+      if (existsSync(f)) out.push(`--- ${d.name}`, ...readFileSync(f, 'utf8').trim().split('\n').slice(-lines));
+    }
+    return out.join('\n');
+  }
+
+  /** Stops daemons in the safe order (mon last, FACTS pitfall 4) and removes the lab. */
+  async stop(): Promise<void> {
+    const order = ['rgw', 'mds', 'osd', 'mgr', 'mon'];
+    for (const prefix of order) {
+      const group = this.daemons.filter((d) => d.name.startsWith(prefix));
+      for (const d of group) signal(d.pid, 'SIGTERM');
+      const deadline = Date.now() + 8_000;
+      while (group.some((d) => alive(d.pid)) && Date.now() < deadline) await sleep(50);
+      for (const d of group) if (alive(d.pid)) signal(d.pid, 'SIGKILL');
+    }
+    for (let i = 0; i < 40 && this.daemons.some((d) => alive(d.pid)); i++) await sleep(50);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* already gone */
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    // A reaped-later zombie still answers kill 0; treat it as gone.
+    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/\) Z /.test(st);
+  } catch {
+    return false;
+  }
+}
