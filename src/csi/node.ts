@@ -1,4 +1,4 @@
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { STAGED_BLOCK_FILE, type NodeBackend } from '../backends/types.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errors.js';
@@ -32,6 +32,12 @@ const required = (v: string | undefined, field: string): string => {
 
 function absolute(p: string, field: string): string {
   if (!path.isAbsolute(p) || p.split('/').includes('..')) throw invalidArgument(`${field} must be an absolute path without ".."`);
+  return p;
+}
+
+/** A volume_path the CO says holds a volume: one that is not absolute cannot, so it is NOT_FOUND. */
+function existingVolumePath(p: string): string {
+  if (!path.isAbsolute(p) || p.split('/').includes('..')) throw notFound(`volume path ${p} does not exist`);
   return p;
 }
 
@@ -109,9 +115,10 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         required(req.volume_id, 'volume_id');
         const target = absolute(required(req.target_path, 'target_path'), 'target_path');
         await unmount(target, ctx.log);
-        rmSync(target, { recursive: false, force: true });
+        // Never recursive: files under an unmounted target are not ours to delete.
         const kind = await pathKind(target);
-        if (kind === 'dir') rmSync(target, { recursive: true, force: true });
+        if (kind === 'dir') rmdirSync(target);
+        else if (kind !== 'missing') rmSync(target, { force: true });
         return {};
       },
       { lockKeys: (r) => [r.volume_id, `target:${r.target_path}`] },
@@ -119,7 +126,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
 
     NodeGetVolumeStats: wrap(rt, 'NodeGetVolumeStats', async (req, ctx) => {
       required(req.volume_id, 'volume_id');
-      const p = absolute(required(req.volume_path, 'volume_path'), 'volume_path');
+      const p = existingVolumePath(required(req.volume_path, 'volume_path'));
       const kind = await pathKind(p);
       if (kind === 'missing') throw notFound(`volume path ${p} does not exist`);
       const m = await findMount(p);
@@ -146,7 +153,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       'NodeExpandVolume',
       async (req, ctx) => {
         required(req.volume_id, 'volume_id');
-        const p = absolute(required(req.volume_path, 'volume_path'), 'volume_path');
+        const p = existingVolumePath(required(req.volume_path, 'volume_path'));
         const { id, backend } = resolve(req.volume_id);
         if ((await pathKind(p)) === 'missing') throw notFound(`volume path ${p} does not exist`);
         return { capacity_bytes: await backend.expand(id, req, ctx) };

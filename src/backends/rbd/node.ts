@@ -10,7 +10,7 @@ import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
 import { failedPrecondition, notFound } from '../../errors.js';
 import { findMount } from '../../mount/mountinfo.js';
-import { bindMount, detectFs, deviceSize, growFs, loopRefresh, mkfs, mount, unmount } from '../../mount/mounter.js';
+import { bindMount, detectFs, deviceSize, growFs, loopRefresh, mkfs, mount, pathKind, unmount } from '../../mount/mounter.js';
 import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
 import { RbdCli } from './rbd-cli.js';
@@ -104,7 +104,9 @@ export class RbdNode implements NodeBackend {
     if (!device) throw failedPrecondition(`volume ${req.volume_id} is not attached on this node`);
     // A loop device keeps its old size until told to look again; kernel mappings update themselves.
     if (device.startsWith('/dev/loop')) await loopRefresh(device, ctx.log);
-    if (!req.volume_capability?.block) {
+    // The CO may omit the capability; a published raw-block volume is a device node.
+    const isBlock = !!req.volume_capability?.block || (await pathKind(req.volume_path)) === 'block';
+    if (!isBlock) {
       const m = (await findMount(req.volume_path)) ?? (req.staging_target_path ? await findMount(req.staging_target_path) : undefined);
       if (!m) throw failedPrecondition(`${req.volume_path} is not mounted`);
       if (m.fsType !== 'fuse' && !m.fsType.startsWith('fuse.')) await growFs(m.fsType, device, m.mountPoint, ctx.log);

@@ -1,0 +1,66 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { fuseCommand, mapCommand, unmapCommand, listMappedCommand } from '../../src/backends/rbd/attach.js';
+import { cephArgs, type CephConn } from '../../src/ceph/conn.js';
+import { growFsCommand, mkfsCommand } from '../../src/mount/mounter.js';
+
+/**
+ * The kernel paths (krbd, rbd-nbd) cannot run on machines without kernel
+ * modules, so their exact commands are checked here; the FUSE path runs for
+ * real in the integration tests.
+ */
+
+const conn: CephConn = { monitors: ['10.0.0.1:6789', '10.0.0.2:6789'], identity: { id: 'csi-node', keyFile: '/dev/shm/strata-keys-x/abc' } };
+const ref = { cluster: 'prod', pool: 'rbd', image: 'csi-vol-0123' };
+
+describe('Ceph command lines', () => {
+  it('point at the cluster without a ceph.conf and with timeouts', () => {
+    const a = cephArgs(conn);
+    assert.deepEqual(a.slice(0, 8), ['-c', '/dev/null', '-m', '10.0.0.1:6789,10.0.0.2:6789', '--id', 'csi-node', '--keyfile', '/dev/shm/strata-keys-x/abc']);
+    assert.ok(a.includes('--client_mount_timeout'));
+    assert.ok(a.includes('--rados_osd_op_timeout'));
+  });
+
+  it('never carry a key in argv', () => {
+    for (const [, args] of [mapCommand('krbd', ref, conn), mapCommand('rbd-nbd', ref, conn)]) {
+      assert.ok(!args.includes('--key'), 'keys go by --keyfile');
+    }
+  });
+
+  it('map with krbd through rbd device map', () => {
+    const [file, args] = mapCommand('krbd', ref, conn);
+    assert.equal(file, 'rbd');
+    assert.deepEqual(args.slice(-4), ['map', '-t', 'krbd', 'rbd/csi-vol-0123']);
+    assert.equal(args[args.length - 5], 'device');
+  });
+
+  it('map with rbd-nbd through rbd device map -t nbd', () => {
+    const [, args] = mapCommand('rbd-nbd', ref, conn);
+    assert.deepEqual(args.slice(-5), ['device', 'map', '-t', 'nbd', 'rbd/csi-vol-0123']);
+  });
+
+  it('unmap and list by device type', () => {
+    assert.deepEqual(unmapCommand('krbd', '/dev/rbd3'), ['rbd', ['device', 'unmap', '-t', 'krbd', '/dev/rbd3']]);
+    assert.deepEqual(unmapCommand('rbd-nbd', '/dev/nbd0'), ['rbd', ['device', 'unmap', '-t', 'nbd', '/dev/nbd0']]);
+    assert.deepEqual(listMappedCommand('krbd'), ['rbd', ['device', 'list', '-t', 'krbd', '--format', 'json']]);
+  });
+
+  it('run rbd-fuse with credentials in CEPH_ARGS, not flags', () => {
+    const c = fuseCommand(ref, '/var/lib/strata/rbd-fuse/x', conn);
+    assert.equal(c.file, 'rbd-fuse');
+    assert.deepEqual(c.args, ['-c', '/dev/null', '-p', 'rbd', '-r', 'csi-vol-0123', '/var/lib/strata/rbd-fuse/x']);
+    assert.match(c.env.CEPH_ARGS!, /--id csi-node --keyfile \/dev\/shm\/strata-keys-x\/abc/);
+  });
+});
+
+describe('file-system command lines', () => {
+  it('make ext4 and xfs without discard and forcing no prompt', () => {
+    assert.deepEqual(mkfsCommand('ext4', '/dev/rbd0'), ['mkfs.ext4', ['-q', '-F', '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=1', '-m', '0', '/dev/rbd0']]);
+    assert.deepEqual(mkfsCommand('xfs', '/dev/rbd0'), ['mkfs.xfs', ['-q', '-K', '/dev/rbd0']]);
+    assert.throws(() => mkfsCommand('btrfs', '/dev/rbd0'));
+  });
+  it('grow xfs by mount point and ext4 by device', () => {
+    assert.deepEqual(growFsCommand('xfs', '/dev/rbd0', '/mnt/x'), ['xfs_growfs', ['/mnt/x']]);
+    assert.deepEqual(growFsCommand('ext4', '/dev/rbd0', '/mnt/x'), ['resize2fs', ['/dev/rbd0']]);
+  });
+});
