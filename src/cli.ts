@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig } from './config/config.js';
 import { serve, type Mode } from './csi/server.js';
@@ -57,7 +58,7 @@ program
       mode: o.mode,
       endpoint: o.endpoint,
       config,
-      stateDir: o.stateDir,
+      stateDir: path.resolve(o.stateDir), // sysfs names loop backing files by absolute path
       version: packageVersion(),
       log,
       drainMs: o.drainSeconds * 1000,

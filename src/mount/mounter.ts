@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { stat, statfs } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { internal } from '../errors.js';
@@ -82,22 +83,58 @@ export async function growFs(fsType: string, device: string, mountPoint: string,
   await run(file, args, { timeoutMs: 90_000, log });
 }
 
+/** Size an ext2/3/4 file system claims, from its superblock (no mount needed). */
+export async function extFsBytes(device: string, log?: Logger): Promise<number> {
+  const out = (await run('dumpe2fs', ['-h', device], { timeoutMs: T, log })).stdout;
+  const count = /^Block count:\s+(\d+)/m.exec(out);
+  const size = /^Block size:\s+(\d+)/m.exec(out);
+  if (!count || !size) throw internal(`cannot read the ext superblock of ${device}`);
+  return Number(count[1]) * Number(size[1]);
+}
+
+/**
+ * Grows an unmounted ext file system to its device. Done at staging, where
+ * the volume is not yet mounted, because online ext4 growth needs
+ * CAP_SYS_RESOURCE; resize2fs insists on a fresh check first.
+ */
+export async function growExtOffline(device: string, log?: Logger): Promise<void> {
+  const fsck = await runAllowFail('e2fsck', ['-f', '-p', device], { timeoutMs: 90_000, log });
+  // 0: clean, 1: errors fixed. Anything else means the file system needs a human.
+  if (fsck.exitCode > 1) throw new ExecError('e2fsck', fsck.exitCode, fsck.stderr || fsck.stdout, false);
+  await run('resize2fs', [device], { timeoutMs: 90_000, log });
+}
+
 export async function deviceSize(device: string, log?: Logger): Promise<number> {
   return Number((await run('blockdev', ['--getsize64', device], { timeoutMs: T, log })).stdout.trim());
 }
 
 // Loop devices, for backends whose data appears as a file (rbd-fuse).
-export async function loopFind(file: string, log?: Logger): Promise<string | undefined> {
-  const r = await run('losetup', ['-j', file, '-O', 'NAME', '-n'], { timeoutMs: T, log });
-  return r.stdout.split('\n').map((s) => s.trim()).find(Boolean);
+// Found through sysfs, not `losetup -j`: losetup stats every loop device's
+// backing file, and one file on a hung FUSE mount would block every stage on
+// the node.
+export function loopFind(file: string): string | undefined {
+  let names: string[];
+  try {
+    names = readdirSync('/sys/block').filter((d) => d.startsWith('loop'));
+  } catch {
+    return undefined;
+  }
+  for (const name of names) {
+    try {
+      if (readFileSync(`/sys/block/${name}/loop/backing_file`, 'utf8').trim() === file) return `/dev/${name}`;
+    } catch {
+      /* unbound loop device */
+    }
+  }
+  return undefined;
 }
 
 export async function loopAttach(file: string, log?: Logger): Promise<string> {
-  return (await loopFind(file, log)) ?? (await run('losetup', ['-f', '--show', file], { timeoutMs: T, log })).stdout.trim();
+  return loopFind(file) ?? (await run('losetup', ['-f', '--show', file], { timeoutMs: T, log })).stdout.trim();
 }
 
 export async function loopDetachAll(file: string, log?: Logger): Promise<void> {
-  for (let dev = await loopFind(file, log); dev; dev = await loopFind(file, log)) {
+  for (let dev = loopFind(file); dev; dev = loopFind(file)) {
     await run('losetup', ['-d', dev], { timeoutMs: T, log });
   }
 }

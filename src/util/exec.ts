@@ -28,6 +28,17 @@ export interface RunResult {
   exitCode: number;
 }
 
+/** The first lines of a tool's stderr that say something (usage dumps and log noise cut). */
+function summarize(stderr: string): string {
+  return stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .slice(0, 2)
+    .join(' / ')
+    .slice(0, 400);
+}
+
 export class ExecError extends Error {
   constructor(
     readonly cmd: string,
@@ -35,7 +46,7 @@ export class ExecError extends Error {
     readonly stderr: string,
     readonly timedOut: boolean,
   ) {
-    super(`${cmd} failed${timedOut ? ' (timed out)' : ` with exit code ${exitCode}`}: ${stderr.trim().slice(0, 500)}`);
+    super(`${cmd} failed${timedOut ? ' (timed out)' : ` with exit code ${exitCode}`}: ${summarize(stderr)}`);
     this.name = 'ExecError';
   }
 }

@@ -9,6 +9,7 @@ import { loadCsi } from '../../src/csi/proto.js';
 import type { ControllerClient } from '../../src/csi/gen/csi/v1/Controller.js';
 import type { NodeClient } from '../../src/csi/gen/csi/v1/Node.js';
 import type { IdentityClient } from '../../src/csi/gen/csi/v1/Identity.js';
+import { forceCleanup } from './leftovers.js';
 
 /**
  * Runs the real `strata serve` binary as a child process (as Kubernetes would)
@@ -50,10 +51,13 @@ export async function startDriver(opts: { config: string; nodeId?: string; mode?
     logFile,
     child,
     async stop() {
-      if (child.exitCode !== null) return;
-      child.kill('SIGTERM');
-      for (let i = 0; i < 100 && child.exitCode === null; i++) await sleep(50);
-      if (child.exitCode === null) child.kill('SIGKILL');
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        for (let i = 0; i < 100 && child.exitCode === null; i++) await sleep(50);
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
+      // A test that failed halfway leaves mounts and FUSE daemons; never let them outlive the run.
+      await forceCleanup(dir);
     },
   };
 }

@@ -1,4 +1,5 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readMountInfo } from '../../src/mount/mountinfo.js';
 
 /** Mounts under `dir` and FUSE/loop processes mentioning it: anything a test run must not leave behind. */
@@ -14,4 +15,36 @@ export async function leftovers(dir: string): Promise<string[]> {
     }
   }
   return out;
+}
+
+/**
+ * Tears down whatever a failed test left under `dir`, even when the cluster
+ * behind it is already gone: FUSE connections are aborted first (so nothing
+ * blocks on a dead daemon), then mounts are lazily detached deepest first,
+ * loop devices over files in `dir` released and FUSE daemons killed.
+ */
+export async function forceCleanup(dir: string): Promise<void> {
+  const mounts = (await readMountInfo()).filter((m) => m.mountPoint.startsWith(dir + '/'));
+  // The abort switch lives in fusectl, which a bare machine may not have mounted.
+  if (!(await readMountInfo()).some((m) => m.fsType === 'fusectl')) spawnSync('mount', ['-t', 'fusectl', 'none', '/sys/fs/fuse/connections'], { timeout: 10_000 });
+  for (const m of mounts.filter((m) => m.fsType.startsWith('fuse'))) {
+    try {
+      writeFileSync(`/sys/fs/fuse/connections/${m.majorMinor.split(":")[1]}/abort`, '1');
+    } catch {
+      /* already gone */
+    }
+  }
+  for (const m of mounts.sort((x, y) => y.mountPoint.length - x.mountPoint.length)) spawnSync('umount', ['-l', m.mountPoint], { timeout: 10_000 });
+  for (const loop of readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
+    try {
+      const backing = readFileSync(`/sys/block/${loop}/loop/backing_file`, 'utf8').trim();
+      if (backing.startsWith(dir + '/')) spawnSync('losetup', ['-d', `/dev/${loop}`], { timeout: 10_000 });
+    } catch {
+      /* not bound */
+    }
+  }
+  for (const p of await leftovers(dir)) {
+    const pid = /^process (\d+)/.exec(p)?.[1];
+    if (pid) spawnSync('kill', ['-9', pid]);
+  }
 }

@@ -83,7 +83,7 @@ export class RbdAttacher {
   async findDevice(ref: ImageRef, log: Logger): Promise<string | undefined> {
     const dir = this.fuseDir(ref);
     if (await findMount(dir)) {
-      const dev = await loopFind(path.join(dir, ref.image), log);
+      const dev = loopFind(path.join(dir, ref.image));
       if (dev) return dev;
     }
     for (const m of ['krbd', 'rbd-nbd'] as const) {

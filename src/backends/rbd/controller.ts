@@ -20,6 +20,7 @@ import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno, type ImageInfo } from './rbd-cl
  * lives in image metadata, never on local disk.
  */
 
+const META_PREFIX = 'strata.';
 const META_VOLUME = 'strata.volume';
 const META_SNAPSHOT = 'strata.snapshot';
 const META_ATTACH = 'strata.attach.';
@@ -77,11 +78,12 @@ export class RbdController implements ControllerBackend {
 
   async createVolume(req: csi.CreateVolumeRequest, ctx: RpcContext): Promise<csi.Volume> {
     const params = parseRbdParams(req.parameters);
-    const size = sizeFromRange(req.capacity_range, DEFAULT_SIZE, MiB);
+    const fsType = req.volume_capabilities.find((c) => c.mount?.fs_type)?.mount?.fs_type || params.fsType;
+    const hasMount = req.volume_capabilities.some((c) => c.mount);
+    const size = minimumForFs(sizeFromRange(req.capacity_range, DEFAULT_SIZE, MiB), hasMount ? fsType : undefined, req.capacity_range?.limit_bytes);
     const image = `csi-vol-${nameHash(this.cfg.driverName, req.name)}`;
     const id = encodeId({ kind: 'v', backend: 'rbd', cluster: params.clusterID, location: [params.pool, image] });
     const rbd = this.cli(params.clusterID, req.secrets, ctx.log);
-    const fsType = req.volume_capabilities.find((c) => c.mount?.fs_type)?.mount?.fs_type || params.fsType;
     const meta: VolumeMeta = { v: 1, name: req.name, fsType, mounter: params.mounter, createdAt: new Date().toISOString() };
     const src = req.volume_content_source;
     const create = { features: params.imageFeatures, dataPool: params.dataPool };
@@ -105,11 +107,21 @@ export class RbdController implements ControllerBackend {
       existing = await rbd.info(params.pool, image);
       if (!existing) throw failedPrecondition(`image ${params.pool}/${image} vanished while being created`);
     } else {
-      const prev = await this.volumeMeta(rbd, params.pool, image);
-      if (prev && prev.name !== req.name) throw alreadyExists(`image ${image} belongs to another volume name`);
+      let prev = await this.volumeMeta(rbd, params.pool, image);
+      if (prev && prev.name !== req.name) {
+        // Image names are hashes of volume names: another name here was inherited
+        // from a clone source by a create that crashed before stripping it.
+        await rbd.metaStrip(params.pool, image, META_PREFIX);
+        prev = undefined;
+      }
       const prevSrc = prev?.source?.snapshot ?? prev?.source?.volume;
       const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
       if (prev && prevSrc !== wantSrc) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
+      if (!prev && existing.size < size) {
+        // An unfinished create (crashed between clone and resize): finish it.
+        await rbd.resize(params.pool, image, size);
+        existing = { ...existing, size };
+      }
       if (!sizeFits(existing.size, req.capacity_range) || (!req.capacity_range && existing.size !== DEFAULT_SIZE && !wantSrc)) {
         throw alreadyExists(`volume "${req.name}" exists with size ${existing.size}, which does not match the request`);
       }
@@ -132,6 +144,7 @@ export class RbdController implements ControllerBackend {
     if (!snapInfo) throw notFound(`snapshot ${snapshotId} not found`);
     if (size < snapInfo.size) throw outOfRange(`requested size ${size} is smaller than the snapshot (${snapInfo.size} bytes)`);
     await rbd.clone(params.pool, simage, SNAP_NAME, image, create);
+    await rbd.metaStrip(params.pool, image, META_PREFIX);
     if (size > snapInfo.size) await rbd.resize(params.pool, image, size);
   }
 
@@ -147,6 +160,7 @@ export class RbdController implements ControllerBackend {
     // only moves it to the trash namespace until the clone no longer needs it.
     await rbd.snapCreate(vpool, vimage, image);
     await rbd.clone(vpool, vimage, image, image, create);
+    await rbd.metaStrip(params.pool, image, META_PREFIX);
     await rbd.snapRemove(vpool, vimage, image);
     if (size > srcInfo.size) await rbd.resize(params.pool, image, size);
   }
@@ -284,7 +298,8 @@ export class RbdController implements ControllerBackend {
     const snapshotId = encodeId({ kind: 's', backend: 'rbd', cluster: sourceId.cluster, location: [pool, snapImage] });
     const sourceVolumeId = encodeId(sourceId);
     const done = await this.snapshotMeta(rbd, pool, snapImage);
-    if (done) {
+    // A record under another name was inherited from the source by a clone cut short by a crash.
+    if (done && done.name === req.name) {
       if (done.source !== sourceVolumeId) throw alreadyExists(`snapshot "${req.name}" exists for another source volume`);
       return toSnapshot(snapshotId, done);
     }
@@ -295,6 +310,7 @@ export class RbdController implements ControllerBackend {
       await rbd.snapCreate(pool, srcImage, snapImage);
       await rbd.clone(pool, srcImage, snapImage, snapImage, { features: src.features.filter((f) => f !== 'operations') });
     }
+    await rbd.metaStrip(pool, snapImage, META_PREFIX);
     await rbd.snapCreate(pool, snapImage, SNAP_NAME);
     await rbd.snapRemove(pool, srcImage, snapImage);
     const meta: SnapshotMeta = { v: 1, name: req.name, source: sourceVolumeId, size: src.size, createdAt: new Date().toISOString() };
@@ -338,6 +354,15 @@ export class RbdController implements ControllerBackend {
     const metas = await Promise.all(all.map((sid) => limit(() => this.snapshotMeta(rbd, ...(parseId(sid, 's')!.location as [string, string])))));
     return all.filter((_, i) => metas[i]?.source === want);
   }
+}
+
+/** mkfs.xfs refuses file systems under 300 MB; provision at least that, as the spec allows above required_bytes. */
+export const XFS_MIN_BYTES = 300 * MiB;
+
+export function minimumForFs(size: number, fsType: string | undefined, limit: number | undefined): number {
+  if (fsType !== 'xfs' || size >= XFS_MIN_BYTES) return size;
+  if (limit && limit < XFS_MIN_BYTES) throw outOfRange(`an xfs volume needs at least ${XFS_MIN_BYTES} bytes, more than limit_bytes ${limit}`);
+  return XFS_MIN_BYTES;
 }
 
 function toSnapshot(snapshotId: string, m: SnapshotMeta): csi.Snapshot {

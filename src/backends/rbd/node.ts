@@ -10,7 +10,7 @@ import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
 import { failedPrecondition, notFound } from '../../errors.js';
 import { findMount } from '../../mount/mountinfo.js';
-import { bindMount, detectFs, deviceSize, growFs, loopRefresh, mkfs, mount, pathKind, unmount } from '../../mount/mounter.js';
+import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, loopRefresh, mkfs, mount, pathKind, unmount } from '../../mount/mounter.js';
 import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
 import { RbdCli } from './rbd-cli.js';
@@ -82,10 +82,17 @@ export class RbdNode implements NodeBackend {
       } else if (fs !== wanted) {
         ctx.log.warn({ found: fs, wanted }, 'volume already has a different file system; mounting it as it is');
       }
+      // A volume restored or cloned into a bigger size carries its source's
+      // smaller file system: grow it now, as the spec asks of staging.
+      const growExt = !readonly && fs.startsWith('ext') && (await extFsBytes(device, ctx.log)) < (await deviceSize(device, ctx.log));
+      if (growExt) await growExtOffline(device, ctx.log);
       const opts = [...(cap.mount?.mount_flags ?? [])];
       if (readonly) opts.push('ro', fs === 'xfs' ? 'norecovery' : 'noload');
       await mount(device, staging, fs, opts, ctx.log);
+      // xfs grows only while mounted; xfs_growfs is a no-op when there is nothing to add.
+      if (!readonly && fs === 'xfs') await growFs('xfs', device, staging, ctx.log);
     } catch (e) {
+      await unmount(cap.block ? target : staging, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       await this.attacher.detach(ref, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       throw e;
     }

@@ -90,6 +90,15 @@ export class RbdCli {
     await this.rbd(args);
   }
 
+  /**
+   * Removes image metadata under `prefix`. rbd clone copies the parent's
+   * metadata, so a fresh clone carries its source's name, attachments and
+   * snapshot records until they are stripped.
+   */
+  async metaStrip(pool: string, image: string, prefix: string): Promise<void> {
+    for (const key of Object.keys(await this.metaList(pool, image))) if (key.startsWith(prefix)) await this.metaRemove(pool, image, key);
+  }
+
   async resize(pool: string, image: string, sizeBytes: number): Promise<void> {
     await this.rbd(['resize', `${pool}/${image}`, '--size', `${sizeBytes}B`]);
   }
