@@ -84,6 +84,10 @@ describe('rbd backend, end to end', { timeout: 600_000 }, () => {
     // Written after the snapshot: must show in the clone, not in the restore.
     const laterSha = writeRandom(path.join(att.target, 'later.bin'), MiB);
     restoredId = (await create('restored', 300 * MiB, { volume_content_source: { snapshot: { snapshot_id: snapshotId } } })).volume_id!;
+    // Mounted beside its source on the same node: same xfs UUID, which only mounts with nouuid.
+    const side = await attach(ca, restoredId, 'node-a', path.join(a.dir, 'beside'), mountCap(), secrets);
+    assert.equal(fileSha(path.join(side.target, 'data.bin')), sourceSha);
+    await detach(ca, restoredId, 'node-a', side, secrets);
     clonedId = (await create('cloned', 400 * MiB, { volume_content_source: { volume: { volume_id: sourceId } } })).volume_id!;
     assert.notEqual(restoredId, clonedId);
 

@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { fuseCommand, mapCommand, unmapCommand, listMappedCommand } from '../../src/backends/rbd/attach.js';
 import { cephArgs, type CephConn } from '../../src/ceph/conn.js';
 import { growFsCommand, mkfsCommand } from '../../src/mount/mounter.js';
+import { stageMountOptions } from '../../src/backends/rbd/node.js';
 
 /**
  * The kernel paths (krbd, rbd-nbd) cannot run on machines without kernel
@@ -62,5 +63,17 @@ describe('file-system command lines', () => {
   it('grow xfs by mount point and ext4 by device', () => {
     assert.deepEqual(growFsCommand('xfs', '/dev/rbd0', '/mnt/x'), ['xfs_growfs', ['/mnt/x']]);
     assert.deepEqual(growFsCommand('ext4', '/dev/rbd0', '/mnt/x'), ['resize2fs', ['/dev/rbd0']]);
+  });
+});
+
+describe('staging mount options', () => {
+  it('mounts xfs with nouuid so a restore can sit beside its source', () => {
+    assert.deepEqual(stageMountOptions('xfs', false, ['noatime']), ['noatime', 'nouuid']);
+    assert.deepEqual(stageMountOptions('xfs', false, ['nouuid']), ['nouuid']);
+  });
+  it('never replays a journal on a read-only staging', () => {
+    assert.deepEqual(stageMountOptions('xfs', true, []), ['nouuid', 'ro', 'norecovery']);
+    assert.deepEqual(stageMountOptions('ext4', true, []), ['ro', 'noload']);
+    assert.deepEqual(stageMountOptions('ext4', false, ['discard']), ['discard']);
   });
 });

@@ -86,9 +86,7 @@ export class RbdNode implements NodeBackend {
       // smaller file system: grow it now, as the spec asks of staging.
       const growExt = !readonly && fs.startsWith('ext') && (await extFsBytes(device, ctx.log)) < (await deviceSize(device, ctx.log));
       if (growExt) await growExtOffline(device, ctx.log);
-      const opts = [...(cap.mount?.mount_flags ?? [])];
-      if (readonly) opts.push('ro', fs === 'xfs' ? 'norecovery' : 'noload');
-      await mount(device, staging, fs, opts, ctx.log);
+      await mount(device, staging, fs, stageMountOptions(fs, readonly, cap.mount?.mount_flags ?? []), ctx.log);
       // xfs grows only while mounted; xfs_growfs is a no-op when there is nothing to add.
       if (!readonly && fs === 'xfs') await growFs('xfs', device, staging, ctx.log);
     } catch (e) {
@@ -120,4 +118,17 @@ export class RbdNode implements NodeBackend {
     }
     return deviceSize(device, ctx.log);
   }
+}
+
+/**
+ * Options for mounting a staged file system. xfs gets nouuid: a restore or
+ * clone carries its source's file-system UUID, and xfs refuses to mount a
+ * second file system with a UUID already mounted on the node. Read-only
+ * stagings skip journal replay, which would write to the device.
+ */
+export function stageMountOptions(fs: string, readonly: boolean, flags: string[]): string[] {
+  const opts = [...flags];
+  if (fs === 'xfs' && !opts.includes('nouuid')) opts.push('nouuid');
+  if (readonly) opts.push('ro', fs === 'xfs' ? 'norecovery' : 'noload');
+  return opts;
 }
