@@ -50,7 +50,7 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
   const controller = opts.mode !== 'node';
   const node = opts.mode !== 'controller';
   server.addService(csi.Identity.service, identityService(rt, opts.config, { name: opts.config.driverName, version: opts.version }, { controller }));
-  if (controller) server.addService(csi.Controller.service, controllerService(rt, opts.config, { rbd: new RbdController(opts.config) }));
+  if (controller) server.addService(csi.Controller.service, controllerService(rt, opts.config, { rbd: new RbdController(opts.config, opts.log) }));
   if (node) {
     if (!opts.node?.nodeId) throw new Error('node mode needs a node id (--node-id)');
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });

@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { stat, statfs } from 'node:fs/promises';
+import { open, readFile, realpath, stat, statfs } from 'node:fs/promises';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { internal } from '../errors.js';
 import { ExecError, run, runAllowFail } from '../util/exec.js';
@@ -83,13 +84,30 @@ export async function growFs(fsType: string, device: string, mountPoint: string,
   await run(file, args, { timeoutMs: 90_000, log });
 }
 
-/** Size an ext2/3/4 file system claims, from its superblock (no mount needed). */
-export async function extFsBytes(device: string, log?: Logger): Promise<number> {
-  const out = (await run('dumpe2fs', ['-h', device], { timeoutMs: T, log })).stdout;
-  const count = /^Block count:\s+(\d+)/m.exec(out);
-  const size = /^Block size:\s+(\d+)/m.exec(out);
-  if (!count || !size) throw internal(`cannot read the ext superblock of ${device}`);
-  return Number(count[1]) * Number(size[1]);
+/**
+ * Size an ext2/3/4 file system claims, from its superblock (1 KiB at offset
+ * 1 KiB); undefined when the bytes are not an ext superblock.
+ */
+export function extFsBytesFromSuperblock(sb: Buffer): number | undefined {
+  if (sb.length < 0x154 || sb.readUInt16LE(0x38) !== 0xef53) return undefined;
+  const blockSize = 1024 << sb.readUInt32LE(0x18);
+  const is64bit = (sb.readUInt32LE(0x60) & 0x80) !== 0;
+  const blocks = sb.readUInt32LE(0x04) + (is64bit ? sb.readUInt32LE(0x150) * 2 ** 32 : 0);
+  return blocks * blockSize;
+}
+
+/** Read in-process: staging runs this on every mount, and a dumpe2fs spawn costs more than the read. */
+export async function extFsBytes(device: string): Promise<number> {
+  const fh = await open(device, 'r');
+  try {
+    const sb = Buffer.alloc(1024);
+    await fh.read(sb, 0, 1024, 1024);
+    const bytes = extFsBytesFromSuperblock(sb);
+    if (bytes === undefined) throw internal(`${device} has no ext superblock`);
+    return bytes;
+  } finally {
+    await fh.close();
+  }
 }
 
 /**
@@ -104,8 +122,14 @@ export async function growExtOffline(device: string, log?: Logger): Promise<void
   await run('resize2fs', [device], { timeoutMs: 90_000, log });
 }
 
+/** A block device's size from sysfs (no spawn), falling back to blockdev for odd device names. */
 export async function deviceSize(device: string, log?: Logger): Promise<number> {
-  return Number((await run('blockdev', ['--getsize64', device], { timeoutMs: T, log })).stdout.trim());
+  try {
+    const name = path.basename(await realpath(device));
+    return Number(await readFile(`/sys/class/block/${name}/size`, 'utf8')) * 512;
+  } catch {
+    return Number((await run('blockdev', ['--getsize64', device], { timeoutMs: T, log })).stdout.trim());
+  }
 }
 
 // Loop devices, for backends whose data appears as a file (rbd-fuse).

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { fuseCommand, mapCommand, unmapCommand, listMappedCommand } from '../../src/backends/rbd/attach.js';
 import { cephArgs, type CephConn } from '../../src/ceph/conn.js';
-import { growFsCommand, mkfsCommand } from '../../src/mount/mounter.js';
+import { extFsBytesFromSuperblock, growFsCommand, mkfsCommand } from '../../src/mount/mounter.js';
 import { stageMountOptions } from '../../src/backends/rbd/node.js';
 
 /**
@@ -75,5 +75,30 @@ describe('staging mount options', () => {
     assert.deepEqual(stageMountOptions('xfs', true, []), ['nouuid', 'ro', 'norecovery']);
     assert.deepEqual(stageMountOptions('ext4', true, []), ['ro', 'noload']);
     assert.deepEqual(stageMountOptions('ext4', false, ['discard']), ['discard']);
+  });
+});
+
+describe('ext superblock size', () => {
+  const sb = (blocks: number, logBlock: number, hi = 0) => {
+    const b = Buffer.alloc(1024);
+    b.writeUInt32LE(blocks, 0x04);
+    b.writeUInt32LE(logBlock, 0x18);
+    b.writeUInt16LE(0xef53, 0x38);
+    if (hi) {
+      b.writeUInt32LE(0x80, 0x60);
+      b.writeUInt32LE(hi, 0x150);
+    }
+    return b;
+  };
+  it('multiplies the block count by the block size', () => {
+    assert.equal(extFsBytesFromSuperblock(sb(1000, 2)), 1000 * 4096);
+    assert.equal(extFsBytesFromSuperblock(sb(5, 0)), 5 * 1024);
+  });
+  it('adds the high word only for 64-bit file systems', () => {
+    assert.equal(extFsBytesFromSuperblock(sb(1, 2, 1)), (2 ** 32 + 1) * 4096);
+  });
+  it('recognises what is not ext', () => {
+    assert.equal(extFsBytesFromSuperblock(Buffer.alloc(1024)), undefined);
+    assert.equal(extFsBytesFromSuperblock(Buffer.alloc(10)), undefined);
   });
 });

@@ -10,7 +10,8 @@ import type * as csi from '../../csi/types.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
-import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno, type ImageInfo } from './rbd-cli.js';
+import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno } from './rbd-cli.js';
+import { Debounced, purgeTrash } from './trash.js';
 
 /**
  * RBD volumes are images named csi-vol-<hash of the request name>; snapshots
@@ -26,6 +27,8 @@ const META_SNAPSHOT = 'strata.snapshot';
 const META_ATTACH = 'strata.attach.';
 const SNAP_NAME = 'csi';
 const DEFAULT_SIZE = GiB;
+// Snapshot images are never written or mapped: layering is all they need.
+const SNAPSHOT_FEATURES = ['layering'];
 
 interface VolumeMeta {
   v: 1;
@@ -52,7 +55,12 @@ interface Attachment {
 export class RbdController implements ControllerBackend {
   private readonly keyFiles = new KeyFiles();
 
-  constructor(private readonly cfg: Config) {}
+  private readonly purger = new Debounced();
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly log: Logger,
+  ) {}
 
   private cluster(id: string): ClusterConfig {
     const c = findCluster(this.cfg, id);
@@ -88,6 +96,17 @@ export class RbdController implements ControllerBackend {
     const src = req.volume_content_source;
     const create = { features: params.imageFeatures, dataPool: params.dataPool };
 
+    if (!src) {
+      // The common case in two commands: create, then record the name. EEXIST
+      // means a retry or a name already taken, which the slow path sorts out.
+      try {
+        await rbd.create(params.pool, image, size, create);
+        await rbd.metaSet(params.pool, image, META_VOLUME, JSON.stringify(meta));
+        return this.toVolume(id, params.clusterID, params.pool, image, size, meta);
+      } catch (e) {
+        if (!isErrno(e, EEXIST)) throw e;
+      }
+    }
     let existing = await rbd.info(params.pool, image);
     if (!existing) {
       if (src?.snapshot) {
@@ -184,29 +203,24 @@ export class RbdController implements ControllerBackend {
 
   async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
-    const rbd = this.cli(id.cluster, secrets, ctx.log);
-    const info = await rbd.info(pool, image);
-    if (!info) return;
-    await this.removeImage(rbd, pool, info, ctx);
+    await this.removeImage(this.cli(id.cluster, secrets, ctx.log), id.cluster, pool, image, ctx);
   }
 
-  /** Removes (or trashes) an image, then purges trashed ancestors nothing needs any more. */
-  private async removeImage(rbd: RbdCli, pool: string, info: ImageInfo, ctx: RpcContext): Promise<void> {
+  /**
+   * Removes an image, or moves it to the trash while clones still need its
+   * snapshots. Trashed ancestors that nothing needs any more are purged in
+   * the background, so the caller waits for one command only.
+   */
+  private async removeImage(rbd: RbdCli, clusterId: string, pool: string, image: string, ctx: RpcContext): Promise<void> {
     let result;
     try {
-      result = await rbd.remove(pool, info.name);
+      result = await rbd.remove(pool, image);
     } catch (e) {
-      if (isErrno(e, EBUSY)) throw failedPrecondition(`volume is still in use: image ${pool}/${info.name} has watchers`);
+      if (isErrno(e, EBUSY)) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
       throw e;
     }
-    ctx.log.debug({ image: info.name, result }, 'image removed');
-    let parent = info.parent;
-    while (result !== 'trashed' && parent?.trash) {
-      const next = await rbd.infoById(parent.pool, parent.id);
-      if (!(await rbd.trashRemove(parent.pool, parent.id))) break;
-      ctx.log.debug({ id: parent.id }, 'purged trashed parent');
-      parent = next?.parent;
-    }
+    ctx.log.debug({ image, result }, 'image removed');
+    if (result !== 'missing') this.purger.schedule(`${clusterId}/${pool}`, () => purgeTrash(rbd, pool, this.log), (e) => this.log.warn({ err: String(e), pool }, 'trash purge failed; the next delete retries'));
   }
 
   async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
@@ -291,30 +305,48 @@ export class RbdController implements ControllerBackend {
     return { capacity_bytes: Math.max(size, info.size), node_expansion_required: !isBlock(req.volume_capability) };
   }
 
+  /**
+   * A snapshot is a clone of a temporary snapshot of the source, with its own
+   * snapshot "csi" to restore from. The path is optimistic (no lookups
+   * first); a retry finds the clone existing and answers from its metadata,
+   * which is written last and so marks completion.
+   */
   async createSnapshot(sourceId: ObjectId, req: csi.CreateSnapshotRequest, ctx: RpcContext): Promise<csi.Snapshot> {
     const [pool, srcImage] = sourceId.location as [string, string];
     const rbd = this.cli(sourceId.cluster, req.secrets, ctx.log);
     const snapImage = `csi-snap-${nameHash(this.cfg.driverName, req.name)}`;
     const snapshotId = encodeId({ kind: 's', backend: 'rbd', cluster: sourceId.cluster, location: [pool, snapImage] });
     const sourceVolumeId = encodeId(sourceId);
-    const done = await this.snapshotMeta(rbd, pool, snapImage);
-    // A record under another name was inherited from the source by a clone cut short by a crash.
-    if (done && done.name === req.name) {
+    const finished = async (): Promise<csi.Snapshot | undefined> => {
+      const done = await this.snapshotMeta(rbd, pool, snapImage);
+      // A record under another name would be one inherited from the source by a clone cut short by a crash.
+      if (!done || done.name !== req.name) return undefined;
       if (done.source !== sourceVolumeId) throw alreadyExists(`snapshot "${req.name}" exists for another source volume`);
       return toSnapshot(snapshotId, done);
-    }
-    const src = await rbd.info(pool, srcImage);
-    if (!src) throw notFound(`source volume ${sourceVolumeId} not found`);
-    // Each step tolerates a retry after a crash part-way through; the metadata written last marks completion.
-    if (!(await rbd.info(pool, snapImage))) {
+    };
+    try {
       await rbd.snapCreate(pool, srcImage, snapImage);
-      await rbd.clone(pool, srcImage, snapImage, snapImage, { features: src.features.filter((f) => f !== 'operations') });
+    } catch (e) {
+      if (!isErrno(e, ENOENT)) throw e;
+      // The source is gone: only a retry of a finished snapshot can still succeed.
+      const done = await finished();
+      if (done) return done;
+      throw notFound(`source volume ${sourceVolumeId} not found`);
     }
-    await rbd.metaStrip(pool, snapImage, META_PREFIX);
-    await rbd.snapCreate(pool, snapImage, SNAP_NAME);
-    await rbd.snapRemove(pool, srcImage, snapImage);
-    const meta: SnapshotMeta = { v: 1, name: req.name, source: sourceVolumeId, size: src.size, createdAt: new Date().toISOString() };
-    await rbd.metaSet(pool, snapImage, META_SNAPSHOT, JSON.stringify(meta));
+    try {
+      await rbd.clone(pool, srcImage, snapImage, snapImage, { features: SNAPSHOT_FEATURES });
+    } catch (e) {
+      if (!isErrno(e, EEXIST)) throw e;
+      const done = await finished();
+      if (done) {
+        await rbd.snapRemove(pool, srcImage, snapImage);
+        return done;
+      }
+    }
+    const [info] = await Promise.all([rbd.info(pool, snapImage), rbd.snapCreate(pool, snapImage, SNAP_NAME)]);
+    if (!info) throw failedPrecondition(`snapshot image ${pool}/${snapImage} vanished while being created`);
+    const meta: SnapshotMeta = { v: 1, name: req.name, source: sourceVolumeId, size: info.size, createdAt: new Date().toISOString() };
+    await Promise.all([rbd.snapRemove(pool, srcImage, snapImage), rbd.metaSet(pool, snapImage, META_SNAPSHOT, JSON.stringify(meta))]);
     return toSnapshot(snapshotId, meta);
   }
 
@@ -332,10 +364,8 @@ export class RbdController implements ControllerBackend {
     const [pool, image] = id.location as [string, string];
     if (!image?.startsWith('csi-snap-')) return;
     const rbd = this.cli(id.cluster, secrets, ctx.log);
-    const info = await rbd.info(pool, image);
-    if (!info) return;
     await rbd.snapRemove(pool, image, SNAP_NAME);
-    await this.removeImage(rbd, pool, info, ctx);
+    await this.removeImage(rbd, id.cluster, pool, image, ctx);
   }
 
   async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {

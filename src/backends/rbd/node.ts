@@ -54,14 +54,15 @@ export class RbdNode implements NodeBackend {
     const ref = this.ref(id);
     const conn = this.conn(id.cluster, req.secrets);
     const rbd = new RbdCli(conn, ctx.log);
-    if (!(await rbd.info(ref.pool, ref.image))) throw notFound(`volume ${req.volume_id} not found`);
     const mode = modeOf(cap);
     const ours = await this.attacher.findDevice(ref, ctx.log);
-    if (!ours && isSingleNode(mode)) {
-      // The node-side fence: a single-writer image already open elsewhere (a node
-      // the controller thinks is gone, or a stale attachment) must not be opened again.
+    if (!ours) {
+      // One command checks that the image exists and, for single-node modes,
+      // is the node-side fence: an image already open elsewhere (a node the
+      // controller thinks is gone, or a stale attachment) is not opened again.
       const watchers = await rbd.watchers(ref.pool, ref.image);
-      if (watchers.length) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
+      if (watchers === undefined) throw notFound(`volume ${req.volume_id} not found`);
+      if (watchers.length && isSingleNode(mode)) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
     }
     const mounter = chooseMounter(req.volume_context.mounter);
     const device = ours ?? (await this.attacher.attach(mounter, ref, conn, ctx.log));
@@ -75,6 +76,7 @@ export class RbdNode implements NodeBackend {
       const readonly = isReadOnlyMode(mode);
       const wanted = cap.mount?.fs_type || req.volume_context.fsType || 'ext4';
       let fs = await detectFs(device, ctx.log);
+      const fresh = !fs;
       if (!fs) {
         if (readonly) throw failedPrecondition('a blank volume cannot be staged read-only: it has no file system yet');
         await mkfs(wanted, device, ctx.log);
@@ -84,7 +86,7 @@ export class RbdNode implements NodeBackend {
       }
       // A volume restored or cloned into a bigger size carries its source's
       // smaller file system: grow it now, as the spec asks of staging.
-      const growExt = !readonly && fs.startsWith('ext') && (await extFsBytes(device, ctx.log)) < (await deviceSize(device, ctx.log));
+      const growExt = !readonly && fs.startsWith('ext') && !fresh && (await extFsBytes(device)) < (await deviceSize(device, ctx.log));
       if (growExt) await growExtOffline(device, ctx.log);
       await mount(device, staging, fs, stageMountOptions(fs, readonly, cap.mount?.mount_flags ?? []), ctx.log);
       // xfs grows only while mounted; xfs_growfs is a no-op when there is nothing to add.

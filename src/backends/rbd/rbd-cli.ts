@@ -161,6 +161,10 @@ export class RbdCli {
     throw new ExecError('rbd rm', r.exitCode, r.stderr, false);
   }
 
+  async trashList(pool: string): Promise<Array<{ id: string; name: string }>> {
+    return this.rbdJson<Array<{ id: string; name: string }>>(['trash', 'ls', pool]);
+  }
+
   /** Tries to purge a trashed image; false when it still has clones or snapshots. */
   async trashRemove(pool: string, id: string): Promise<boolean> {
     const r = await runAllowFail('rbd', [...cephArgs(this.conn), 'trash', 'rm', '--no-progress', `${pool}/${id}`], { timeoutMs: TIMEOUT_MS, log: this.log });
@@ -176,10 +180,15 @@ export class RbdCli {
     }
   }
 
-  /** Clients that have the image open (krbd, rbd-nbd, rbd-fuse all show here). */
-  async watchers(pool: string, image: string): Promise<string[]> {
-    const s = await this.rbdJson<{ watchers?: Array<{ address: string }> }>(['status', `${pool}/${image}`]);
-    return (s.watchers ?? []).map((w) => w.address);
+  /** Clients that have the image open (krbd, rbd-nbd, rbd-fuse all show here); undefined when there is no such image. */
+  async watchers(pool: string, image: string): Promise<string[] | undefined> {
+    try {
+      const s = await this.rbdJson<{ watchers?: Array<{ address: string }> }>(['status', `${pool}/${image}`]);
+      return (s.watchers ?? []).map((w) => w.address);
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return undefined;
+      throw e;
+    }
   }
 
   /** Pools with the rbd application enabled, and the bytes each can still take. */
