@@ -1,0 +1,182 @@
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CephLab } from '../test/lab/ceph-lab.js';
+import { connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
+import { MiB, mountCap } from '../test/helpers/volumes.js';
+import { CEPH_TIMEOUTS } from '../src/ceph/conn.js';
+import { DEFAULT_FEATURES } from '../src/backends/rbd/params.js';
+import { mkfsCommand } from '../src/mount/mounter.js';
+import { run, runAllowFail } from '../src/util/exec.js';
+import { measure, rssMb, type Sample } from './stats.js';
+
+/**
+ * RBD benchmark: each CSI call against the bare commands that do the same
+ * work, side by side in one run on one lab, at concurrency 1 and 16; then 100
+ * concurrent CreateVolume calls, and the RSS of the controller and node
+ * processes. Prints figures; asserts nothing (targets are in the README).
+ *
+ * "The same work" per row:
+ *   CreateVolume          rbd create; rbd image-meta set (the name record)
+ *   NodeStage+Publish     rbd-fuse; losetup; blkid; mkfs.ext4; mount; mount --bind
+ *   NodeUnpublish+Unstage umount x2; losetup -d; umount the FUSE dir; wait for rbd-fuse to exit
+ *   CreateSnapshot        rbd snap create; rbd clone; rbd snap create; rbd snap rm; rbd image-meta set
+ *   DeleteVolume          rbd rm
+ */
+
+const POOL = 'rbd';
+const SIZE = 64 * MiB;
+const PARAMS = { backend: 'rbd', clusterID: 'lab', pool: POOL, mounter: 'rbd-fuse' };
+
+const lab = await CephLab.start({ components: ['rbd'] });
+const config = lab.writeDriverConfig();
+const ctrl = await startDriver({ config, mode: 'controller', logLevel: 'warn' });
+const node = await startDriver({ config, mode: 'node', nodeId: 'bench-node', logLevel: 'warn' });
+const c: CsiClients = { ...connect(ctrl.socket), node: connect(node.socket).node };
+const secrets = { userID: 'admin', userKey: lab.adminKey };
+const ceph = ['-c', '/dev/null', '-m', lab.monitors.join(','), '--id', 'admin', '--keyfile', lab.adminKeyFile, ...CEPH_TIMEOUTS];
+const rbd = (args: string[]) => run('rbd', [...ceph, ...args], { timeoutMs: 60_000 });
+const work = path.join(node.dir, 'bench');
+
+await sleep(1000);
+const idle = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
+
+interface Row {
+  op: string;
+  conc: number;
+  n: number;
+  driver: Sample;
+  bare: Sample;
+}
+const rows: Row[] = [];
+const cap = mountCap('ext4');
+
+async function round(conc: number, n: number): Promise<void> {
+  const ids: string[] = [];
+  const snaps: string[] = [];
+  const vname = (i: number) => `b${conc}-${i}`;
+  const bareImg = (i: number) => `bare-${conc}-${i}`;
+  const dirs = (kind: string, i: number) => ({ staging: path.join(work, `${kind}-${conc}-${i}`, 'staging'), target: path.join(work, `${kind}-${conc}-${i}`, 'target'), fuse: path.join(work, `${kind}-${conc}-${i}`, 'fuse') });
+
+  const row = async (op: string, driver: (i: number) => Promise<unknown>, bare: (i: number) => Promise<unknown>) => {
+    const d = await measure(n, conc, driver);
+    const b = await measure(n, conc, bare);
+    rows.push({ op, conc, n, driver: d, bare: b });
+    printRow(rows[rows.length - 1]!);
+  };
+
+  await row(
+    'CreateVolume',
+    async (i) => {
+      const r = await c.controller.CreateVolume({ name: vname(i), capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: PARAMS, secrets });
+      ids[i] = r!.volume!.volume_id!;
+    },
+    async (i) => {
+      await rbd(['create', `${POOL}/${bareImg(i)}`, '--size', `${SIZE}B`, '--image-feature', DEFAULT_FEATURES.join(',')]);
+      await rbd(['image-meta', 'set', `${POOL}/${bareImg(i)}`, 'strata.volume', JSON.stringify({ v: 1, name: bareImg(i) })]);
+    },
+  );
+  for (const id of ids) await c.controller.ControllerPublishVolume({ volume_id: id, node_id: 'bench-node', volume_capability: cap, secrets });
+
+  await row(
+    'NodeStage+NodePublish',
+    async (i) => {
+      const d = dirs('drv', i);
+      mkdirSync(d.staging, { recursive: true });
+      await c.node.NodeStageVolume({ volume_id: ids[i]!, staging_target_path: d.staging, volume_capability: cap, secrets, volume_context: { mounter: 'rbd-fuse' } });
+      await c.node.NodePublishVolume({ volume_id: ids[i]!, staging_target_path: d.staging, target_path: d.target, volume_capability: cap });
+    },
+    async (i) => {
+      const d = dirs('bare', i);
+      mkdirSync(d.fuse, { recursive: true });
+      mkdirSync(d.staging, { recursive: true });
+      mkdirSync(d.target, { recursive: true });
+      await run('rbd-fuse', ['-c', '/dev/null', '-p', POOL, '-r', bareImg(i), d.fuse], { timeoutMs: 60_000, env: { CEPH_ARGS: ceph.slice(2).join(' ') } });
+      const dev = (await run('losetup', ['-f', '--show', path.join(d.fuse, bareImg(i))], { timeoutMs: 30_000 })).stdout.trim();
+      const probe = await runAllowFail('blkid', ['-p', '-o', 'value', '-s', 'TYPE', dev], { timeoutMs: 30_000 });
+      if (!probe.stdout.trim()) {
+        const [file, args] = mkfsCommand('ext4', dev);
+        await run(file, args, { timeoutMs: 90_000 });
+      }
+      await run('mount', ['-t', 'ext4', dev, d.staging], { timeoutMs: 30_000 });
+      await run('mount', ['--bind', d.staging, d.target], { timeoutMs: 30_000 });
+    },
+  );
+
+  await row(
+    'CreateSnapshot',
+    async (i) => {
+      const r = await c.controller.CreateSnapshot({ source_volume_id: ids[i]!, name: `s${conc}-${i}`, secrets });
+      snaps[i] = r!.snapshot!.snapshot_id!;
+    },
+    async (i) => {
+      const src = `${POOL}/${bareImg(i)}`;
+      const snap = `bare-snap-${conc}-${i}`;
+      await rbd(['snap', 'create', `${src}@${snap}`]);
+      await rbd(['clone', '--rbd-default-clone-format', '2', `${src}@${snap}`, `${POOL}/${snap}`, '--image-feature', 'layering']);
+      await rbd(['snap', 'create', `${POOL}/${snap}@csi`]);
+      await rbd(['snap', 'rm', `${src}@${snap}`]);
+      await rbd(['image-meta', 'set', `${POOL}/${snap}`, 'strata.snapshot', JSON.stringify({ v: 1, name: snap })]);
+    },
+  );
+
+  await row(
+    'NodeUnpublish+NodeUnstage',
+    async (i) => {
+      const d = dirs('drv', i);
+      await c.node.NodeUnpublishVolume({ volume_id: ids[i]!, target_path: d.target });
+      await c.node.NodeUnstageVolume({ volume_id: ids[i]!, staging_target_path: d.staging });
+    },
+    async (i) => {
+      const d = dirs('bare', i);
+      await run('umount', [d.target], { timeoutMs: 30_000 });
+      await run('umount', [d.staging], { timeoutMs: 30_000 });
+      const dev = (await run('losetup', ['-j', path.join(d.fuse, bareImg(i)), '-O', 'NAME', '-n'], { timeoutMs: 30_000 })).stdout.trim();
+      await run('losetup', ['-d', dev], { timeoutMs: 30_000 });
+      const pid = (await runAllowFail('pgrep', ['-f', `rbd-fuse .* ${d.fuse}$`], { timeoutMs: 10_000 })).stdout.trim();
+      await run('umount', [d.fuse], { timeoutMs: 30_000 });
+      while (pid && (await runAllowFail('kill', ['-0', pid], { timeoutMs: 5_000 })).exitCode === 0) await sleep(20);
+    },
+  );
+
+  // Snapshots go first (untimed) so the volumes are plain images again, as in a cluster's usual order.
+  for (let i = 0; i < n; i++) {
+    await c.controller.ControllerUnpublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', secrets });
+    await c.controller.DeleteSnapshot({ snapshot_id: snaps[i]!, secrets });
+    await rbd(['snap', 'rm', `${POOL}/bare-snap-${conc}-${i}@csi`]);
+    await rbd(['rm', '--no-progress', `${POOL}/bare-snap-${conc}-${i}`]);
+  }
+  await row(
+    'DeleteVolume',
+    (i) => c.controller.DeleteVolume({ volume_id: ids[i]!, secrets }),
+    (i) => rbd(['rm', '--no-progress', `${POOL}/${bareImg(i)}`]),
+  );
+}
+
+const fmt = (ms: number) => (Number.isNaN(ms) ? '-' : ms.toFixed(0)).padStart(6);
+function printRow(r: Row): void {
+  const ratio = r.driver.p50 / r.bare.p50;
+  const errs = r.driver.errors + r.bare.errors ? `  errors driver ${r.driver.errors} bare ${r.bare.errors}` : '';
+  console.log(`${r.op.padEnd(26)}${String(r.conc).padStart(4)}${String(r.n).padStart(5)}  ${fmt(r.driver.p50)} ${fmt(r.driver.p99)}   ${fmt(r.bare.p50)} ${fmt(r.bare.p99)}   ${ratio.toFixed(2).padStart(5)}x${errs}`);
+}
+
+try {
+  console.log(`RBD benchmark: Ceph lab on this machine, ${SIZE / MiB} MiB ext4 volumes, rbd-fuse on the node; milliseconds`);
+  console.log(`${'operation'.padEnd(26)}conc    n  driver p50    p99     bare p50    p99   p50 ratio`);
+  await round(1, 16);
+  await round(16, 32);
+
+  const burst = await measure(100, 100, (i) => c.controller.CreateVolume({ name: `burst-${i}`, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [cap], parameters: PARAMS, secrets }));
+  console.log(`\n100 concurrent CreateVolume: ${burst.errors} errors, ${(burst.wallMs / 1000).toFixed(1)} s wall, p50 ${burst.p50.toFixed(0)} ms, p99 ${burst.p99.toFixed(0)} ms`);
+  const all = (await c.controller.ListVolumes({}))!.entries!.map((e) => e.volume!.volume_id!);
+  await measure(all.length, 16, (i) => c.controller.DeleteVolume({ volume_id: all[i]!, secrets }));
+
+  const after = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
+  console.log(`\nRSS (MB)        idle   after load   peak`);
+  for (const k of ['controller', 'node'] as const) console.log(`${k.padEnd(14)}${idle[k].rss.toFixed(0).padStart(6)}${after[k].rss.toFixed(0).padStart(13)}${after[k].peak.toFixed(0).padStart(7)}`);
+} finally {
+  c.close();
+  await ctrl.stop();
+  await node.stop();
+  await lab.stop();
+}
