@@ -5,10 +5,11 @@ import { findCluster } from '../../config/config.js';
 import { KeyFiles, resolveCephIdentity } from '../../ceph/credentials.js';
 import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
-import { GiB, MiB, isBlock, isMultiNodeWriter, isSingleNode, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
+import { GiB, MiB, isBlock, isMultiNodeWriter, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
 import type * as csi from '../../csi/types.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
+import { ATTACH_PREFIX, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
 import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno } from './rbd-cli.js';
 import { Debounced, purgeTrash } from './trash.js';
@@ -24,7 +25,7 @@ import { Debounced, purgeTrash } from './trash.js';
 const META_PREFIX = 'strata.';
 const META_VOLUME = 'strata.volume';
 const META_SNAPSHOT = 'strata.snapshot';
-const META_ATTACH = 'strata.attach.';
+const META_ATTACH = ATTACH_PREFIX;
 const SNAP_NAME = 'csi';
 const DEFAULT_SIZE = GiB;
 // Snapshot images are never written or mapped: layering is all they need.
@@ -47,10 +48,6 @@ interface SnapshotMeta {
   createdAt: string;
 }
 
-interface Attachment {
-  mode: string;
-  readonly: boolean;
-}
 
 export class RbdController implements ControllerBackend {
   private readonly keyFiles = new KeyFiles();
@@ -227,22 +224,8 @@ export class RbdController implements ControllerBackend {
     const [pool, image] = id.location as [string, string];
     const rbd = this.cli(id.cluster, req.secrets, ctx.log);
     if (!(await rbd.info(pool, image))) throw notFound(`volume ${req.volume_id} not found`);
-    const meta = await rbd.metaList(pool, image);
     const mode = modeOf(req.volume_capability);
-    const mine = meta[META_ATTACH + req.node_id];
-    if (mine) {
-      const a = JSON.parse(mine) as Attachment;
-      if (a.readonly !== req.readonly || a.mode !== mode) {
-        throw alreadyExists(`volume is already published to node ${req.node_id} with different options`);
-      }
-      return {};
-    }
-    const others = Object.keys(meta).filter((k) => k.startsWith(META_ATTACH)).map((k) => k.slice(META_ATTACH.length));
-    if (others.length && isSingleNode(mode)) {
-      throw failedPrecondition(`volume has a single-node access mode and is attached to node ${others[0]}`);
-    }
-    const held = others.map((n) => JSON.parse(meta[META_ATTACH + n]!) as Attachment).find((a) => isSingleNode(a.mode as never));
-    if (held) throw failedPrecondition(`volume is attached with a single-node access mode to node ${others[0]}`);
+    if (decidePublish(attachmentsIn(await rbd.metaList(pool, image)), req.node_id, mode, req.readonly) === 'exists') return {};
     await rbd.metaSet(pool, image, META_ATTACH + req.node_id, JSON.stringify({ mode, readonly: req.readonly } satisfies Attachment));
     return {};
   }
