@@ -33,7 +33,7 @@ export interface HandlerOptions<Req> {
 
 // Request fields that may hold credentials; redacted again here (besides
 // pino's own censoring) so no log line depends on one mechanism.
-const SECRET_FIELDS = new Set(['secrets', 'mount_flags']);
+const SECRET_FIELDS = new Set(['secrets', 'mount_flags', 'publish_context']);
 
 export function redact(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(redact);

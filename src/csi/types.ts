@@ -10,3 +10,4 @@ export type { Snapshot } from './gen/csi/v1/Snapshot.js';
 export type { NodeStageVolumeRequest__Output as NodeStageVolumeRequest } from './gen/csi/v1/NodeStageVolumeRequest.js';
 export type { NodeExpandVolumeRequest__Output as NodeExpandVolumeRequest } from './gen/csi/v1/NodeExpandVolumeRequest.js';
 export type { NodePublishVolumeRequest__Output as NodePublishVolumeRequest } from './gen/csi/v1/NodePublishVolumeRequest.js';
+export type { VolumeContentSource__Output as VolumeContentSource } from './gen/csi/v1/VolumeContentSource.js';

@@ -1,12 +1,11 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { cephArgs, cephArgsEnv, type CephConn } from '../../ceph/conn.js';
-import { internal } from '../../errors.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { loopAttach, loopDetachAll, loopFind, unmount } from '../../mount/mounter.js';
 import { run, runAllowFail } from '../../util/exec.js';
+import { fuseDaemonPid, waitExit } from '../../mount/fuse-process.js';
 import type { RbdMounter } from './params.js';
 
 /**
@@ -107,7 +106,7 @@ export class RbdAttacher {
     const dir = this.fuseDir(ref);
     if (await findMount(dir)) {
       await loopDetachAll(path.join(dir, ref.image), log);
-      const pid = fusePid(dir);
+      const pid = fuseDaemonPid('rbd-fuse', dir);
       await unmount(dir, log);
       // rbd-fuse flushes and exits after the unmount; unstage is done only when it has.
       if (pid) await waitExit(pid, 20_000);
@@ -123,29 +122,3 @@ export class RbdAttacher {
   }
 }
 
-/** The rbd-fuse process serving `dir`, found from /proc (no pid files to go stale). */
-export function fusePid(dir: string): number | undefined {
-  for (const ent of readdirSync('/proc')) {
-    if (!/^\d+$/.test(ent)) continue;
-    try {
-      const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
-      if (argv[0]?.endsWith('rbd-fuse') && argv.includes(dir)) return Number(ent);
-    } catch {
-      /* exited meanwhile */
-    }
-  }
-  return undefined;
-}
-
-async function waitExit(pid: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    await sleep(20);
-  }
-  throw internal(`FUSE process ${pid} did not exit after unmount`);
-}

@@ -1,0 +1,350 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import type { ClusterConfig, Config } from '../../config/config.js';
+import { findCluster } from '../../config/config.js';
+import { KeyFiles, resolveCephIdentity } from '../../ceph/credentials.js';
+import type { RpcContext } from '../../csi/handler.js';
+import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
+import { GiB, MiB, isBlock, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
+import type * as csi from '../../csi/types.js';
+import { aborted, alreadyExists, internal, invalidArgument, notFound, outOfRange } from '../../errors.js';
+import { ATTACH_PREFIX, attachmentsIn, decidePublish } from '../attachments.js';
+import type { ControllerBackend, PublishedVolume } from '../types.js';
+import { CephFsCli, EEXIST, ENOENT, isErrno } from './fs-cli.js';
+import { parseCephfsParams } from './params.js';
+
+/**
+ * CephFS volumes are subvolumes csi-vol-<hash of the request name> in a
+ * subvolume group, with the capacity as quota and their own RADOS namespace.
+ * Snapshots are subvolume snapshots csi-snap-<hash>; restores and clones use
+ * the mgr's asynchronous clone, answered with ABORTED ("in progress") until
+ * complete, as sidecars retry. What the controller must remember (name,
+ * source, attachments) is subvolume and snapshot metadata.
+ */
+
+const META_VOLUME = 'strata.volume';
+const META_SNAPSHOT = 'strata.snapshot';
+const DEFAULT_SIZE = GiB;
+// How long CreateVolume waits for a clone before answering "still in progress" (clones take 4-7 s).
+const CLONE_WAIT_MS = 20_000;
+
+interface VolumeMeta {
+  v: 1;
+  name: string;
+  source?: { snapshot?: string; volume?: string };
+  createdAt: string;
+}
+
+interface SnapshotMeta {
+  v: 1;
+  name: string;
+  source: string;
+  size: number;
+  createdAt: string;
+}
+
+/** The Ceph user that may reach only this subvolume. */
+export const volumeUser = (subvolume: string) => `strata-${subvolume}`;
+
+export class CephfsController implements ControllerBackend {
+  private readonly keyFiles = new KeyFiles();
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly log: Logger,
+  ) {}
+
+  private cluster(id: string): ClusterConfig {
+    const c = findCluster(this.cfg, id);
+    if (!c?.ceph) throw notFound(`cluster "${id}" is not configured for Ceph`);
+    return c;
+  }
+
+  private cli(clusterId: string, fs: string, group: string, secrets: Record<string, string> | undefined, log: Logger): CephFsCli {
+    const c = this.cluster(clusterId);
+    return new CephFsCli({ monitors: c.ceph!.monitors, identity: resolveCephIdentity(c, secrets, this.keyFiles) }, fs, group, log);
+  }
+
+  private cliFor(id: ObjectId, secrets: Record<string, string> | undefined, log: Logger): { fs: CephFsCli; name: string; snap?: string } {
+    const [fsName, group, name, snap] = id.location as [string, string, string, string | undefined];
+    return { fs: this.cli(id.cluster, fsName, group, secrets, log), name, snap };
+  }
+
+  validateCapabilities(caps: csi.VolumeCapability[]): string | undefined {
+    if (caps.some((c) => isBlock(c))) return 'CephFS volumes are file systems: raw block access is not available';
+    return undefined;
+  }
+
+  async createVolume(req: csi.CreateVolumeRequest, ctx: RpcContext): Promise<csi.Volume> {
+    const p = parseCephfsParams(req.parameters);
+    const size = sizeFromRange(req.capacity_range, DEFAULT_SIZE, MiB);
+    const name = `csi-vol-${nameHash(this.cfg.driverName, req.name)}`;
+    const id = encodeId({ kind: 'v', backend: 'cephfs', cluster: p.clusterID, location: [p.fsName, p.subvolumeGroup, name] });
+    const fs = this.cli(p.clusterID, p.fsName, p.subvolumeGroup, req.secrets, ctx.log);
+    const src = req.volume_content_source;
+    const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
+    let info = await fs.info(name);
+    if (!info) {
+      if (wantSrc) await this.startClone(fs, p.clusterID, src!, name, size, p.pool);
+      else {
+        try {
+          await fs.create(name, size, p.pool);
+        } catch (e) {
+          // The group is made on first use; checking for it on every create would cost a command each time.
+          if (!isErrno(e, ENOENT)) throw e;
+          await fs.ensureGroup();
+          await fs.create(name, size, p.pool);
+        }
+      }
+      info = await fs.info(name);
+      if (!info) throw internal(`subvolume ${name} vanished while being created`);
+    }
+    if (info.state !== 'complete') info = await this.awaitClone(fs, name, ctx);
+
+    const meta = await fs.metaList(name);
+    const prev = meta[META_VOLUME] ? (JSON.parse(meta[META_VOLUME]) as VolumeMeta) : undefined;
+    if (prev) {
+      const prevSrc = prev.source?.snapshot ?? prev.source?.volume;
+      if (prevSrc !== wantSrc) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
+      if (!sizeFits(info.bytesQuota, req.capacity_range) || (!req.capacity_range && info.bytesQuota !== DEFAULT_SIZE && !wantSrc)) {
+        throw alreadyExists(`volume "${req.name}" exists with size ${info.bytesQuota}, which does not match the request`);
+      }
+      return this.toVolume(id, p.clusterID, info.bytesQuota, info.path, prev, p);
+    }
+    // First completion (or a retry after a crash before the record): clones carry their source's quota.
+    if (info.bytesQuota !== size) await fs.resize(name, size);
+    for (const k of Object.keys(meta)) if (k.startsWith('strata.')) await fs.metaRemove(name, k);
+    const vm: VolumeMeta = { v: 1, name: req.name, createdAt: new Date().toISOString() };
+    if (src?.snapshot) vm.source = { snapshot: wantSrc };
+    else if (src?.volume) vm.source = { volume: wantSrc };
+    if (src?.volume) await this.dropCloneSnapshot(fs, p.clusterID, wantSrc!, name);
+    await fs.metaSet(name, META_VOLUME, JSON.stringify(vm));
+    return this.toVolume(id, p.clusterID, size, info.path, vm, p);
+  }
+
+  /** Starts the mgr clone for a restore (from a snapshot) or a clone (from a volume, via a temporary snapshot). */
+  private async startClone(fs: CephFsCli, clusterId: string, src: csi.VolumeContentSource, target: string, size: number, pool?: string): Promise<void> {
+    let from: { name: string; snap: string; size: number };
+    if (src.snapshot) {
+      const sid = this.sameFs(parseId(src.snapshot.snapshot_id, 's'), clusterId, fs, `snapshot ${src.snapshot.snapshot_id} not found`);
+      const [, , name, snap] = sid.location as [string, string, string, string];
+      const m = await fs.snapMetaList(name, snap);
+      if (!m?.[META_SNAPSHOT]) throw notFound(`snapshot ${src.snapshot.snapshot_id} not found`);
+      from = { name, snap, size: (JSON.parse(m[META_SNAPSHOT]) as SnapshotMeta).size };
+    } else {
+      const vid = this.sameFs(parseId(src.volume!.volume_id, 'v'), clusterId, fs, `source volume ${src.volume!.volume_id} not found`);
+      const name = vid.location[2]!;
+      const info = await fs.info(name);
+      if (!info || info.state !== 'complete') throw notFound(`source volume ${src.volume!.volume_id} not found`);
+      from = { name, snap: target, size: info.bytesQuota };
+      try {
+        await fs.snapCreate(name, target);
+      } catch (e) {
+        if (!isErrno(e, EEXIST)) throw e;
+      }
+    }
+    if (size < from.size) throw outOfRange(`requested size ${size} is smaller than the source (${from.size} bytes)`);
+    await fs.clone(from.name, from.snap, target, pool);
+  }
+
+  private sameFs(id: ObjectId | undefined, clusterId: string, fs: CephFsCli, missing: string): ObjectId {
+    if (!id || id.backend !== 'cephfs') throw notFound(missing);
+    if (id.cluster !== clusterId || id.location[0] !== fs.fs || id.location[1] !== fs.group) {
+      throw invalidArgument('a CephFS volume can only be restored or cloned within its file system and subvolume group');
+    }
+    return id;
+  }
+
+  private async dropCloneSnapshot(fs: CephFsCli, clusterId: string, sourceVolumeId: string, target: string): Promise<void> {
+    const vid = parseId(sourceVolumeId, 'v');
+    if (vid && vid.cluster === clusterId) await fs.snapRemove(vid.location[2]!, target);
+  }
+
+  private async awaitClone(fs: CephFsCli, name: string, ctx: RpcContext) {
+    const deadline = Date.now() + CLONE_WAIT_MS;
+    for (;;) {
+      const st = await fs.cloneState(name);
+      if (!st || st.state === 'complete') break;
+      if (st.state === 'failed' || st.state === 'canceled') {
+        await fs.remove(name, false, true);
+        throw internal(`cloning into ${name} ${st.state}${st.reason ? `: ${st.reason}` : ''}; it was removed, and a retry starts over`);
+      }
+      if (Date.now() > deadline) throw aborted(`volume is still being cloned (${st.state}); retry`);
+      await sleep(250);
+    }
+    const info = await fs.info(name);
+    if (!info) throw internal(`subvolume ${name} vanished after cloning`);
+    ctx.log.debug({ name }, 'clone complete');
+    return info;
+  }
+
+  private toVolume(id: string, clusterID: string, size: number, path: string, meta: VolumeMeta, p?: { mounter?: string; kernelMountOptions: string[]; fuseMountOptions: string[] }): csi.Volume {
+    const ctx: Record<string, string> = { clusterID, subvolumePath: path };
+    if (p?.mounter) ctx.mounter = p.mounter;
+    if (p?.kernelMountOptions.length) ctx.kernelMountOptions = p.kernelMountOptions.join(',');
+    if (p?.fuseMountOptions.length) ctx.fuseMountOptions = p.fuseMountOptions.join(',');
+    const vol: csi.Volume = { volume_id: id, capacity_bytes: size, volume_context: ctx };
+    if (meta.source?.snapshot) vol.content_source = { snapshot: { snapshot_id: meta.source.snapshot } };
+    else if (meta.source?.volume) vol.content_source = { volume: { volume_id: meta.source.volume } };
+    const topo = this.cluster(clusterID).topology;
+    if (topo) vol.accessible_topology = [{ segments: topo }];
+    return vol;
+  }
+
+  async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
+    const { fs, name } = this.cliFor(id, secrets, ctx.log);
+    const info = await fs.info(name);
+    if (!info || info.state === 'snapshot-retained') return;
+    if (info.state !== 'complete') {
+      // A clone still running: cancel it by removing the target.
+      await fs.remove(name, false, true);
+      return;
+    }
+    await fs.deauthorize(name, volumeUser(name));
+    const snaps = await fs.snapList(name);
+    await fs.remove(name, snaps.length > 0);
+  }
+
+  async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
+    const { fs, name } = this.cliFor(id, req.secrets, ctx.log);
+    const info = await fs.info(name);
+    if (!info || info.state !== 'complete') throw notFound(`volume ${req.volume_id} not found`);
+    const mode = modeOf(req.volume_capability);
+    if (decidePublish(attachmentsIn(await fs.metaList(name)), req.node_id, mode, req.readonly) === 'add') {
+      await fs.metaSet(name, ATTACH_PREFIX + req.node_id, JSON.stringify({ mode, readonly: req.readonly }));
+    }
+    // The node mounts with a key for this subvolume alone, handed over in the publish context.
+    const user = volumeUser(name);
+    return { userID: user, userKey: await fs.authorize(name, user) };
+  }
+
+  async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
+    const { fs, name } = this.cliFor(id, secrets, ctx.log);
+    const info = await fs.info(name);
+    if (!info || info.state !== 'complete') return;
+    const nodes = nodeId ? [nodeId] : [...attachmentsIn(await fs.metaList(name)).keys()];
+    for (const n of nodes) await fs.metaRemove(name, ATTACH_PREFIX + n);
+  }
+
+  async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {
+    const { fs, name } = this.cliFor(id, secrets, ctx.log);
+    if (!name?.startsWith('csi-vol-')) return undefined;
+    const info = await fs.info(name);
+    if (!info || info.state === 'snapshot-retained') return undefined;
+    const meta = info.state === 'complete' ? await fs.metaList(name) : {};
+    const vm = meta[META_VOLUME] ? (JSON.parse(meta[META_VOLUME]) as VolumeMeta) : undefined;
+    return {
+      volume: this.toVolume(encodeId(id), id.cluster, info.bytesQuota, info.path, vm ?? { v: 1, name: '', createdAt: '' }),
+      publishedNodes: [...attachmentsIn(meta).keys()].sort(),
+      abnormal: vm ? undefined : `subvolume is ${info.state === 'complete' ? 'missing its Strata record: creation did not finish' : `being cloned (${info.state})`}`,
+    };
+  }
+
+  /** Every subvolume group of every file system, so volumes of any StorageClass are listed. */
+  private async groups(clusterId: string, ctx: RpcContext): Promise<CephFsCli[]> {
+    const admin = this.cli(clusterId, '', '', {}, ctx.log);
+    const fss = JSON.parse(await admin.ceph(['fs', 'ls', '--format', 'json'])) as Array<{ name: string }>;
+    const out: CephFsCli[] = [];
+    for (const f of fss) {
+      const groups = JSON.parse(await admin.ceph(['fs', 'subvolumegroup', 'ls', f.name, '--format', 'json'])) as Array<{ name: string }>;
+      for (const g of groups) out.push(this.cli(clusterId, f.name, g.name, {}, ctx.log));
+    }
+    return out;
+  }
+
+  async listVolumeIds(clusterId: string, ctx: RpcContext): Promise<string[]> {
+    const ids: string[] = [];
+    for (const fs of await this.groups(clusterId, ctx)) {
+      for (const n of await fs.list()) {
+        if (n.startsWith('csi-vol-')) ids.push(encodeId({ kind: 'v', backend: 'cephfs', cluster: clusterId, location: [fs.fs, fs.group, n] }));
+      }
+    }
+    return ids.sort();
+  }
+
+  async getCapacity(clusterId: string, params: Record<string, string>, ctx: RpcContext): Promise<number> {
+    const p = params.fsName ? parseCephfsParams(params) : undefined;
+    const fs = this.cli(clusterId, p?.fsName ?? '', p?.subvolumeGroup ?? 'csi', {}, ctx.log);
+    if (!p) return 0;
+    const pool = p.pool ?? (await fs.dataPools())[0];
+    return pool ? ((await fs.poolAvailable(pool)) ?? 0) : 0;
+  }
+
+  async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
+    const { fs, name } = this.cliFor(id, req.secrets, ctx.log);
+    const info = await fs.info(name);
+    if (!info || info.state !== 'complete') throw notFound(`volume ${req.volume_id} not found`);
+    const size = sizeFromRange(req.capacity_range, info.bytesQuota, MiB);
+    if (size > info.bytesQuota) await fs.resize(name, size);
+    // The quota is enforced by the MDS and clients at once: no node step.
+    return { capacity_bytes: Math.max(size, info.bytesQuota), node_expansion_required: false };
+  }
+
+  async createSnapshot(sourceId: ObjectId, req: csi.CreateSnapshotRequest, ctx: RpcContext): Promise<csi.Snapshot> {
+    const { fs, name } = this.cliFor(sourceId, req.secrets, ctx.log);
+    const snap = `csi-snap-${nameHash(this.cfg.driverName, req.name)}`;
+    const sourceVolumeId = encodeId(sourceId);
+    const snapshotId = encodeId({ kind: 's', backend: 'cephfs', cluster: sourceId.cluster, location: [fs.fs, fs.group, name, snap] });
+    const existing = await fs.snapMetaList(name, snap);
+    if (existing?.[META_SNAPSHOT]) return toSnapshot(snapshotId, JSON.parse(existing[META_SNAPSHOT]) as SnapshotMeta);
+    const info = await fs.info(name);
+    if (!info || info.state !== 'complete') throw notFound(`source volume ${sourceVolumeId} not found`);
+    // Snapshot names are global to the driver: the same name on another volume is a conflict.
+    const elsewhere = await this.findSnapshotByName(sourceId.cluster, snap, ctx);
+    if (elsewhere && elsewhere !== snapshotId) throw alreadyExists(`snapshot "${req.name}" exists for another source volume`);
+    try {
+      await fs.snapCreate(name, snap);
+    } catch (e) {
+      if (!isErrno(e, EEXIST)) throw e;
+    }
+    const meta: SnapshotMeta = { v: 1, name: req.name, source: sourceVolumeId, size: info.bytesQuota, createdAt: new Date().toISOString() };
+    await fs.snapMetaSet(name, snap, META_SNAPSHOT, JSON.stringify(meta));
+    return toSnapshot(snapshotId, meta);
+  }
+
+  private async findSnapshotByName(clusterId: string, snap: string, ctx: RpcContext): Promise<string | undefined> {
+    return (await this.listSnapshotIds(clusterId, undefined, {}, ctx)).find((s) => s.endsWith(`:${snap}`));
+  }
+
+  async deleteSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
+    const { fs, name, snap } = this.cliFor(id, secrets, ctx.log);
+    if (!snap?.startsWith('csi-snap-')) return;
+    await fs.snapRemove(name, snap);
+    // A subvolume kept only for its snapshots goes with the last of them.
+    const info = await fs.info(name);
+    if (info?.state === 'snapshot-retained' && !(await fs.snapList(name)).length) await fs.remove(name, false);
+  }
+
+  async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {
+    const { fs, name, snap } = this.cliFor(id, secrets, ctx.log);
+    if (!snap?.startsWith('csi-snap-')) return undefined;
+    const m = await fs.snapMetaList(name, snap);
+    return m?.[META_SNAPSHOT] ? toSnapshot(encodeId(id), JSON.parse(m[META_SNAPSHOT]) as SnapshotMeta) : undefined;
+  }
+
+  async listSnapshotIds(clusterId: string, source: ObjectId | undefined, secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
+    const ids: string[] = [];
+    const groups = source ? [this.cliFor(source, secrets, ctx.log).fs] : await this.groups(clusterId, ctx);
+    for (const fs of groups) {
+      const names = source ? [source.location[2]!] : (await fs.list()).filter((n) => n.startsWith('csi-vol-'));
+      for (const n of names) {
+        for (const s of await fs.snapList(n)) {
+          if (s.startsWith('csi-snap-')) ids.push(encodeId({ kind: 's', backend: 'cephfs', cluster: clusterId, location: [fs.fs, fs.group, n, s] }));
+        }
+      }
+    }
+    return ids.sort();
+  }
+}
+
+function toSnapshot(snapshotId: string, m: SnapshotMeta): csi.Snapshot {
+  const ms = Date.parse(m.createdAt);
+  return {
+    snapshot_id: snapshotId,
+    source_volume_id: m.source,
+    size_bytes: m.size,
+    creation_time: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 },
+    // CephFS snapshots are taken at once; nothing is copied.
+    ready_to_use: true,
+  };
+}

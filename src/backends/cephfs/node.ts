@@ -1,0 +1,110 @@
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import type { Config } from '../../config/config.js';
+import { findCluster } from '../../config/config.js';
+import { KeyFiles, resolveCephIdentity, type CephIdentity } from '../../ceph/credentials.js';
+import { CEPH_TIMEOUTS } from '../../ceph/conn.js';
+import { isReadOnlyMode, modeOf } from '../../csi/capabilities.js';
+import type { RpcContext } from '../../csi/handler.js';
+import type { ObjectId } from '../../csi/ids.js';
+import type * as csi from '../../csi/types.js';
+import { failedPrecondition, internal, invalidArgument, notFound } from '../../errors.js';
+import { findMount } from '../../mount/mountinfo.js';
+import { fsUsage, unmount } from '../../mount/mounter.js';
+import { run } from '../../util/exec.js';
+import { fuseDaemonPid, waitExit } from '../../mount/fuse-process.js';
+import type { NodeBackend } from '../types.js';
+
+/**
+ * Node side of CephFS: mount the subvolume's path once per node at the
+ * staging path, with the volume's own Ceph user (from the publish context),
+ * through the kernel client where the kernel has it, else ceph-fuse.
+ */
+
+export interface CephfsMountSpec {
+  monitors: string[];
+  identity: CephIdentity;
+  path: string;
+  target: string;
+  readonly: boolean;
+  options: string[];
+}
+
+export function kernelCephAvailable(): boolean {
+  try {
+    return /\tceph$/m.test(readFileSync('/proc/filesystems', 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** `mount -t ceph`: the key travels as secretfile, never in the options text. */
+export function kernelMountCommand(s: CephfsMountSpec): [string, string[]] {
+  const opts = [`name=${s.identity.id}`, `secretfile=${s.identity.keyFile}`, ...(s.readonly ? ['ro'] : []), ...s.options];
+  return ['mount', ['-t', 'ceph', `${s.monitors.join(',')}:${s.path}`, s.target, '-o', opts.join(',')]];
+}
+
+export function fuseMountCommand(s: CephfsMountSpec): [string, string[]] {
+  const args = ['-c', '/dev/null', '-m', s.monitors.join(','), '--id', s.identity.id, '--keyfile', s.identity.keyFile, ...CEPH_TIMEOUTS, '-r', s.path];
+  // Per-mount admin sockets and pid files would collide between volumes (one user per volume avoids most of it).
+  args.push('--admin_socket', '', '--pid_file', '');
+  const o = [...(s.readonly ? ['ro'] : []), ...s.options];
+  if (o.length) args.push('-o', o.join(','));
+  args.push(s.target);
+  return ['ceph-fuse', args];
+}
+
+export class CephfsNode implements NodeBackend {
+  private readonly keyFiles = new KeyFiles();
+
+  constructor(private readonly cfg: Config) {}
+
+  async stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void> {
+    const staging = req.staging_target_path;
+    if (await findMount(staging)) return;
+    const cluster = findCluster(this.cfg, id.cluster);
+    if (!cluster?.ceph) throw notFound(`cluster "${id.cluster}" is not configured for Ceph`);
+    const path = req.volume_context.subvolumePath;
+    if (!path?.startsWith('/')) throw invalidArgument('volume_context.subvolumePath is missing: the volume was not created by this driver');
+    // The volume's own user from ControllerPublish; the node-stage secrets only when there is none.
+    const creds = req.publish_context.userID ? { userID: req.publish_context.userID, userKey: req.publish_context.userKey ?? '' } : req.secrets;
+    const identity = resolveCephIdentity(cluster, creds, this.keyFiles);
+    const kernel = req.volume_context.mounter === 'kernel' || (req.volume_context.mounter !== 'fuse' && kernelCephAvailable());
+    const spec: CephfsMountSpec = {
+      monitors: cluster.ceph.monitors,
+      identity,
+      path,
+      target: staging,
+      readonly: isReadOnlyMode(modeOf(req.volume_capability)),
+      options: [...(req.volume_capability?.mount?.mount_flags ?? []), ...optionList(kernel ? req.volume_context.kernelMountOptions : req.volume_context.fuseMountOptions)],
+    };
+    mkdirSync(staging, { recursive: true });
+    const [file, args] = kernel ? kernelMountCommand(spec) : fuseMountCommand(spec);
+    try {
+      await run(file, args, { timeoutMs: 60_000, log: ctx.log });
+    } catch (e) {
+      if (/permission denied|not permitted|rejected/i.test(String((e as Error).message))) throw failedPrecondition(`Ceph refused the mount of ${path}: ${(e as Error).message}`);
+      throw e;
+    }
+    if (!(await findMount(staging))) throw internal(`${file} returned but ${staging} is not mounted`);
+  }
+
+  async unstage(_id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
+    const m = await findMount(staging);
+    if (!m) return;
+    const pid = m.fsType.startsWith('fuse') ? fuseDaemonPid('ceph-fuse', staging) : undefined;
+    await unmount(staging, ctx.log);
+    // ceph-fuse flushes its caches on the way out: unstaged means the daemon is gone.
+    if (pid) await waitExit(pid, 30_000);
+  }
+
+  async expand(_id: ObjectId, req: csi.NodeExpandVolumeRequest): Promise<number> {
+    // Quotas apply at once; report what the mount shows.
+    if (!existsSync(req.volume_path)) throw notFound(`${req.volume_path} does not exist`);
+    return (await fsUsage(req.volume_path)).bytesTotal;
+  }
+}
+
+function optionList(s: string | undefined): string[] {
+  return (s ?? '').split(',').map((o) => o.trim()).filter(Boolean);
+}
+

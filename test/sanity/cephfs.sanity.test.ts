@@ -1,0 +1,43 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import path from 'node:path';
+import { CephLab } from '../lab/ceph-lab.js';
+import { startDriver, type DriverProcess } from '../helpers/driver.js';
+import { leftovers } from '../helpers/leftovers.js';
+import { runSanity } from './sanity-runner.js';
+
+/**
+ * csi-sanity against the CephFS backend (ceph-fuse on these machines).
+ * Zero failures required; skips are listed in sanity-runner.ts.
+ */
+
+describe('csi-sanity: cephfs', { timeout: 900_000 }, () => {
+  let lab: CephLab;
+  let driver: DriverProcess;
+
+  before(async () => {
+    lab = await CephLab.start({ components: ['rbd', 'cephfs'] });
+    driver = await startDriver({ config: lab.writeDriverConfig(), nodeId: 'sanity-node' });
+  });
+
+  after(async () => {
+    await driver?.stop();
+    await lab?.stop();
+  });
+
+  it('passes every spec with file-system volumes', async () => {
+    const workDir = path.join(driver.dir, 'sanity-cephfs');
+    const r = await runSanity({
+      socket: driver.socket,
+      workDir,
+      accessType: 'mount',
+      params: { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs' },
+      secrets: { userID: 'admin', userKey: lab.adminKey },
+    });
+    assert.equal(r.failed, 0, `csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
+    assert.ok(r.passed >= 60, `only ${r.passed} specs passed`);
+    assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
+    const left = JSON.parse(await lab.ceph(['fs', 'subvolume', 'ls', 'cephfs', '--group_name', 'csi', '--format', 'json'])) as unknown[];
+    assert.deepEqual(left, [], 'csi-sanity deleted every volume and snapshot, so no subvolume may remain');
+  });
+});
