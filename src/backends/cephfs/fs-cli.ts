@@ -56,6 +56,8 @@ export class CephFsCli {
       };
     } catch (e) {
       if (isErrno(e, ENOENT)) return undefined;
+      // A clone target answers EAGAIN ("not ready for operation info") until its clone completes.
+      if (isErrno(e, EAGAIN)) return { path: '', bytesQuota: 0, bytesUsed: 0, state: 'in-progress', dataPool: '', createdAt: '' };
       throw e;
     }
   }
