@@ -1,8 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { ClusterConfig, Config } from '../../config/config.js';
-import { findCluster } from '../../config/config.js';
-import { KeyFiles, resolveCephIdentity } from '../../ceph/credentials.js';
+import type { Config } from '../../config/config.js';
+import { CephClusters } from '../../ceph/clusters.js';
 import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
 import { GiB, MiB, isBlock, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
@@ -10,6 +9,7 @@ import type * as csi from '../../csi/types.js';
 import { aborted, alreadyExists, internal, invalidArgument, notFound, outOfRange } from '../../errors.js';
 import { ATTACH_PREFIX, attachmentsIn, decidePublish } from '../attachments.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
+import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { CephFsCli, EEXIST, ENOENT, isErrno } from './fs-cli.js';
 import { parseCephfsParams } from './params.js';
 
@@ -35,34 +35,20 @@ interface VolumeMeta {
   createdAt: string;
 }
 
-interface SnapshotMeta {
-  v: 1;
-  name: string;
-  source: string;
-  size: number;
-  createdAt: string;
-}
-
 /** The Ceph user that may reach only this subvolume. */
 export const volumeUser = (subvolume: string) => `strata-${subvolume}`;
 
 export class CephfsController implements ControllerBackend {
-  private readonly keyFiles = new KeyFiles();
-
+  private readonly clusters: CephClusters;
   constructor(
     private readonly cfg: Config,
     private readonly log: Logger,
-  ) {}
-
-  private cluster(id: string): ClusterConfig {
-    const c = findCluster(this.cfg, id);
-    if (!c?.ceph) throw notFound(`cluster "${id}" is not configured for Ceph`);
-    return c;
+  ) {
+    this.clusters = new CephClusters(cfg);
   }
 
   private cli(clusterId: string, fs: string, group: string, secrets: Record<string, string> | undefined, log: Logger): CephFsCli {
-    const c = this.cluster(clusterId);
-    return new CephFsCli({ monitors: c.ceph!.monitors, identity: resolveCephIdentity(c, secrets, this.keyFiles) }, fs, group, log);
+    return new CephFsCli(this.clusters.conn(clusterId, secrets), fs, group, log);
   }
 
   private cliFor(id: ObjectId, secrets: Record<string, string> | undefined, log: Logger): { fs: CephFsCli; name: string; snap?: string } {
@@ -186,7 +172,7 @@ export class CephfsController implements ControllerBackend {
     const vol: csi.Volume = { volume_id: id, capacity_bytes: size, volume_context: ctx };
     if (meta.source?.snapshot) vol.content_source = { snapshot: { snapshot_id: meta.source.snapshot } };
     else if (meta.source?.volume) vol.content_source = { volume: { volume_id: meta.source.volume } };
-    const topo = this.cluster(clusterID).topology;
+    const topo = this.clusters.cluster(clusterID).topology;
     if (topo) vol.accessible_topology = [{ segments: topo }];
     return vol;
   }
@@ -337,14 +323,3 @@ export class CephfsController implements ControllerBackend {
   }
 }
 
-function toSnapshot(snapshotId: string, m: SnapshotMeta): csi.Snapshot {
-  const ms = Date.parse(m.createdAt);
-  return {
-    snapshot_id: snapshotId,
-    source_volume_id: m.source,
-    size_bytes: m.size,
-    creation_time: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 },
-    // CephFS snapshots are taken at once; nothing is copied.
-    ready_to_use: true,
-  };
-}

@@ -1,14 +1,14 @@
 import type { Logger } from 'pino';
 import pLimit from 'p-limit';
-import type { Config, ClusterConfig } from '../../config/config.js';
-import { findCluster } from '../../config/config.js';
-import { KeyFiles, resolveCephIdentity } from '../../ceph/credentials.js';
+import type { Config } from '../../config/config.js';
+import { CephClusters } from '../../ceph/clusters.js';
 import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
 import { GiB, MiB, isBlock, isMultiNodeWriter, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
 import type * as csi from '../../csi/types.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
+import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { ATTACH_PREFIX, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
 import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno } from './rbd-cli.js';
@@ -40,34 +40,20 @@ interface VolumeMeta {
   createdAt: string;
 }
 
-interface SnapshotMeta {
-  v: 1;
-  name: string;
-  source: string;
-  size: number;
-  createdAt: string;
-}
-
 
 export class RbdController implements ControllerBackend {
-  private readonly keyFiles = new KeyFiles();
-
+  private readonly clusters: CephClusters;
   private readonly purger = new Debounced();
 
   constructor(
     private readonly cfg: Config,
     private readonly log: Logger,
-  ) {}
-
-  private cluster(id: string): ClusterConfig {
-    const c = findCluster(this.cfg, id);
-    if (!c?.ceph) throw notFound(`cluster "${id}" is not configured for Ceph`);
-    return c;
+  ) {
+    this.clusters = new CephClusters(cfg);
   }
 
   cli(clusterId: string, secrets: Record<string, string> | undefined, log?: Logger): RbdCli {
-    const c = this.cluster(clusterId);
-    return new RbdCli({ monitors: c.ceph!.monitors, identity: resolveCephIdentity(c, secrets, this.keyFiles) }, log);
+    return new RbdCli(this.clusters.conn(clusterId, secrets), log);
   }
 
   validateCapabilities(caps: csi.VolumeCapability[]): string | undefined {
@@ -188,7 +174,7 @@ export class RbdController implements ControllerBackend {
     const vol: csi.Volume = { volume_id: id, capacity_bytes: size, volume_context: ctx };
     if (meta.source?.snapshot) vol.content_source = { snapshot: { snapshot_id: meta.source.snapshot } };
     else if (meta.source?.volume) vol.content_source = { volume: { volume_id: meta.source.volume } };
-    const topo = this.cluster(clusterID).topology;
+    const topo = this.clusters.cluster(clusterID).topology;
     if (topo) vol.accessible_topology = [{ segments: topo }];
     return vol;
   }
@@ -378,13 +364,3 @@ export function minimumForFs(size: number, fsType: string | undefined, limit: nu
   return XFS_MIN_BYTES;
 }
 
-function toSnapshot(snapshotId: string, m: SnapshotMeta): csi.Snapshot {
-  const ms = Date.parse(m.createdAt);
-  return {
-    snapshot_id: snapshotId,
-    source_volume_id: m.source,
-    size_bytes: m.size,
-    ready_to_use: true,
-    creation_time: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 },
-  };
-}

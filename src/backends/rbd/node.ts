@@ -1,9 +1,7 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../../config/config.js';
-import { findCluster } from '../../config/config.js';
-import type { CephConn } from '../../ceph/conn.js';
-import { KeyFiles, resolveCephIdentity } from '../../ceph/credentials.js';
+import { CephClusters } from '../../ceph/clusters.js';
 import { isReadOnlyMode, isSingleNode, modeOf } from '../../csi/capabilities.js';
 import type { RpcContext } from '../../csi/handler.js';
 import type { ObjectId } from '../../csi/ids.js';
@@ -25,13 +23,11 @@ import { RbdCli } from './rbd-cli.js';
 import { STAGED_BLOCK_FILE as BLOCK_FILE } from '../types.js';
 
 export class RbdNode implements NodeBackend {
-  private readonly keyFiles = new KeyFiles();
+  private readonly clusters: CephClusters;
   readonly attacher: RbdAttacher;
 
-  constructor(
-    private readonly cfg: Config,
-    stateDir: string,
-  ) {
+  constructor(cfg: Config, stateDir: string) {
+    this.clusters = new CephClusters(cfg);
     this.attacher = new RbdAttacher(stateDir);
   }
 
@@ -40,19 +36,13 @@ export class RbdNode implements NodeBackend {
     return { cluster: id.cluster, pool, image };
   }
 
-  private conn(clusterId: string, secrets: Record<string, string>): CephConn {
-    const c = findCluster(this.cfg, clusterId);
-    if (!c?.ceph) throw notFound(`cluster "${clusterId}" is not configured for Ceph`);
-    return { monitors: c.ceph.monitors, identity: resolveCephIdentity(c, secrets, this.keyFiles) };
-  }
-
   async stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void> {
     const cap = req.volume_capability!;
     const staging = req.staging_target_path;
     const target = cap.block ? path.join(staging, BLOCK_FILE) : staging;
     if (await findMount(target)) return; // already staged
     const ref = this.ref(id);
-    const conn = this.conn(id.cluster, req.secrets);
+    const conn = this.clusters.conn(id.cluster, req.secrets);
     const rbd = new RbdCli(conn, ctx.log);
     const mode = modeOf(cap);
     const ours = await this.attacher.findDevice(ref, ctx.log);
