@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { CephLab, type Component } from '../test/lab/ceph-lab.js';
-import { connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
+import { codeOf, connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
 import { MiB, attach, detach, fileSha, mountCap, writeRandom } from '../test/helpers/volumes.js';
 import type { VolumeCapability } from '../src/csi/gen/csi/v1/VolumeCapability.js';
 
@@ -23,6 +23,7 @@ interface Walk {
 
 const WALKS: Walk[] = [
   { backend: 'rbd', component: 'rbd', parameters: { backend: 'rbd', clusterID: 'lab', pool: 'rbd', fsType: 'xfs' }, capability: mountCap('xfs'), createBytes: 512 * MiB, expandBytes: 1024 * MiB },
+  { backend: 'cephfs', component: 'cephfs', parameters: { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs' }, capability: mountCap('', 'MULTI_NODE_MULTI_WRITER'), createBytes: 512 * MiB, expandBytes: 1024 * MiB },
 ];
 
 const wanted = (process.argv[2] ?? WALKS.map((w) => w.backend).join(',')).split(',');
@@ -41,6 +42,18 @@ async function step<T>(label: string, fn: () => Promise<T>, detail?: (r: T) => s
   return r;
 }
 
+/** As the provisioner does: ABORTED means "in progress" (an asynchronous clone), so call again. */
+async function retryAborted<T>(fn: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (codeOf(e) !== 'ABORTED' || i >= 30) throw e;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}
+
 const human = (b: number) => (b >= 1024 * MiB ? `${(b / 1024 / MiB).toFixed(1)} GiB` : `${(b / MiB).toFixed(0)} MiB`);
 
 async function walk(w: Walk, c: CsiClients, dir: string, secrets: Record<string, string>): Promise<void> {
@@ -53,13 +66,14 @@ async function walk(w: Walk, c: CsiClients, dir: string, secrets: Record<string,
   const snap = await step('CreateSnapshot', () => c.controller.CreateSnapshot({ source_volume_id: id, name: `demo-${w.backend}-snap`, secrets }), (r) => `${r!.snapshot!.snapshot_id} ready=${r!.snapshot!.ready_to_use}`);
   const snapId = snap!.snapshot!.snapshot_id!;
   await step('write more after the snapshot', async () => writeRandom(path.join(att.target, 'later.bin'), 8 * MiB));
-  await step('ControllerExpandVolume (online)', () => c.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: w.expandBytes }, volume_capability: w.capability, secrets }), (r) => `${human(Number(r!.capacity_bytes))}, node step ${r!.node_expansion_required ? 'needed' : 'not needed'}`);
-  await step('NodeExpandVolume', () => c.node.NodeExpandVolume({ volume_id: id, volume_path: att.target, staging_target_path: att.staging, volume_capability: w.capability }), (r) => human(Number(r!.capacity_bytes)));
+  const exp = await step('ControllerExpandVolume (online)', () => c.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: w.expandBytes }, volume_capability: w.capability, secrets }), (r) => `${human(Number(r!.capacity_bytes))}, node step ${r!.node_expansion_required ? 'needed' : 'not needed'}`);
+  // kubelet calls NodeExpandVolume only when the controller asked for it.
+  if (exp!.node_expansion_required) await step('NodeExpandVolume', () => c.node.NodeExpandVolume({ volume_id: id, volume_path: att.target, staging_target_path: att.staging, volume_capability: w.capability }), (r) => human(Number(r!.capacity_bytes)));
   await step('NodeGetVolumeStats', () => c.node.NodeGetVolumeStats({ volume_id: id, volume_path: att.target }), (r) => {
     const b = r!.usage!.find((u) => u.unit === 'BYTES')!;
     return `${human(Number(b.used))} used of ${human(Number(b.total))}, abnormal=${r!.volume_condition?.abnormal}`;
   });
-  const restored = await step('CreateVolume from the snapshot (restore)', () => c.controller.CreateVolume({ name: `demo-${w.backend}-restored`, capacity_range: { required_bytes: w.createBytes }, volume_capabilities: [w.capability], parameters: w.parameters, secrets, volume_content_source: { snapshot: { snapshot_id: snapId } } }), (r) => r!.volume!.volume_id!);
+  const restored = await step('CreateVolume from the snapshot (restore)', () => retryAborted(() => c.controller.CreateVolume({ name: `demo-${w.backend}-restored`, capacity_range: { required_bytes: w.createBytes }, volume_capabilities: [w.capability], parameters: w.parameters, secrets, volume_content_source: { snapshot: { snapshot_id: snapId } } })), (r) => r!.volume!.volume_id!);
   const rid = restored!.volume!.volume_id!;
   const ratt = await step('stage + publish the restored volume', () => attach(c, rid, 'demo-node', path.join(dir, `${w.backend}-restored`), w.capability, secrets));
   await step('check the restored bytes', async () => {

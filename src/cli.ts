@@ -5,6 +5,7 @@ import { ConfigError, loadConfig } from './config/config.js';
 import { serve, type Mode } from './csi/server.js';
 import { createLogger } from './log.js';
 import { packageVersion } from './version.js';
+import { parseListen, serveMetrics } from './metrics.js';
 
 /** `strata serve`: the one entry point of the controller and the node plugin. */
 
@@ -24,6 +25,15 @@ function positiveInt(v: string): number {
   return n;
 }
 
+function metricsAddress(v: string): string {
+  try {
+    parseListen(v);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+  return v;
+}
+
 const program = new Command('strata').description('Strata CSI driver for Ceph RBD, CephFS and S3').version(packageVersion());
 
 program
@@ -38,7 +48,8 @@ program
   .addOption(new Option('--max-volumes <n>', 'most volumes this node takes (0: no limit)').argParser(positiveInt).default(0).env('STRATA_MAX_VOLUMES'))
   .addOption(new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error']).default('info').env('STRATA_LOG_LEVEL'))
   .addOption(new Option('--drain-seconds <n>', 'on SIGTERM, how long calls in flight may finish').argParser(positiveInt).default(25).env('STRATA_DRAIN_SECONDS'))
-  .action(async (o: { mode: Mode; endpoint: string; nodeId?: string; config: string; stateDir: string; nodeTopology?: Record<string, string>; maxVolumes: number; logLevel: string; drainSeconds: number }) => {
+  .addOption(new Option('--metrics-address <[host]:port>', 'serve Prometheus metrics at http://<address>/metrics (off when unset)').argParser(metricsAddress).env('STRATA_METRICS_ADDRESS'))
+  .action(async (o: { mode: Mode; endpoint: string; nodeId?: string; config: string; stateDir: string; nodeTopology?: Record<string, string>; maxVolumes: number; logLevel: string; drainSeconds: number; metricsAddress?: string }) => {
     const log = createLogger(o.logLevel);
     let config;
     try {
@@ -64,11 +75,14 @@ program
       drainMs: o.drainSeconds * 1000,
       node: o.nodeId ? { nodeId: o.nodeId, topology: o.nodeTopology, maxVolumes: o.maxVolumes } : undefined,
     });
+    const metrics = o.metricsAddress ? await serveMetrics(o.metricsAddress) : undefined;
+    if (o.metricsAddress) log.info({ address: o.metricsAddress }, 'serving metrics');
     let stopping = false;
     const shutdown = (sig: string) => {
       if (stopping) return;
       stopping = true;
       log.info({ sig }, 'shutting down');
+      metrics?.close();
       server.stop().then(() => process.exit(0));
     };
     process.on('SIGTERM', () => shutdown('SIGTERM'));

@@ -3,6 +3,7 @@ import { status, type ServerUnaryCall, type sendUnaryData, type handleUnaryCall 
 import type { Logger } from 'pino';
 import { CsiError, aborted } from '../errors.js';
 import { ExecError } from '../util/exec.js';
+import { observeRpc } from '../metrics.js';
 import type { KeyedTryLock } from './locks.js';
 
 /**
@@ -77,6 +78,7 @@ export function wrap<Req, Res>(
     const finish = (err: { code: status; details: string } | null, res?: Res) => {
       release?.();
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      observeRpc(method, err ? status[err.code] : 'OK', ms);
       if (err) {
         const lvl = err.code === status.INTERNAL || err.code === status.DEADLINE_EXCEEDED ? 'error' : 'info';
         log[lvl]({ code: status[err.code], ms, err: err.details }, 'rpc failed');

@@ -3,12 +3,15 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, readSync, writ
 import path from 'node:path';
 import type { CsiClients } from './driver.js';
 import type { VolumeCapability } from '../../src/csi/gen/csi/v1/VolumeCapability.js';
+import type { Volume } from '../../src/csi/gen/csi/v1/Volume.js';
 
 /** Small helpers that walk a volume through the CSI calls a CO makes. */
 
 export const MiB = 1024 * 1024;
 
-export function mountCap(fsType = '', mode: 'SINGLE_NODE_WRITER' | 'MULTI_NODE_READER_ONLY' | 'SINGLE_NODE_READER_ONLY' = 'SINGLE_NODE_WRITER'): VolumeCapability {
+export type MountMode = 'SINGLE_NODE_WRITER' | 'MULTI_NODE_READER_ONLY' | 'SINGLE_NODE_READER_ONLY' | 'MULTI_NODE_MULTI_WRITER';
+
+export function mountCap(fsType = '', mode: MountMode = 'SINGLE_NODE_WRITER'): VolumeCapability {
   return { mount: { fs_type: fsType, mount_flags: [] }, access_mode: { mode } };
 }
 
@@ -22,13 +25,16 @@ export interface Attached {
 }
 
 /** ControllerPublish, NodeStage, NodePublish: what kubelet and the attacher do before a pod starts. */
-export async function attach(c: CsiClients, volumeId: string, nodeId: string, dir: string, cap: VolumeCapability, secrets: Record<string, string>, readonly = false): Promise<Attached> {
+export async function attach(c: CsiClients, volume: string | Volume, nodeId: string, dir: string, cap: VolumeCapability, secrets: Record<string, string>, readonly = false): Promise<Attached> {
   const staging = path.join(dir, 'staging');
   const target = path.join(dir, 'target');
   mkdirSync(staging, { recursive: true });
-  const pub = await c.controller.ControllerPublishVolume({ volume_id: volumeId, node_id: nodeId, volume_capability: cap, readonly, secrets });
-  await c.node.NodeStageVolume({ volume_id: volumeId, staging_target_path: staging, volume_capability: cap, secrets, publish_context: pub!.publish_context });
-  await c.node.NodePublishVolume({ volume_id: volumeId, staging_target_path: staging, target_path: target, volume_capability: cap, readonly });
+  // kubelet passes the volume context CreateVolume returned (it lives in the PV).
+  const volumeId = typeof volume === 'string' ? volume : volume.volume_id!;
+  const volume_context = typeof volume === 'string' ? {} : (volume.volume_context ?? {});
+  const pub = await c.controller.ControllerPublishVolume({ volume_id: volumeId, node_id: nodeId, volume_capability: cap, readonly, secrets, volume_context });
+  await c.node.NodeStageVolume({ volume_id: volumeId, staging_target_path: staging, volume_capability: cap, secrets, publish_context: pub!.publish_context, volume_context });
+  await c.node.NodePublishVolume({ volume_id: volumeId, staging_target_path: staging, target_path: target, volume_capability: cap, readonly, volume_context, publish_context: pub!.publish_context });
   return { staging, target };
 }
 

@@ -89,6 +89,11 @@ export class CephLab {
     return (await run('ceph', ['-c', this.conf, ...args], { timeoutMs })).stdout;
   }
 
+  /** The same, for checks that expect a refusal. */
+  async cephAllowFail(args: string[], timeoutMs = 30_000): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+    return runAllowFail('ceph', ['-c', this.conf, ...args], { timeoutMs });
+  }
+
   async rbd(args: string[], timeoutMs = 30_000): Promise<string> {
     return (await run('rbd', ['-c', this.conf, ...args], { timeoutMs })).stdout;
   }

@@ -11,13 +11,8 @@ import { runSanity } from './sanity-runner.js';
  * Zero failures required; skips are listed in sanity-runner.ts.
  */
 
-// Skipped while the CephFS backend is in progress (issue 3). Last run: 76 passed, 2 failed
-// ("create volume from an existing source snapshot/volume": `subvolume info` answers EAGAIN while
-// a clone runs). The fix (EAGAIN read as "in progress") is in fs-cli.ts but has not had a full
-// csi-sanity run yet; remove the skip once it has.
-const SKIP = 'CephFS backend in progress (issue 3): clone specs not yet verified after the EAGAIN fix';
 
-describe('csi-sanity: cephfs', { timeout: 900_000, skip: SKIP }, () => {
+describe('csi-sanity: cephfs', { timeout: 900_000 }, () => {
   let lab: CephLab;
   let driver: DriverProcess;
 

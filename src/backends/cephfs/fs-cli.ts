@@ -1,10 +1,12 @@
 import type { Logger } from 'pino';
-import { cephArgs, type CephConn } from '../../ceph/conn.js';
-import { ExecError, run } from '../../util/exec.js';
+import type { CephConn } from '../../ceph/conn.js';
+import { cephCommand, type CephCommand } from '../../ceph/rados-bridge.js';
+import { ExecError } from '../../util/exec.js';
 
 /**
  * Typed access to `ceph fs subvolume ...` (the mgr volumes module) for one
- * cluster, file system and subvolume group. Exit codes are errnos, as for rbd.
+ * cluster, file system and subvolume group, through the long-lived rados
+ * client. Failures carry the errno as exit code, as from the CLI.
  */
 
 export const ENOENT = 2;
@@ -31,21 +33,34 @@ export class CephFsCli {
     private readonly log?: Logger,
   ) {}
 
-  async ceph(args: string[]): Promise<string> {
-    return (await run('ceph', [...cephArgs(this.conn), ...args], { timeoutMs: T, log: this.log })).stdout;
+  private mon(cmd: CephCommand): Promise<string> {
+    return cephCommand(this.conn, 'mon', { format: 'json', ...cmd }, { timeoutMs: T, log: this.log });
   }
 
-  private sv(args: string[]): Promise<string> {
-    return this.ceph(['fs', 'subvolume', ...args, '--group_name', this.group]);
+  private mgr(cmd: CephCommand): Promise<string> {
+    return cephCommand(this.conn, 'mgr', { format: 'json', ...cmd }, { timeoutMs: T, log: this.log });
+  }
+
+  /** A `fs subvolume ...` command on this file system and group. */
+  private sv(verb: string, args: Record<string, string | number | boolean> = {}): Promise<string> {
+    return this.mgr({ prefix: `fs subvolume ${verb}`, vol_name: this.fs, group_name: this.group, ...args });
   }
 
   async ensureGroup(): Promise<void> {
-    await this.ceph(['fs', 'subvolumegroup', 'create', this.fs, this.group]);
+    await this.mgr({ prefix: 'fs subvolumegroup create', vol_name: this.fs, group_name: this.group });
+  }
+
+  async fsNames(): Promise<string[]> {
+    return (JSON.parse(await this.mon({ prefix: 'fs ls' })) as Array<{ name: string }>).map((f) => f.name);
+  }
+
+  async groupNames(): Promise<string[]> {
+    return (JSON.parse(await this.mgr({ prefix: 'fs subvolumegroup ls', vol_name: this.fs })) as Array<{ name: string }>).map((g) => g.name);
   }
 
   async info(name: string): Promise<SubvolumeInfo | undefined> {
     try {
-      const r = JSON.parse(await this.sv(['info', this.fs, name, '--format', 'json'])) as Record<string, unknown>;
+      const r = JSON.parse(await this.sv('info', { sub_name: name })) as Record<string, unknown>;
       return {
         path: String(r.path ?? ''),
         bytesQuota: typeof r.bytes_quota === 'number' ? r.bytes_quota : 0,
@@ -64,22 +79,17 @@ export class CephFsCli {
 
   /** Note: create on an existing subvolume resizes it; callers look first. */
   async create(name: string, bytes: number, pool?: string): Promise<void> {
-    const args = ['create', this.fs, name, '--size', String(bytes), '--namespace-isolated'];
-    if (pool) args.push('--pool_layout', pool);
-    await this.sv(args);
+    await this.sv('create', { sub_name: name, size: bytes, namespace_isolated: true, ...(pool ? { pool_layout: pool } : {}) });
   }
 
   async resize(name: string, bytes: number): Promise<void> {
-    await this.sv(['resize', this.fs, name, String(bytes), '--no_shrink']);
+    await this.sv('resize', { sub_name: name, new_size: String(bytes), no_shrink: true });
   }
 
   /** Removes a subvolume; with retainSnapshots its snapshots stay restorable. */
   async remove(name: string, retainSnapshots: boolean, force = false): Promise<void> {
-    const args = ['rm', this.fs, name];
-    if (retainSnapshots) args.push('--retain-snapshots');
-    if (force) args.push('--force');
     try {
-      await this.sv(args);
+      await this.sv('rm', { sub_name: name, retain_snapshots: retainSnapshots, force });
     } catch (e) {
       if (!isErrno(e, ENOENT)) throw e;
     }
@@ -87,7 +97,7 @@ export class CephFsCli {
 
   async list(): Promise<string[]> {
     try {
-      return (JSON.parse(await this.sv(['ls', this.fs, '--format', 'json'])) as Array<{ name: string }>).map((e) => e.name);
+      return (JSON.parse(await this.sv('ls')) as Array<{ name: string }>).map((e) => e.name);
     } catch (e) {
       if (isErrno(e, ENOENT)) return [];
       throw e;
@@ -95,28 +105,28 @@ export class CephFsCli {
   }
 
   async metaList(name: string): Promise<Record<string, string>> {
-    return JSON.parse(await this.sv(['metadata', 'ls', this.fs, name, '--format', 'json'])) as Record<string, string>;
+    return JSON.parse(await this.sv('metadata ls', { sub_name: name })) as Record<string, string>;
   }
 
   async metaSet(name: string, key: string, value: string): Promise<void> {
-    await this.sv(['metadata', 'set', this.fs, name, key, value]);
+    await this.sv('metadata set', { sub_name: name, key_name: key, value });
   }
 
   async metaRemove(name: string, key: string): Promise<void> {
     try {
-      await this.sv(['metadata', 'rm', this.fs, name, key, '--force']);
+      await this.sv('metadata rm', { sub_name: name, key_name: key, force: true });
     } catch (e) {
       if (!isErrno(e, ENOENT)) throw e;
     }
   }
 
   async snapCreate(name: string, snap: string): Promise<void> {
-    await this.sv(['snapshot', 'create', this.fs, name, snap]);
+    await this.sv('snapshot create', { sub_name: name, snap_name: snap });
   }
 
   async snapRemove(name: string, snap: string): Promise<void> {
     try {
-      await this.sv(['snapshot', 'rm', this.fs, name, snap, '--force']);
+      await this.sv('snapshot rm', { sub_name: name, snap_name: snap, force: true });
     } catch (e) {
       if (!isErrno(e, ENOENT)) throw e;
     }
@@ -124,7 +134,7 @@ export class CephFsCli {
 
   async snapList(name: string): Promise<string[]> {
     try {
-      return (JSON.parse(await this.sv(['snapshot', 'ls', this.fs, name, '--format', 'json'])) as Array<{ name: string }>).map((e) => e.name);
+      return (JSON.parse(await this.sv('snapshot ls', { sub_name: name })) as Array<{ name: string }>).map((e) => e.name);
     } catch (e) {
       if (isErrno(e, ENOENT)) return [];
       throw e;
@@ -133,27 +143,55 @@ export class CephFsCli {
 
   async snapMetaList(name: string, snap: string): Promise<Record<string, string> | undefined> {
     try {
-      return JSON.parse(await this.sv(['snapshot', 'metadata', 'ls', this.fs, name, snap, '--format', 'json'])) as Record<string, string>;
+      return JSON.parse(await this.sv('snapshot metadata ls', { sub_name: name, snap_name: snap })) as Record<string, string>;
     } catch (e) {
       if (isErrno(e, ENOENT)) return undefined;
       throw e;
     }
   }
 
+  /**
+   * Snapshot records of a removed subvolume. Ceph keeps such a subvolume's
+   * snapshots (--retain-snapshots) but no longer answers for their metadata,
+   * so DeleteVolume copies the records to the mon's config-key store first.
+   */
+  private retainedKey(name: string, snap: string): string {
+    return `strata/cephfs/${this.fs}/${this.group}/${name}/${snap}`;
+  }
+
+  async retainedGet(name: string, snap: string): Promise<string | undefined> {
+    try {
+      return await this.mon({ prefix: 'config-key get', key: this.retainedKey(name, snap), format: 'plain' });
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return undefined;
+      throw e;
+    }
+  }
+
+  async retainedSet(name: string, snap: string, value: string): Promise<void> {
+    await this.mon({ prefix: 'config-key set', key: this.retainedKey(name, snap), val: value });
+  }
+
+  async retainedRemove(name: string, snap: string): Promise<void> {
+    try {
+      await this.mon({ prefix: 'config-key rm', key: this.retainedKey(name, snap) });
+    } catch (e) {
+      if (!isErrno(e, ENOENT)) throw e;
+    }
+  }
+
   async snapMetaSet(name: string, snap: string, key: string, value: string): Promise<void> {
-    await this.sv(['snapshot', 'metadata', 'set', this.fs, name, snap, key, value]);
+    await this.sv('snapshot metadata set', { sub_name: name, snap_name: snap, key_name: key, value });
   }
 
   /** Starts an asynchronous clone of name@snap into target (same group). */
   async clone(name: string, snap: string, target: string, pool?: string): Promise<void> {
-    const args = ['fs', 'subvolume', 'snapshot', 'clone', this.fs, name, snap, target, '--group_name', this.group, '--target_group_name', this.group];
-    if (pool) args.push('--pool_layout', pool);
-    await this.ceph(args);
+    await this.sv('snapshot clone', { sub_name: name, snap_name: snap, target_sub_name: target, target_group_name: this.group, ...(pool ? { pool_layout: pool } : {}) });
   }
 
   async cloneState(target: string): Promise<{ state: string; reason?: string } | undefined> {
     try {
-      const r = JSON.parse(await this.ceph(['fs', 'clone', 'status', this.fs, target, '--group_name', this.group, '--format', 'json'])) as {
+      const r = JSON.parse(await this.mgr({ prefix: 'fs clone status', vol_name: this.fs, clone_name: target, group_name: this.group })) as {
         status: { state: string; failure?: { errstr?: string } };
       };
       return { state: r.status.state, reason: r.status.failure?.errstr };
@@ -165,25 +203,25 @@ export class CephFsCli {
 
   /** Creates (or keeps) a Ceph user that can reach only this subvolume; returns its key. */
   async authorize(name: string, authId: string): Promise<string> {
-    await this.sv(['authorize', this.fs, name, authId, '--access_level', 'rw']);
-    return (await this.ceph(['auth', 'get-key', `client.${authId}`])).trim();
+    await this.sv('authorize', { sub_name: name, auth_id: authId, access_level: 'rw' });
+    return (await this.mon({ prefix: 'auth get-key', entity: `client.${authId}`, format: 'plain' })).trim();
   }
 
   async deauthorize(name: string, authId: string): Promise<void> {
     try {
-      await this.sv(['deauthorize', this.fs, name, authId]);
+      await this.sv('deauthorize', { sub_name: name, auth_id: authId });
     } catch (e) {
       if (!isErrno(e, ENOENT)) throw e;
     }
   }
 
   async poolAvailable(pool: string): Promise<number | undefined> {
-    const df = JSON.parse(await this.ceph(['df', '--format', 'json'])) as { pools: Array<{ name: string; stats: { max_avail: number } }> };
+    const df = JSON.parse(await this.mon({ prefix: 'df' })) as { pools: Array<{ name: string; stats: { max_avail: number } }> };
     return df.pools.find((p) => p.name === pool)?.stats.max_avail;
   }
 
   async dataPools(): Promise<string[]> {
-    const fss = JSON.parse(await this.ceph(['fs', 'ls', '--format', 'json'])) as Array<{ name: string; data_pools: string[] }>;
+    const fss = JSON.parse(await this.mon({ prefix: 'fs ls' })) as Array<{ name: string; data_pools: string[] }>;
     return fss.find((f) => f.name === this.fs)?.data_pools ?? [];
   }
 }

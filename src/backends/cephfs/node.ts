@@ -10,7 +10,7 @@ import type * as csi from '../../csi/types.js';
 import { failedPrecondition, internal, invalidArgument, notFound } from '../../errors.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { fsUsage, unmount } from '../../mount/mounter.js';
-import { run } from '../../util/exec.js';
+import { ExecError, run } from '../../util/exec.js';
 import { fuseDaemonPid, waitExit } from '../../mount/fuse-process.js';
 import type { NodeBackend } from '../types.js';
 
@@ -82,7 +82,9 @@ export class CephfsNode implements NodeBackend {
     try {
       await run(file, args, { timeoutMs: 60_000, log: ctx.log });
     } catch (e) {
-      if (/permission denied|not permitted|rejected/i.test(String((e as Error).message))) throw failedPrecondition(`Ceph refused the mount of ${path}: ${(e as Error).message}`);
+      // ceph-fuse says why only after its banner lines, so look at all of stderr.
+      const why = /(permission denied|operation not permitted|rejected)[^\n]*/i.exec(e instanceof ExecError ? e.stderr : String(e));
+      if (why) throw failedPrecondition(`Ceph refused ${spec.identity.id} the mount of ${path}: ${why[0]}`);
       throw e;
     }
     if (!(await findMount(staging))) throw internal(`${file} returned but ${staging} is not mounted`);

@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# Strata CSI driver: one image for the controller and the node plugin.
+
+FROM node:20-bookworm-slim AS build
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY proto ./proto
+COPY src ./src
+COPY tsconfig.build.json ./
+# Only src/ is compiled: tests, demo and bench stay out of the image.
+RUN npx tsc -p tsconfig.build.json
+
+FROM node:20-bookworm-slim AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund
+
+FROM node:20-bookworm-slim
+ARG VERSION=0.1.0
+ARG SOURCE=https://github.com/strata-csi/strata
+LABEL org.opencontainers.image.title="strata" \
+      org.opencontainers.image.description="CSI driver for Ceph RBD, CephFS and S3-compatible object storage" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# The tools the node plugin runs: krbd/rbd-nbd/rbd-fuse for RBD, the kernel client helper and
+# ceph-fuse for CephFS, s3fs/rclone for S3, and what formats, grows and mounts file systems.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ceph-common rbd-nbd rbd-fuse ceph-fuse s3fs rclone fuse3 e2fsprogs xfsprogs util-linux mount kmod ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=build /src/dist/src ./dist/src
+COPY proto ./proto
+COPY package.json ./
+RUN printf '#!/bin/sh\nexec node /app/dist/src/cli.js "$@"\n' > /usr/local/bin/strata && chmod 0755 /usr/local/bin/strata
+ENV NODE_ENV=production
+# Flags (or the matching environment variables) come from the manifests; see `strata serve --help`.
+ENTRYPOINT ["strata", "serve"]
