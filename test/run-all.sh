@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing, builds, then runs unit,
-# integration and csi-sanity tests with node's test runner. Suites run one at
-# a time because each boots its own Ceph lab on the standard ports.
+# integration, csi-sanity and deploy tests with node's test runner. Suites run
+# one at a time because each boots its own Ceph lab on the standard ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash test/install-deps.sh
-exec node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/ dist/test/sanity/ "$@"
+# Helm builds from source in the background while the Ceph suites run; the deploy tests,
+# last in line, wait for it.
+export STRATA_HELM_STATUS=/tmp/strata-install-helm.status
+bash test/install-helm.sh > /tmp/strata-install-helm.log 2>&1 &
+exec node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/ dist/test/sanity/ dist/test/deploy/ "$@"

@@ -20,6 +20,14 @@ import { MiB, attach, detach, fileSha, mountCap, sha256, writeRandom } from '../
  */
 
 const PARAMS = { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs' };
+// README "CephFS volumes": the least caps of the controller's Ceph user.
+const CONTROLLER_CAPS = [
+  'mon',
+  'allow r, allow command "auth get-key" with entity prefix client.strata-, allow command "config-key get" with key prefix strata/, ' +
+    'allow command "config-key set" with key prefix strata/, allow command "config-key rm" with key prefix strata/',
+  'mgr',
+  'allow rw',
+];
 const RWX = mountCap('', 'MULTI_NODE_MULTI_WRITER');
 
 const statfsBytes = (p: string) => {
@@ -60,7 +68,9 @@ describe('cephfs backend, end to end', { timeout: 600_000 }, () => {
     b = await startDriver({ config, nodeId: 'node-b', mode: 'node' });
     ca = connect(a.socket);
     cb = { ...connect(b.socket), controller: ca.controller };
-    secrets = { userID: 'admin', userKey: lab.adminKey };
+    // The controller's calls run as a user with exactly the caps the README lists.
+    await lab.ceph(['auth', 'get-or-create', 'client.k8s-strata', ...CONTROLLER_CAPS]);
+    secrets = { userID: 'k8s-strata', userKey: (await lab.ceph(['auth', 'get-key', 'client.k8s-strata'])).trim() };
   });
 
   after(async () => {
