@@ -6,6 +6,7 @@ import { codeOf, connect, startDriver, type CsiClients } from '../test/helpers/d
 import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { CEPH_TIMEOUTS } from '../src/ceph/conn.js';
 import { run } from '../src/util/exec.js';
+import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
 import { measure, type Sample } from './stats.js';
 
 /**
@@ -19,6 +20,7 @@ import { measure, type Sample } from './stats.js';
  *                         volume context and publish context, made untimed by ControllerPublish)
  *   CreateSnapshot        subvolume snapshot create; snapshot metadata set
  *   Restore to ready      subvolume snapshot clone; clone status until complete
+ *   NodeUnpublish+Unstage umount x2; wait for ceph-fuse to exit
  *   DeleteVolume          subvolume rm
  */
 
@@ -120,8 +122,11 @@ try {
     },
     async (i) => {
       const d = dirs('bare', i);
+      const pid = fuseDaemonPid('ceph-fuse', d.staging);
       await run('umount', [d.target], { timeoutMs: 30_000 });
       await run('umount', [d.staging], { timeoutMs: 30_000 });
+      // As the driver does: unstaged means the client has flushed and closed its MDS session.
+      if (pid) await waitExit(pid, 30_000);
     },
   );
 

@@ -61,7 +61,7 @@ async function walk(w: Walk, c: CsiClients, dir: string, secrets: Record<string,
   const t0 = performance.now();
   const vol = await step('CreateVolume', () => c.controller.CreateVolume({ name: `demo-${w.backend}`, capacity_range: { required_bytes: w.createBytes }, volume_capabilities: [w.capability], parameters: w.parameters, secrets }), (r) => `${r!.volume!.volume_id} (${human(Number(r!.volume!.capacity_bytes))})`);
   const id = vol!.volume!.volume_id!;
-  const att = await step('ControllerPublish + NodeStage + NodePublish', () => attach(c, id, 'demo-node', path.join(dir, `${w.backend}-vol`), w.capability, secrets), (a) => a.target);
+  const att = await step('ControllerPublish + NodeStage + NodePublish', () => attach(c, vol!.volume!, 'demo-node', path.join(dir, `${w.backend}-vol`), w.capability, secrets), (a) => a.target);
   const sha = await step('write 64 MiB and fsync', async () => writeRandom(path.join(att.target, 'data.bin'), 64 * MiB), (s) => `sha256 ${s.slice(0, 16)}…`);
   const snap = await step('CreateSnapshot', () => c.controller.CreateSnapshot({ source_volume_id: id, name: `demo-${w.backend}-snap`, secrets }), (r) => `${r!.snapshot!.snapshot_id} ready=${r!.snapshot!.ready_to_use}`);
   const snapId = snap!.snapshot!.snapshot_id!;
@@ -75,7 +75,7 @@ async function walk(w: Walk, c: CsiClients, dir: string, secrets: Record<string,
   });
   const restored = await step('CreateVolume from the snapshot (restore)', () => retryAborted(() => c.controller.CreateVolume({ name: `demo-${w.backend}-restored`, capacity_range: { required_bytes: w.createBytes }, volume_capabilities: [w.capability], parameters: w.parameters, secrets, volume_content_source: { snapshot: { snapshot_id: snapId } } })), (r) => r!.volume!.volume_id!);
   const rid = restored!.volume!.volume_id!;
-  const ratt = await step('stage + publish the restored volume', () => attach(c, rid, 'demo-node', path.join(dir, `${w.backend}-restored`), w.capability, secrets));
+  const ratt = await step('stage + publish the restored volume', () => attach(c, restored!.volume!, 'demo-node', path.join(dir, `${w.backend}-restored`), w.capability, secrets));
   await step('check the restored bytes', async () => {
     const got = fileSha(path.join(ratt.target, 'data.bin'));
     if (got !== sha) throw new Error(`restored data differs: ${got} != ${sha}`);
