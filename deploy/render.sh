@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Renders the chart with its default values into deploy/kubernetes/strata.yaml, the plain
-# manifests for `kubectl apply -k deploy/kubernetes`. test/deploy/deploy.test.ts fails when the
+# manifests for `kubectl apply -k deploy/kubernetes`. test/validate-deploy/deploy.test.ts fails when the
 # two differ, so run this after changing the chart.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,7 +3,7 @@
 # proxy (get.helm.sh is out of reach here), and the external-snapshotter client module, whose
 # CRDs validate the VolumeSnapshot kinds. Building Helm takes ~5 minutes on 2 cores, so
 # test/run-all.sh runs this in the background while the Ceph suites run; the status file tells
-# test/deploy/deploy.test.ts when it is done.
+# test/validate-deploy/deploy.test.ts when it is done.
 set -uo pipefail
 HELM_VERSION=v3.16.3
 SNAPSHOTTER_CLIENT=github.com/kubernetes-csi/external-snapshotter/client/v8@v8.4.0

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash test/install-deps.sh
-# Helm builds from source in the background while the Ceph suites run; the deploy tests,
-# last in line, wait for it.
+# Helm builds from source in the background while the Ceph suites run; the deploy tests
+# (test/validate-deploy, last in the runner's sorted order) wait for it.
 export STRATA_HELM_STATUS=/tmp/strata-install-helm.status
 bash test/install-helm.sh > /tmp/strata-install-helm.log 2>&1 &
-exec node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/ dist/test/sanity/ dist/test/deploy/ "$@"
+exec node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/ dist/test/sanity/ dist/test/validate-deploy/ "$@"
