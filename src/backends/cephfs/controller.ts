@@ -9,6 +9,7 @@ import type * as csi from '../../csi/types.js';
 import { aborted, alreadyExists, internal, invalidArgument, notFound, outOfRange } from '../../errors.js';
 import { ATTACH_PREFIX, attachmentsIn, decidePublish } from '../attachments.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
+import { toCsiVolume } from '../volume.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { CephFsCli, EEXIST, ENOENT, isErrno } from './fs-cli.js';
 import { parseCephfsParams } from './params.js';
@@ -179,12 +180,7 @@ export class CephfsController implements ControllerBackend {
     if (p?.mounter) ctx.mounter = p.mounter;
     if (p?.kernelMountOptions.length) ctx.kernelMountOptions = p.kernelMountOptions.join(',');
     if (p?.fuseMountOptions.length) ctx.fuseMountOptions = p.fuseMountOptions.join(',');
-    const vol: csi.Volume = { volume_id: id, capacity_bytes: size, volume_context: ctx };
-    if (meta.source?.snapshot) vol.content_source = { snapshot: { snapshot_id: meta.source.snapshot } };
-    else if (meta.source?.volume) vol.content_source = { volume: { volume_id: meta.source.volume } };
-    const topo = this.clusters.cluster(clusterID).topology;
-    if (topo) vol.accessible_topology = [{ segments: topo }];
-    return vol;
+    return toCsiVolume(id, size, ctx, meta.source, this.clusters.cluster(clusterID).topology);
   }
 
   async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {

@@ -8,6 +8,7 @@ import { GiB, MiB, isBlock, isMultiNodeWriter, modeOf, sizeFits, sizeFromRange }
 import type * as csi from '../../csi/types.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
+import { toCsiVolume } from '../volume.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { ATTACH_PREFIX, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
@@ -171,12 +172,7 @@ export class RbdController implements ControllerBackend {
     const ctx: Record<string, string> = { clusterID, pool, imageName: image };
     if (meta.fsType) ctx.fsType = meta.fsType;
     if (meta.mounter) ctx.mounter = meta.mounter;
-    const vol: csi.Volume = { volume_id: id, capacity_bytes: size, volume_context: ctx };
-    if (meta.source?.snapshot) vol.content_source = { snapshot: { snapshot_id: meta.source.snapshot } };
-    else if (meta.source?.volume) vol.content_source = { volume: { volume_id: meta.source.volume } };
-    const topo = this.clusters.cluster(clusterID).topology;
-    if (topo) vol.accessible_topology = [{ segments: topo }];
-    return vol;
+    return toCsiVolume(id, size, ctx, meta.source, this.clusters.cluster(clusterID).topology);
   }
 
   private async volumeMeta(rbd: RbdCli, pool: string, image: string): Promise<VolumeMeta | undefined> {
