@@ -9,6 +9,7 @@ import { DEFAULT_FEATURES } from '../src/backends/rbd/params.js';
 import { mkfsCommand } from '../src/mount/mounter.js';
 import { run, runAllowFail } from '../src/util/exec.js';
 import { measure, rssMb, type Sample } from './stats.js';
+import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
 
 /**
  * RBD benchmark: each CSI call against the bare commands that do the same
@@ -133,9 +134,9 @@ async function round(conc: number, n: number): Promise<void> {
       await run('umount', [d.staging], { timeoutMs: 30_000 });
       const dev = (await run('losetup', ['-j', path.join(d.fuse, bareImg(i)), '-O', 'NAME', '-n'], { timeoutMs: 30_000 })).stdout.trim();
       await run('losetup', ['-d', dev], { timeoutMs: 30_000 });
-      const pid = (await runAllowFail('pgrep', ['-f', `rbd-fuse .* ${d.fuse}$`], { timeoutMs: 10_000 })).stdout.trim();
+      const pid = fuseDaemonPid('rbd-fuse', d.fuse);
       await run('umount', [d.fuse], { timeoutMs: 30_000 });
-      while (pid && (await runAllowFail('kill', ['-0', pid], { timeoutMs: 5_000 })).exitCode === 0) await sleep(20);
+      if (pid) await waitExit(pid, 30_000);
     },
   );
 
