@@ -1,6 +1,7 @@
 import type { RpcContext } from '../csi/handler.js';
 import type { ObjectId } from '../csi/ids.js';
 import type * as csi from '../csi/types.js';
+import type { VolumeUsage } from '../csi/gen/csi/v1/VolumeUsage.js';
 
 /**
  * What a storage backend implements. The gRPC layer (src/csi) validates the
@@ -46,4 +47,6 @@ export interface NodeBackend {
   stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void>;
   unstage(id: ObjectId, stagingPath: string, ctx: RpcContext): Promise<void>;
   expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number>;
+  /** Usage from the store itself, where the mount's own numbers mean nothing (S3); undefined: use statfs. */
+  usage?(id: ObjectId, volumePath: string, ctx: RpcContext): Promise<VolumeUsage[] | undefined>;
 }

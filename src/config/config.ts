@@ -27,8 +27,13 @@ const S3Schema = z
     region: z.string().min(1).default('us-east-1'),
     accessKeyIDFile: z.string().min(1).optional(),
     secretAccessKeyFile: z.string().min(1).optional(),
+    /** Ceph RGW only: an admin identity (cap buckets=*) to enforce capacity as bucket quotas. */
+    rgwAdmin: z.object({ accessKeyIDFile: z.string().min(1), secretAccessKeyFile: z.string().min(1) }).strict().optional(),
   })
-  .strict();
+  .strict()
+  .refine((c) => (c.accessKeyIDFile === undefined) === (c.secretAccessKeyFile === undefined), {
+    message: 'accessKeyIDFile and secretAccessKeyFile go together',
+  });
 
 const ClusterSchema = z
   .object({

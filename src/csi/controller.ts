@@ -83,7 +83,9 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
   /** Every (cluster, backend) pair, for the listing RPCs that carry no parameters. */
   const everywhere = (): Array<{ cluster: string; backend: ControllerBackend }> =>
     cfg.clusters.flatMap((c) =>
-      c.ceph ? (['rbd', 'cephfs'] as const).flatMap((b) => (backends[b] ? [{ cluster: c.id, backend: backends[b]! }] : [])) : [],
+      ([...(c.ceph ? (['rbd', 'cephfs'] as const) : []), ...(c.s3 ? (['s3'] as const) : [])] as Backend[]).flatMap((b) =>
+        backends[b] ? [{ cluster: c.id, backend: backends[b]! }] : [],
+      ),
     );
 
   const listAll = async (f: (b: ControllerBackend, cluster: string) => Promise<string[]>): Promise<string[]> =>

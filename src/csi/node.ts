@@ -132,6 +132,9 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       const m = await findMount(p);
       if (!m) return { usage: [], volume_condition: { abnormal: true, message: `${p} is not mounted` } };
       try {
+        const t = parseId(req.volume_id, 'v');
+        const fromStore = t && (await backends[t.backend]?.usage?.(t, p, ctx));
+        if (fromStore) return { usage: fromStore, volume_condition: { abnormal: false, message: 'volume is mounted; usage is read from the store' } };
         if (kind === 'file' || kind === 'block') {
           const total = await deviceSize(p, ctx.log);
           return { usage: [{ unit: 'BYTES', total }], volume_condition: { abnormal: false, message: 'device is attached' } };

@@ -7,6 +7,8 @@ import { RbdController } from '../backends/rbd/controller.js';
 import { RbdNode } from '../backends/rbd/node.js';
 import { CephfsController } from '../backends/cephfs/controller.js';
 import { CephfsNode } from '../backends/cephfs/node.js';
+import { S3Controller } from '../backends/s3/controller.js';
+import { S3Node } from '../backends/s3/node.js';
 import { controllerService } from './controller.js';
 import { identityService } from './identity.js';
 import { KeyedTryLock } from './locks.js';
@@ -52,11 +54,11 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
   const controller = opts.mode !== 'node';
   const node = opts.mode !== 'controller';
   server.addService(csi.Identity.service, identityService(rt, opts.config, { name: opts.config.driverName, version: opts.version }, { controller }));
-  if (controller) server.addService(csi.Controller.service, controllerService(rt, opts.config, { rbd: new RbdController(opts.config, opts.log), cephfs: new CephfsController(opts.config, opts.log) }));
+  if (controller) server.addService(csi.Controller.service, controllerService(rt, opts.config, { rbd: new RbdController(opts.config, opts.log), cephfs: new CephfsController(opts.config, opts.log), s3: new S3Controller(opts.config, opts.log) }));
   if (node) {
     if (!opts.node?.nodeId) throw new Error('node mode needs a node id (--node-id)');
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
-    server.addService(csi.Node.service, nodeService(rt, { rbd: new RbdNode(opts.config, opts.stateDir), cephfs: new CephfsNode(opts.config) }, opts.node));
+    server.addService(csi.Node.service, nodeService(rt, { rbd: new RbdNode(opts.config, opts.stateDir), cephfs: new CephfsNode(opts.config), s3: new S3Node(opts.config, opts.stateDir) }, opts.node));
   }
 
   const { bind, socket } = listenAddress(opts.endpoint);

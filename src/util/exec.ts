@@ -16,6 +16,8 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Extra environment, merged over the process env (used for CEPH_ARGS). */
   env?: Record<string, string>;
+  /** Variables of the process env the command must not see (e.g. AWS_CA_BUNDLE for rclone). */
+  unsetEnv?: string[];
   input?: string;
   log?: Logger;
   /** Run detached in its own session (FUSE daemons must outlive the RPC). */
@@ -58,6 +60,12 @@ export async function run(file: string, args: readonly string[], opts: RunOption
   return r;
 }
 
+function withoutKeys(env: NodeJS.ProcessEnv, keys: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && !keys.includes(k)) out[k] = v;
+  return out;
+}
+
 /** Runs a command and returns its output whatever the exit code. */
 export async function runAllowFail(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const timeout = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -66,8 +74,8 @@ export async function runAllowFail(file: string, args: readonly string[], opts: 
     timeout,
     reject: false,
     stripFinalNewline: true,
-    env: opts.env,
-    extendEnv: true,
+    env: opts.unsetEnv ? { ...withoutKeys(process.env, opts.unsetEnv), ...opts.env } : opts.env,
+    extendEnv: !opts.unsetEnv,
     input: opts.input,
     cwd: opts.cwd,
     killSignal: 'SIGKILL',

@@ -25,6 +25,8 @@ export interface LabOptions {
 }
 
 export const LAB_S3 = { accessKeyID: 'STRATALABACCESSKEY01', secretAccessKey: 'strata-lab-secret-key-0000000000000000000' };
+/** An RGW user with the buckets=* admin cap, for bucket quotas (the driver's rgwAdmin identity). */
+export const LAB_RGW_ADMIN = { accessKeyID: 'STRATALABADMINKEY001', secretAccessKey: 'strata-lab-admin-secret-00000000000000000' };
 export const RGW_PORT = 7480;
 
 const REQUIRED_BINARIES = ['ceph-mon', 'ceph-mgr', 'ceph-osd', 'ceph', 'rbd', 'ceph-authtool', 'monmaptool'];
@@ -99,18 +101,24 @@ export class CephLab {
   }
 
   /** A driver config (YAML) pointing at this lab, with admin as the default identity. */
-  driverConfig(extra: { topology?: Record<string, string> } = {}): string {
+  driverConfig(extra: { topology?: Record<string, string>; rgwAdmin?: boolean } = {}): string {
     const lines = ['driverName: strata.csi.dev', 'clusters:', '  - id: lab'];
     if (extra.topology) {
       lines.push('    topology:');
       for (const [k, v] of Object.entries(extra.topology)) lines.push(`      ${JSON.stringify(k)}: ${JSON.stringify(v)}`);
     }
     lines.push('    ceph:', `      monitors: ${JSON.stringify(this.monitors)}`, '      userID: admin', `      userKeyFile: ${this.adminKeyFile}`);
-    if (this.hasS3) lines.push('    s3:', `      endpoint: ${this.s3Endpoint}`, '      region: us-east-1');
+    if (this.hasS3) {
+      lines.push('    s3:', `      endpoint: ${this.s3Endpoint}`, '      region: us-east-1');
+      lines.push(`      accessKeyIDFile: ${this.p('keys', 's3-access-key')}`, `      secretAccessKeyFile: ${this.p('keys', 's3-secret-key')}`);
+      if (extra.rgwAdmin !== false) {
+        lines.push('      rgwAdmin:', `        accessKeyIDFile: ${this.p('keys', 'rgw-admin-access-key')}`, `        secretAccessKeyFile: ${this.p('keys', 'rgw-admin-secret-key')}`);
+      }
+    }
     return lines.join('\n') + '\n';
   }
 
-  writeDriverConfig(extra: { topology?: Record<string, string> } = {}): string {
+  writeDriverConfig(extra: { topology?: Record<string, string>; rgwAdmin?: boolean } = {}): string {
     const p = path.join(this.dir, `strata-${randomUUID().slice(0, 8)}.yaml`);
     writeFileSync(p, this.driverConfig(extra));
     return p;
@@ -257,6 +265,14 @@ rgw_data = ${L}/rgw
         '-c', this.conf, 'user', 'create', '--uid', 'lab', '--display-name', 'Strata lab',
         '--access-key', LAB_S3.accessKeyID, '--secret-key', LAB_S3.secretAccessKey,
       ]);
+      await run('radosgw-admin', [
+        '-c', this.conf, 'user', 'create', '--uid', 'strata-admin', '--display-name', 'Strata quota admin',
+        '--access-key', LAB_RGW_ADMIN.accessKeyID, '--secret-key', LAB_RGW_ADMIN.secretAccessKey, '--caps', 'buckets=*',
+      ]);
+      writeFileSync(this.p('keys', 's3-access-key'), LAB_S3.accessKeyID, { mode: 0o600 });
+      writeFileSync(this.p('keys', 's3-secret-key'), LAB_S3.secretAccessKey, { mode: 0o600 });
+      writeFileSync(this.p('keys', 'rgw-admin-access-key'), LAB_RGW_ADMIN.accessKeyID, { mode: 0o600 });
+      writeFileSync(this.p('keys', 'rgw-admin-secret-key'), LAB_RGW_ADMIN.secretAccessKey, { mode: 0o600 });
     }
     this.say(`lab ready in ${Date.now() - t0} ms (${this.components.join(', ')})`);
   }

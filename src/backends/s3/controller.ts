@@ -1,0 +1,399 @@
+import type { Logger } from 'pino';
+import type { Config } from '../../config/config.js';
+import { findCluster } from '../../config/config.js';
+import { GiB, isBlock, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
+import type { RpcContext } from '../../csi/handler.js';
+import { nameHash, parseId, type ObjectId } from '../../csi/ids.js';
+import type * as csi from '../../csi/types.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
+import { attachmentsIn, ATTACH_PREFIX, decidePublish } from '../attachments.js';
+import type { ControllerBackend, PublishedVolume } from '../types.js';
+import { toSnapshot } from '../snapshots.js';
+import { toCsiVolume, type VolumeSource } from '../volume.js';
+import { copyTree, CopyJobs, type Tree } from './copier.js';
+import { configCredentials, resolveS3Credentials, s3Of, S3Stores } from './credentials.js';
+import {
+  attachKey,
+  attachPrefix,
+  bucketOf,
+  copyingPrefix,
+  dataPrefix,
+  idOf,
+  locationOf,
+  objectName,
+  recordKey,
+  rootOf,
+  type Location,
+} from './layout.js';
+import { parseS3Params, type S3Params } from './params.js';
+import { RgwQuota } from './rgw-quota.js';
+import type { S3Store } from './store.js';
+
+/**
+ * S3 volumes are a bucket of their own or a prefix in a shared bucket (see
+ * layout.ts). Everything the controller must remember is a JSON record in
+ * the volume's own ".strata/" prefix: name, capacity, mount parameters,
+ * attachments, and the state of copies. Snapshots, restores and clones are
+ * server-side copies run in the background; RPCs answer "not ready yet"
+ * (snapshots) or ABORTED (volumes) until done, and any later call picks a
+ * copy up again after a controller restart.
+ */
+
+const DEFAULT_SIZE = GiB;
+// How long an RPC waits for its copy before answering "still copying".
+const COPY_WAIT_MS = 10_000;
+
+type State = 'copying' | 'ready' | 'deleting';
+
+export interface VolumeRecord {
+  v: 1;
+  kind: 'volume';
+  name: string;
+  capacity: number;
+  state: State;
+  source?: VolumeSource;
+  /** Where the content is copied from while state is "copying". */
+  copyFrom?: Tree;
+  params: Pick<S3Params, 'mounter' | 'uid' | 'gid' | 'mode' | 'mountOptions'>;
+  createdAt: string;
+}
+
+export interface SnapshotRecord {
+  v: 1;
+  kind: 'snapshot';
+  name: string;
+  source: string;
+  size: number;
+  state: 'copying' | 'ready';
+  objects?: number;
+  bytes?: number;
+  createdAt: string;
+}
+
+const isVolumeName = (n: string) => /^csi-vol-[0-9a-f]{32}$/.test(n);
+const isSnapshotName = (n: string) => /^csi-snap-[0-9a-f]{32}$/.test(n);
+
+export class S3Controller implements ControllerBackend {
+  private readonly stores = new S3Stores();
+  private readonly jobs: CopyJobs;
+  private readonly quota: RgwQuota;
+
+  constructor(
+    private readonly cfg: Config,
+    log: Logger,
+  ) {
+    this.jobs = new CopyJobs(log);
+    this.quota = new RgwQuota(cfg);
+  }
+
+  private store(cluster: string, secrets: Record<string, string> | undefined): S3Store {
+    const s3 = s3Of(findCluster(this.cfg, cluster), cluster);
+    return this.stores.get(s3, resolveS3Credentials(s3, secrets));
+  }
+
+  /** The store for listing RPCs, which carry no secrets: only the config's identity can list. */
+  private listingStore(cluster: string, ctx: RpcContext): S3Store | undefined {
+    const s3 = findCluster(this.cfg, cluster)?.s3;
+    const creds = s3 && configCredentials(s3);
+    if (!creds) ctx.log.debug({ cluster }, 'no S3 key files in the config: S3 volumes cannot be listed');
+    return creds ? this.stores.get(s3!, creds) : undefined;
+  }
+
+  private location(id: ObjectId): Location {
+    const l = locationOf(id);
+    if (!l) throw notFound(`${id.kind === 'v' ? 'volume' : 'snapshot'} not found`);
+    return l;
+  }
+
+  validateCapabilities(caps: csi.VolumeCapability[]): string | undefined {
+    if (caps.some((c) => isBlock(c))) return 'S3 volumes are file systems: raw block access is not available';
+    return undefined;
+  }
+
+  private volumeContext(l: Location, r: VolumeRecord): Record<string, string> {
+    const ctx: Record<string, string> = { clusterID: l.cluster, bucket: bucketOf(l), prefix: dataPrefix(l), mounter: r.params.mounter };
+    if (r.params.uid !== undefined) ctx.uid = String(r.params.uid);
+    if (r.params.gid !== undefined) ctx.gid = String(r.params.gid);
+    if (r.params.mode !== undefined) ctx.mode = r.params.mode.toString(8).padStart(4, '0');
+    if (r.params.mountOptions.length) ctx.mountOptions = r.params.mountOptions.join(',');
+    return ctx;
+  }
+
+  private toVolume(l: Location, r: VolumeRecord): csi.Volume {
+    return toCsiVolume(idOf(l), r.capacity, this.volumeContext(l, r), r.source, findCluster(this.cfg, l.cluster)?.topology);
+  }
+
+  async createVolume(req: csi.CreateVolumeRequest, ctx: RpcContext): Promise<csi.Volume> {
+    const p = parseS3Params(req.parameters);
+    const l: Location = { kind: 'v', cluster: p.clusterID, hash: nameHash(this.cfg.driverName, req.name), shared: p.bucket };
+    try {
+      idOf(l);
+    } catch {
+      throw invalidArgument('clusterID and bucket are too long to fit a volume id of 128 bytes');
+    }
+    const store = this.store(p.clusterID, req.secrets);
+    const src = req.volume_content_source;
+    const wantSrc: VolumeSource | undefined = src?.snapshot ? { snapshot: src.snapshot.snapshot_id } : src?.volume ? { volume: src.volume.volume_id } : undefined;
+    const bucket = bucketOf(l);
+    let rec = await store.getJson<VolumeRecord>(bucket, recordKey(l));
+    if (rec) {
+      if (rec.name !== req.name) throw alreadyExists(`volume location of "${req.name}" is taken by "${rec.name}"`);
+      if ((rec.source?.snapshot ?? rec.source?.volume) !== (wantSrc?.snapshot ?? wantSrc?.volume)) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
+      if (!sizeFits(rec.capacity, req.capacity_range)) throw alreadyExists(`volume "${req.name}" exists with size ${rec.capacity}, which does not match the request`);
+      if (rec.state === 'deleting') throw aborted(`volume "${req.name}" is being deleted; retry`);
+    } else {
+      const size = sizeFromRange(req.capacity_range, DEFAULT_SIZE, 1);
+      const from = wantSrc ? await this.contentSource(store, l, wantSrc, size, req.capacity_range ? undefined : 'inherit') : undefined;
+      if (p.bucket) {
+        if (!(await store.bucketExists(p.bucket))) await store.createBucket(p.bucket);
+      } else {
+        await store.createBucket(bucket);
+      }
+      // The mount root exists as a directory object, so every mounter finds it on an empty volume.
+      await store.put(bucket, dataPrefix(l), '');
+      rec = {
+        v: 1,
+        kind: 'volume',
+        name: req.name,
+        capacity: from?.size ?? size,
+        state: from ? 'copying' : 'ready',
+        source: wantSrc,
+        copyFrom: from?.tree,
+        params: { mounter: p.mounter, uid: p.uid, gid: p.gid, mode: p.mode, mountOptions: p.mountOptions },
+        createdAt: new Date().toISOString(),
+      };
+      await store.putJson(bucket, recordKey(l), rec);
+      await this.quota.apply(l, rec.capacity, ctx.log);
+    }
+    if (rec.state === 'copying') rec = await this.fill(store, l, rec);
+    return this.toVolume(l, rec);
+  }
+
+  /** Where a restore or clone copies from, checked, with the size the new volume gets. */
+  private async contentSource(store: S3Store, l: Location, src: VolumeSource, size: number, inherit?: 'inherit'): Promise<{ tree: Tree; size: number }> {
+    const sid = src.snapshot ? parseId(src.snapshot, 's') : parseId(src.volume!, 'v');
+    const what = src.snapshot ? `snapshot ${src.snapshot}` : `source volume ${src.volume}`;
+    const from = sid?.backend === 's3' ? locationOf(sid) : undefined;
+    if (!from) throw notFound(`${what} not found`);
+    if (from.cluster !== l.cluster) throw invalidArgument(`${what} is on cluster ${from.cluster}: S3 copies stay within one endpoint`);
+    let sourceSize: number;
+    if (src.snapshot) {
+      const s = await store.getJson<SnapshotRecord>(bucketOf(from), recordKey(from));
+      if (!s) throw notFound(`${what} not found`);
+      if (s.state !== 'ready') throw aborted(`${what} is still being copied; retry when it is ready`);
+      sourceSize = s.size;
+    } else {
+      const v = await store.getJson<VolumeRecord>(bucketOf(from), recordKey(from));
+      if (!v || v.state !== 'ready') throw notFound(`${what} not found`);
+      sourceSize = v.capacity;
+    }
+    if (!inherit && size < sourceSize) throw outOfRange(`requested size ${size} is smaller than the source (${sourceSize} bytes)`);
+    return { tree: { bucket: bucketOf(from), prefix: dataPrefix(from) }, size: inherit ? sourceSize : size };
+  }
+
+  /** Runs (or joins, or resumes) the copy into a new volume; ABORTED while it is not finished. */
+  private async fill(store: S3Store, l: Location, rec: VolumeRecord): Promise<VolumeRecord> {
+    const from = rec.copyFrom!;
+    const bucket = bucketOf(l);
+    const state = await this.jobs.run(
+      idOf(l),
+      async (cancelled) => {
+        await copyTree(store, from, { bucket, prefix: dataPrefix(l) }, cancelled);
+        const done: VolumeRecord = { ...rec, state: 'ready' };
+        delete done.copyFrom;
+        await store.putJson(bucket, recordKey(l), done);
+      },
+      COPY_WAIT_MS,
+    );
+    if (state === 'running') throw aborted('volume is still being filled from its source; retry');
+    const now = await store.getJson<VolumeRecord>(bucket, recordKey(l));
+    if (!now) throw aborted('volume vanished while being filled; retry');
+    return now;
+  }
+
+  async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
+    const l = locationOf(id);
+    if (!l) return;
+    const store = this.store(l.cluster, secrets);
+    const bucket = bucketOf(l);
+    await this.jobs.cancel(idOf(l));
+    const rec = await store.getJson<VolumeRecord>(bucket, recordKey(l));
+    if (rec) {
+      for await (const page of store.list(bucket, copyingPrefix(l))) {
+        if (page.length) throw failedPrecondition(`snapshot ${page[0]!.key.slice(copyingPrefix(l).length)} is still being copied from this volume; delete it or retry when it is ready`);
+      }
+      if (rec.state !== 'deleting') await store.putJson(bucket, recordKey(l), { ...rec, state: 'deleting' });
+    }
+    // Data first, records last: a delete that stops halfway still has its record and is seen (and retried) as one.
+    const n = (await store.deletePrefix(bucket, dataPrefix(l))) + (await store.deletePrefix(bucket, rootOf(l)));
+    if (!l.shared) await store.deleteBucket(bucket);
+    ctx.log.debug({ objects: n }, 'volume objects removed');
+  }
+
+  private async readyVolume(store: S3Store, l: Location, what: string): Promise<VolumeRecord> {
+    const rec = await store.getJson<VolumeRecord>(bucketOf(l), recordKey(l));
+    if (!rec || rec.state !== 'ready') throw notFound(`${what} not found`);
+    return rec;
+  }
+
+  private async attachments(store: S3Store, l: Location) {
+    const meta: Record<string, string> = {};
+    for await (const page of store.list(bucketOf(l), attachPrefix(l))) {
+      for (const o of page) {
+        const a = await store.getJson<unknown>(bucketOf(l), o.key);
+        if (a) meta[ATTACH_PREFIX + decodeURIComponent(o.key.slice(attachPrefix(l).length))] = JSON.stringify(a);
+      }
+    }
+    return attachmentsIn(meta);
+  }
+
+  async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, _ctx: RpcContext): Promise<Record<string, string>> {
+    const l = this.location(id);
+    const store = this.store(l.cluster, req.secrets);
+    await this.readyVolume(store, l, `volume ${req.volume_id}`);
+    const mode = modeOf(req.volume_capability);
+    if (decidePublish(await this.attachments(store, l), req.node_id, mode, req.readonly) === 'add') {
+      await store.putJson(bucketOf(l), attachKey(l, req.node_id), { mode, readonly: req.readonly });
+    }
+    return {};
+  }
+
+  async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, _ctx: RpcContext): Promise<void> {
+    const l = locationOf(id);
+    if (!l) return;
+    const store = this.store(l.cluster, secrets);
+    const nodes = nodeId ? [nodeId] : [...(await this.attachments(store, l)).keys()];
+    for (const n of nodes) await store.deleteKey(bucketOf(l), attachKey(l, n));
+  }
+
+  async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {
+    const l = locationOf(id);
+    if (!l) return undefined;
+    const store = Object.keys(secrets).length ? this.store(l.cluster, secrets) : this.listingStore(l.cluster, ctx);
+    if (!store) return undefined;
+    const rec = await store.getJson<VolumeRecord>(bucketOf(l), recordKey(l));
+    if (!rec) return undefined;
+    return {
+      volume: this.toVolume(l, rec),
+      publishedNodes: [...(await this.attachments(store, l)).keys()].sort(),
+      abnormal: rec.state === 'ready' ? undefined : `volume is ${rec.state === 'copying' ? 'still being filled from its source' : 'being deleted'}`,
+    };
+  }
+
+  /** Names of kind `kind` in every bucket the config's identity sees: own buckets, and prefixes of shared ones. */
+  private async scan(cluster: string, kind: 'v' | 's', ctx: RpcContext): Promise<{ store: S3Store; locations: Location[] }> {
+    const store = this.listingStore(cluster, ctx);
+    if (!store) return { store: undefined as unknown as S3Store, locations: [] };
+    const match = kind === 'v' ? isVolumeName : isSnapshotName;
+    const hashOf = (n: string) => n.slice(n.lastIndexOf('-') + 1);
+    const out: Location[] = [];
+    for (const b of await store.listBuckets()) {
+      if (match(b)) out.push({ kind, cluster, hash: hashOf(b) });
+      else if (!isVolumeName(b) && !isSnapshotName(b)) {
+        for (const p of await store.subPrefixes(b, '')) {
+          const n = p.slice(0, -1);
+          if (match(n)) out.push({ kind, cluster, hash: hashOf(n), shared: b });
+        }
+      }
+    }
+    return { store, locations: out };
+  }
+
+  async listVolumeIds(cluster: string, ctx: RpcContext): Promise<string[]> {
+    return (await this.scan(cluster, 'v', ctx)).locations.map(idOf).sort();
+  }
+
+  async getCapacity(): Promise<number> {
+    // An S3 store reports no free space; capacity is what each volume records.
+    return 0;
+  }
+
+  async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
+    const l = this.location(id);
+    const store = this.store(l.cluster, req.secrets);
+    const rec = await this.readyVolume(store, l, `volume ${req.volume_id}`);
+    const size = sizeFromRange(req.capacity_range, rec.capacity, 1);
+    if (size > rec.capacity) {
+      await store.putJson(bucketOf(l), recordKey(l), { ...rec, capacity: size });
+      await this.quota.apply(l, size, ctx.log);
+    }
+    return { capacity_bytes: Math.max(size, rec.capacity), node_expansion_required: false };
+  }
+
+  async createSnapshot(sourceId: ObjectId, req: csi.CreateSnapshotRequest, ctx: RpcContext): Promise<csi.Snapshot> {
+    const src = this.location(sourceId);
+    const store = this.store(src.cluster, req.secrets);
+    // A snapshot lives where its volume does: in the same shared bucket, or in a bucket of its own.
+    const l: Location = { kind: 's', cluster: src.cluster, hash: nameHash(this.cfg.driverName, req.name), shared: src.shared };
+    const sourceVolumeId = idOf(src);
+    let rec = await store.getJson<SnapshotRecord>(bucketOf(l), recordKey(l));
+    if (rec && rec.source !== sourceVolumeId) throw alreadyExists(`snapshot "${req.name}" exists for another source volume`);
+    if (!rec) {
+      const vol = await this.readyVolume(store, src, `source volume ${req.source_volume_id}`);
+      if (!l.shared) await store.createBucket(bucketOf(l));
+      rec = { v: 1, kind: 'snapshot', name: req.name, source: sourceVolumeId, size: vol.capacity, state: 'copying', createdAt: new Date().toISOString() };
+      // The marker keeps the source from being deleted under the copy.
+      await store.put(bucketOf(src), copyingPrefix(src) + objectName(l), '');
+      await store.putJson(bucketOf(l), recordKey(l), rec);
+    }
+    if (rec.state === 'copying') rec = await this.continueSnapshot(store, l, rec, COPY_WAIT_MS, ctx);
+    return toSnapshot(idOf(l), rec, rec.state === 'ready');
+  }
+
+  /** Runs, joins or resumes a snapshot's copy; returns the record as it stands after `waitMs`. */
+  private async continueSnapshot(store: S3Store, l: Location, rec: SnapshotRecord, waitMs: number, ctx: RpcContext): Promise<SnapshotRecord> {
+    const src = locationOf(parseId(rec.source, 'v')!)!;
+    const state = await this.jobs.run(
+      idOf(l),
+      async (cancelled) => {
+        const t0 = Date.now();
+        const r = await copyTree(store, { bucket: bucketOf(src), prefix: dataPrefix(src) }, { bucket: bucketOf(l), prefix: dataPrefix(l) }, cancelled);
+        await store.putJson(bucketOf(l), recordKey(l), { ...rec, state: 'ready', objects: r.objects, bytes: r.bytes } satisfies SnapshotRecord);
+        await store.deleteKey(bucketOf(src), copyingPrefix(src) + objectName(l));
+        ctx.log.info({ snapshot: rec.name, ...r, ms: Date.now() - t0 }, 'snapshot copy complete');
+      },
+      waitMs,
+    );
+    if (state === 'running') return rec;
+    return (await store.getJson<SnapshotRecord>(bucketOf(l), recordKey(l))) ?? rec;
+  }
+
+  async deleteSnapshot(id: ObjectId, secrets: Record<string, string>, _ctx: RpcContext): Promise<void> {
+    const l = locationOf(id);
+    if (!l) return;
+    const store = this.store(l.cluster, secrets);
+    await this.jobs.cancel(idOf(l));
+    const rec = await store.getJson<SnapshotRecord>(bucketOf(l), recordKey(l));
+    await store.deletePrefix(bucketOf(l), dataPrefix(l));
+    await store.deletePrefix(bucketOf(l), rootOf(l));
+    if (!l.shared) await store.deleteBucket(bucketOf(l));
+    const src = rec && parseId(rec.source, 'v');
+    const srcLoc = src && locationOf(src);
+    if (srcLoc) await store.deleteKey(bucketOf(srcLoc), copyingPrefix(srcLoc) + objectName(l));
+  }
+
+  async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {
+    const l = locationOf(id);
+    if (!l) return undefined;
+    const store = Object.keys(secrets).length ? this.store(l.cluster, secrets) : this.listingStore(l.cluster, ctx);
+    if (!store) return undefined;
+    let rec = await store.getJson<SnapshotRecord>(bucketOf(l), recordKey(l));
+    if (!rec) return undefined;
+    // The snapshotter polls with ListSnapshots: after a restart, that is what resumes the copy.
+    if (rec.state === 'copying') rec = await this.continueSnapshot(store, l, rec, 0, ctx);
+    return toSnapshot(idOf(l), rec, rec.state === 'ready');
+  }
+
+  async listSnapshotIds(cluster: string, source: ObjectId | undefined, secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
+    const { store, locations } = await this.scan(cluster, 's', ctx);
+    if (!source) return locations.map(idOf).sort();
+    const want = locationOf(source) && idOf(locationOf(source)!);
+    const ids: string[] = [];
+    for (const l of locations) {
+      const rec = await store.getJson<SnapshotRecord>(bucketOf(l), recordKey(l));
+      if (rec?.source === want) ids.push(idOf(l));
+    }
+    void secrets;
+    return ids.sort();
+  }
+}

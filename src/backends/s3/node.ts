@@ -1,0 +1,160 @@
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Config } from '../../config/config.js';
+import { findCluster } from '../../config/config.js';
+import { isReadOnlyMode, modeOf } from '../../csi/capabilities.js';
+import type { VolumeUsage } from '../../csi/gen/csi/v1/VolumeUsage.js';
+import type { RpcContext } from '../../csi/handler.js';
+import { encodeId, type ObjectId } from '../../csi/ids.js';
+import type * as csi from '../../csi/types.js';
+import { failedPrecondition, internal, invalidArgument, notFound } from '../../errors.js';
+import { fuseDaemonPid, waitExit } from '../../mount/fuse-process.js';
+import { findMount } from '../../mount/mountinfo.js';
+import { unmount } from '../../mount/mounter.js';
+import { ExecError, run } from '../../util/exec.js';
+import type { NodeBackend } from '../types.js';
+import type { VolumeRecord } from './controller.js';
+import { resolveS3Credentials, s3Of, S3Stores } from './credentials.js';
+import { bucketOf, dataPrefix, locationOf, recordKey } from './layout.js';
+import { rcloneCommand, s3fsCommand, type S3MountSpec } from './mount-commands.js';
+import type { S3Mounter } from './params.js';
+import type { S3Credentials } from './store.js';
+
+/**
+ * Node side of S3: one FUSE mount (s3fs or rclone) of the volume's prefix per
+ * node at the staging path, published into pods by bind mounts. The keys sit
+ * in a 0600 file in the state directory for as long as the volume is staged
+ * (s3fs reads it; stats use it), never in a command line.
+ */
+
+// Usage comes from listing the volume's objects: at most once per interval per volume.
+const USAGE_REFRESH_MS = 30_000;
+
+interface UsageEntry {
+  at: number;
+  value: Promise<VolumeUsage[]>;
+}
+
+export class S3Node implements NodeBackend {
+  private readonly stores = new S3Stores();
+  private readonly usageCache = new Map<string, UsageEntry>();
+  private readonly dir: string;
+
+  constructor(
+    private readonly cfg: Config,
+    stateDir: string,
+  ) {
+    this.dir = path.join(stateDir, 's3');
+  }
+
+  private keyFile(volumeId: string): string {
+    return path.join(this.dir, `${createHash('sha256').update(volumeId).digest('hex').slice(0, 32)}.passwd`);
+  }
+
+  async stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void> {
+    const staging = req.staging_target_path;
+    if (await findMount(staging)) return;
+    const s3 = s3Of(findCluster(this.cfg, id.cluster), id.cluster);
+    const vc = req.volume_context;
+    if (!vc.bucket || !vc.prefix) throw invalidArgument('volume_context.bucket/prefix are missing: the volume was not created by this driver');
+    const mounter = (vc.mounter || 's3fs') as S3Mounter;
+    if (mounter !== 's3fs' && mounter !== 'rclone') throw invalidArgument(`volume_context.mounter "${vc.mounter}" is not s3fs or rclone`);
+    const creds = resolveS3Credentials(s3, req.secrets);
+    const keyFile = this.keyFile(req.volume_id);
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    writeFileSync(keyFile, `${creds.accessKeyID}:${creds.secretAccessKey}\n`, { mode: 0o600 });
+    const spec: S3MountSpec = {
+      mounter,
+      endpoint: s3.endpoint,
+      region: s3.region,
+      bucket: vc.bucket,
+      prefix: vc.prefix,
+      target: staging,
+      readonly: isReadOnlyMode(modeOf(req.volume_capability)),
+      uid: vc.uid ? Number(vc.uid) : undefined,
+      gid: vc.gid ? Number(vc.gid) : undefined,
+      mode: vc.mode ? parseInt(vc.mode, 8) : undefined,
+      options: [...(req.volume_capability?.mount?.mount_flags ?? []), ...(vc.mountOptions ?? '').split(',').filter(Boolean)],
+    };
+    mkdirSync(staging, { recursive: true });
+    try {
+      if (mounter === 's3fs') {
+        const [file, args] = s3fsCommand(spec, keyFile);
+        await run(file, args, { timeoutMs: 30_000, log: ctx.log });
+      } else {
+        const [file, args, env] = rcloneCommand(spec);
+        const secretEnv = { RCLONE_S3_ACCESS_KEY_ID: creds.accessKeyID, RCLONE_S3_SECRET_ACCESS_KEY: creds.secretAccessKey };
+        // A CA bundle in the environment makes rclone 1.60 refuse to start (LoadCustomCABundleError).
+        await run(file, args, { timeoutMs: 30_000, log: ctx.log, env: { ...env, ...secretEnv }, unsetEnv: ['AWS_CA_BUNDLE', 'RCLONE_CONFIG'] });
+      }
+    } catch (e) {
+      rmSync(keyFile, { force: true });
+      const why = e instanceof ExecError ? /(AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|NoSuchBucket|403 Forbidden|invalid credentials|does not exist)[^\n]*/i.exec(e.stderr) : null;
+      if (why) throw failedPrecondition(`S3 refused the mount of ${vc.bucket}/${vc.prefix}: ${why[0]}`);
+      throw e;
+    }
+    if (!(await findMount(staging))) throw internal(`${mounter} returned but ${staging} is not mounted`);
+  }
+
+  async unstage(id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
+    const m = await findMount(staging);
+    if (m) {
+      const pid = fuseDaemonPid('s3fs', staging) ?? fuseDaemonPid('rclone', staging);
+      await unmount(staging, ctx.log);
+      // Uploads finish before the FUSE daemon exits: unstaged means the daemon is gone.
+      if (pid) await waitExit(pid, 60_000);
+    }
+    const vid = encodeId(id);
+    rmSync(this.keyFile(vid), { force: true });
+    this.usageCache.delete(vid);
+  }
+
+  async expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number> {
+    // Capacity is the store's record; there is nothing to grow on the node.
+    const usage = await this.usage(id, req.volume_path, ctx, req.volume_id);
+    return Number(usage?.[0]?.total ?? 0);
+  }
+
+  /** Bytes and objects of the volume from the store, against its recorded capacity. */
+  async usage(id: ObjectId, _volumePath: string, ctx: RpcContext, volumeId = encodeId(id)): Promise<VolumeUsage[] | undefined> {
+    const cached = this.usageCache.get(volumeId);
+    if (cached && Date.now() - cached.at < USAGE_REFRESH_MS) return cached.value;
+    const creds = this.stagedCredentials(volumeId);
+    const l = locationOf(id);
+    if (!creds || !l) return undefined;
+    const s3 = s3Of(findCluster(this.cfg, id.cluster), id.cluster);
+    const store = this.stores.get(s3, creds);
+    const value = (async (): Promise<VolumeUsage[]> => {
+      const rec = await store.getJson<VolumeRecord>(bucketOf(l), recordKey(l));
+      if (!rec) throw notFound(`volume ${volumeId} has no record in the store`);
+      let bytes = 0;
+      let objects = 0;
+      for await (const page of store.list(bucketOf(l), dataPrefix(l))) {
+        for (const o of page) {
+          bytes += o.size;
+          objects++;
+        }
+      }
+      ctx.log.debug({ bytes, objects }, 'usage read from the store');
+      return [
+        { unit: 'BYTES', total: rec.capacity, used: bytes, available: Math.max(0, rec.capacity - bytes) },
+        // S3 has no inode limit: objects are reported as used inodes, with no total.
+        { unit: 'INODES', total: 0, used: objects, available: 0 },
+      ];
+    })();
+    this.usageCache.set(volumeId, { at: Date.now(), value });
+    value.catch(() => this.usageCache.delete(volumeId));
+    return value;
+  }
+
+  private stagedCredentials(volumeId: string): S3Credentials | undefined {
+    try {
+      const line = readFileSync(this.keyFile(volumeId), 'utf8').trim();
+      const i = line.indexOf(':');
+      return i > 0 ? { accessKeyID: line.slice(0, i), secretAccessKey: line.slice(i + 1) } : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+}

@@ -1,0 +1,67 @@
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { SignatureV4 } from '@smithy/signature-v4';
+import type { Logger } from 'pino';
+import type { Config } from '../../config/config.js';
+import { findCluster } from '../../config/config.js';
+import { unavailable } from '../../errors.js';
+import { bucketOf, type Location } from './layout.js';
+import { readKey, type S3ClusterConfig } from './credentials.js';
+
+/**
+ * Enforced capacity on Ceph RGW: a volume with a bucket of its own gets a
+ * bucket quota of its capacity, set through RGW's admin API with the admin
+ * identity of the cluster config (a user with the "buckets=*" cap). Without
+ * that identity, or for prefixes in a shared bucket, capacity is advisory.
+ */
+
+const TIMEOUT_MS = 10_000;
+
+export class RgwQuota {
+  constructor(private readonly cfg: Config) {}
+
+  enforced(l: Location): boolean {
+    return !l.shared && !!this.admin(l.cluster);
+  }
+
+  private admin(cluster: string): { s3: S3ClusterConfig; signer: SignatureV4 } | undefined {
+    const s3 = findCluster(this.cfg, cluster)?.s3;
+    if (!s3?.rgwAdmin) return undefined;
+    const credentials = { accessKeyId: readKey(s3.rgwAdmin.accessKeyIDFile, 'rgwAdmin.accessKeyIDFile'), secretAccessKey: readKey(s3.rgwAdmin.secretAccessKeyFile, 'rgwAdmin.secretAccessKeyFile') };
+    return { s3, signer: new SignatureV4({ credentials, region: s3.region, service: 's3', sha256: Sha256 }) };
+  }
+
+  private async call(s3: S3ClusterConfig, signer: SignatureV4, method: 'GET' | 'PUT', query: Record<string, string>, body?: string): Promise<string> {
+    const url = new URL('/admin/bucket', s3.endpoint);
+    const signed = await signer.sign({
+      method,
+      protocol: url.protocol,
+      hostname: url.hostname,
+      port: url.port ? Number(url.port) : undefined,
+      path: url.pathname,
+      query,
+      headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+      body,
+    });
+    const qs = Object.entries(query).map(([k, v]) => (v === '' ? encodeURIComponent(k) : `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)).join('&');
+    let r: Response;
+    try {
+      r = await fetch(`${url.origin}${url.pathname}?${qs}`, { method, headers: signed.headers, body, signal: AbortSignal.timeout(TIMEOUT_MS) });
+    } catch (e) {
+      throw unavailable(`RGW admin API unreachable: ${(e as Error).name}`);
+    }
+    const text = await r.text();
+    if (!r.ok) throw unavailable(`RGW admin API refused ${method} bucket ${query.bucket}: HTTP ${r.status} ${/"Code":"(\w+)"/.exec(text)?.[1] ?? ''}`);
+    return text;
+  }
+
+  /** Sets the bucket quota to `bytes` where it can be enforced; a no-op elsewhere. */
+  async apply(l: Location, bytes: number, log: Logger): Promise<void> {
+    const a = !l.shared ? this.admin(l.cluster) : undefined;
+    if (!a) return;
+    const bucket = bucketOf(l);
+    const info = JSON.parse(await this.call(a.s3, a.signer, 'GET', { bucket, format: 'json' })) as { owner?: string };
+    if (!info.owner) throw unavailable(`RGW admin API gave no owner for bucket ${bucket}`);
+    await this.call(a.s3, a.signer, 'PUT', { quota: '', uid: info.owner, bucket }, JSON.stringify({ enabled: true, max_size: bytes, max_objects: -1 }));
+    log.debug({ bucket, bytes }, 'bucket quota set');
+  }
+}

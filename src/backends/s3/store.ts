@@ -1,0 +1,261 @@
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CopyObjectCommand,
+  CreateBucketCommand,
+  CreateMultipartUploadCommand,
+  DeleteBucketCommand,
+  DeleteObjectCommand,
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  ListBucketsCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+  UploadPartCopyCommand,
+} from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { Agent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { failedPrecondition, notFound, resourceExhausted, unavailable } from '../../errors.js';
+
+/**
+ * The few S3 operations Strata needs, on one client per endpoint and
+ * identity. Errors the CO should see differently (missing bucket, refused
+ * credentials, store down) become CsiErrors here; the rest pass through.
+ */
+
+export interface S3Credentials {
+  accessKeyID: string;
+  secretAccessKey: string;
+}
+
+export interface S3Endpoint {
+  endpoint: string;
+  region: string;
+}
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+}
+
+// One CopyObject is limited to 5 GiB and serial; above this, parts are copied side by side.
+export const MULTIPART_COPY_THRESHOLD = 32 * 1024 * 1024;
+export const COPY_PART_SIZE = 32 * 1024 * 1024;
+const REQUEST_TIMEOUT_MS = 30_000;
+
+const code = (e: unknown) => (e instanceof S3ServiceException ? e.name : (e as { Code?: string; name?: string })?.Code ?? (e as Error)?.name);
+const httpStatus = (e: unknown) => (e as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
+
+export const isNoSuchBucket = (e: unknown) => code(e) === 'NoSuchBucket';
+export const isNoSuchKey = (e: unknown) => code(e) === 'NoSuchKey' || code(e) === 'NotFound' || httpStatus(e) === 404;
+
+/** Turns what the store says into what the CO needs to hear, without echoing request details. */
+export function mapS3Error(e: unknown, what: string): Error {
+  const c = code(e);
+  if (c === 'QuotaExceeded') return resourceExhausted(`S3 refused ${what}: the bucket quota (the volume's capacity) is used up`);
+  if (c === 'InvalidAccessKeyId' || c === 'SignatureDoesNotMatch' || c === 'AccessDenied' || httpStatus(e) === 403) {
+    return failedPrecondition(`S3 refused ${what}: ${c ?? 'access denied'} (check the credentials)`);
+  }
+  if (c === 'NoSuchBucket') return notFound(`S3 bucket for ${what} does not exist`);
+  if (c === 'ECONNREFUSED' || c === 'TimeoutError' || c === 'ETIMEDOUT' || c === 'ECONNRESET' || (httpStatus(e) ?? 0) >= 500) {
+    return unavailable(`S3 endpoint unavailable during ${what}: ${c ?? httpStatus(e)}`);
+  }
+  return e as Error;
+}
+
+export class S3Store {
+  readonly client: S3Client;
+
+  constructor(ep: S3Endpoint, creds: S3Credentials) {
+    const keepAlive = { keepAlive: true, maxSockets: 64 };
+    this.client = new S3Client({
+      endpoint: ep.endpoint,
+      region: ep.region,
+      credentials: { accessKeyId: creds.accessKeyID, secretAccessKey: creds.secretAccessKey },
+      // Path style works on every S3 store (RGW included) without wildcard DNS.
+      forcePathStyle: true,
+      // RGW 16 rejects the SDK's default trailing checksums (MissingContentLength).
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      maxAttempts: 3,
+      requestHandler: new NodeHttpHandler({ httpAgent: new Agent(keepAlive), httpsAgent: new HttpsAgent(keepAlive), requestTimeout: REQUEST_TIMEOUT_MS, connectionTimeout: 5_000 }),
+    });
+  }
+
+  /** Creates a bucket; one that is already ours is fine. */
+  async createBucket(bucket: string): Promise<void> {
+    try {
+      await this.client.send(new CreateBucketCommand({ Bucket: bucket }));
+    } catch (e) {
+      if (code(e) === 'BucketAlreadyOwnedByYou') return;
+      if (code(e) === 'BucketAlreadyExists') throw failedPrecondition(`bucket ${bucket} exists and belongs to someone else`);
+      throw mapS3Error(e, `creating bucket ${bucket}`);
+    }
+  }
+
+  async bucketExists(bucket: string): Promise<boolean> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: bucket }));
+      return true;
+    } catch (e) {
+      if (isNoSuchBucket(e) || httpStatus(e) === 404) return false;
+      throw mapS3Error(e, `reading bucket ${bucket}`);
+    }
+  }
+
+  /** Removes an empty bucket; a missing one is fine. */
+  async deleteBucket(bucket: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteBucketCommand({ Bucket: bucket }));
+    } catch (e) {
+      if (isNoSuchBucket(e) || httpStatus(e) === 404) return;
+      throw mapS3Error(e, `removing bucket ${bucket}`);
+    }
+  }
+
+  async listBuckets(): Promise<string[]> {
+    try {
+      const r = await this.client.send(new ListBucketsCommand({}));
+      return (r.Buckets ?? []).map((b) => b.Name!).filter(Boolean);
+    } catch (e) {
+      throw mapS3Error(e, 'listing buckets');
+    }
+  }
+
+  /** Every object under a prefix, page by page (1000 keys per request). Nothing when the bucket is gone. */
+  async *list(bucket: string, prefix: string): AsyncGenerator<ObjectInfo[]> {
+    let token: string | undefined;
+    do {
+      let r;
+      try {
+        r = await this.client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+      } catch (e) {
+        if (isNoSuchBucket(e)) return;
+        throw mapS3Error(e, `listing ${bucket}/${prefix}`);
+      }
+      yield (r.Contents ?? []).map((o) => ({ key: o.Key!, size: Number(o.Size ?? 0) }));
+      token = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  /** The "directories" directly under a prefix (common prefixes with "/" as delimiter). */
+  async subPrefixes(bucket: string, prefix: string): Promise<string[]> {
+    const out: string[] = [];
+    let token: string | undefined;
+    do {
+      let r;
+      try {
+        r = await this.client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }));
+      } catch (e) {
+        if (isNoSuchBucket(e)) return out;
+        throw mapS3Error(e, `listing ${bucket}/${prefix}`);
+      }
+      for (const p of r.CommonPrefixes ?? []) if (p.Prefix) out.push(p.Prefix);
+      token = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (token);
+    return out;
+  }
+
+  async getJson<T>(bucket: string, key: string): Promise<T | undefined> {
+    try {
+      const r = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      return JSON.parse(await r.Body!.transformToString()) as T;
+    } catch (e) {
+      if (isNoSuchKey(e) || isNoSuchBucket(e)) return undefined;
+      throw mapS3Error(e, `reading ${bucket}/${key}`);
+    }
+  }
+
+  async putJson(bucket: string, key: string, value: unknown): Promise<void> {
+    await this.put(bucket, key, JSON.stringify(value), 'application/json');
+  }
+
+  async put(bucket: string, key: string, body: string | Buffer, contentType?: string): Promise<void> {
+    try {
+      await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
+    } catch (e) {
+      throw mapS3Error(e, `writing ${bucket}/${key}`);
+    }
+  }
+
+  async deleteKey(bucket: string, key: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+    } catch (e) {
+      if (isNoSuchKey(e) || isNoSuchBucket(e)) return;
+      throw mapS3Error(e, `removing ${bucket}/${key}`);
+    }
+  }
+
+  /** Deletes up to 1000 keys in one request; keys already gone count as deleted. */
+  async deleteBatch(bucket: string, keys: string[]): Promise<void> {
+    if (!keys.length) return;
+    let r;
+    try {
+      r = await this.client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }));
+    } catch (e) {
+      if (isNoSuchBucket(e)) return;
+      throw mapS3Error(e, `removing objects in ${bucket}`);
+    }
+    const failed = (r.Errors ?? []).filter((x) => x.Code !== 'NoSuchKey');
+    if (failed.length) throw mapS3Error({ Code: failed[0]!.Code }, `removing ${failed.length} objects in ${bucket}`);
+  }
+
+  /** Removes every object under a prefix, 1000 per request. Safe to repeat after a partial run. */
+  async deletePrefix(bucket: string, prefix: string): Promise<number> {
+    let n = 0;
+    // Listing restarts after each batch: deleting while paging a continuation token can skip keys on some stores.
+    for (;;) {
+      const page = await this.list(bucket, prefix).next();
+      const keys = page.done ? [] : page.value.map((o) => o.key);
+      if (!keys.length) return n;
+      await this.deleteBatch(bucket, keys);
+      n += keys.length;
+    }
+  }
+
+  /** A server-side copy; objects above the threshold go as parallel part copies. */
+  async copy(src: { bucket: string; key: string; size: number }, dst: { bucket: string; key: string }, parts: <T>(f: () => Promise<T>) => Promise<T>): Promise<void> {
+    const source = `${src.bucket}/${encodeURIComponent(src.key).replace(/%2F/g, '/')}`;
+    try {
+      if (src.size <= MULTIPART_COPY_THRESHOLD) {
+        await this.client.send(new CopyObjectCommand({ Bucket: dst.bucket, Key: dst.key, CopySource: source, MetadataDirective: 'COPY' }));
+        return;
+      }
+      await this.multipartCopy(source, src.size, dst, parts);
+    } catch (e) {
+      throw isNoSuchKey(e) ? e : mapS3Error(e, `copying ${src.bucket}/${src.key}`);
+    }
+  }
+
+  private async multipartCopy(source: string, size: number, dst: { bucket: string; key: string }, parts: <T>(f: () => Promise<T>) => Promise<T>): Promise<void> {
+    const { UploadId } = await this.client.send(new CreateMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key }));
+    try {
+      const count = Math.ceil(size / COPY_PART_SIZE);
+      const done = await Promise.all(
+        Array.from({ length: count }, (_, i) =>
+          parts(async () => {
+            const first = i * COPY_PART_SIZE;
+            const last = Math.min(size, first + COPY_PART_SIZE) - 1;
+            const r = await this.client.send(
+              new UploadPartCopyCommand({ Bucket: dst.bucket, Key: dst.key, UploadId, PartNumber: i + 1, CopySource: source, CopySourceRange: `bytes=${first}-${last}` }),
+            );
+            return { PartNumber: i + 1, ETag: r.CopyPartResult!.ETag };
+          }),
+        ),
+      );
+      await this.client.send(new CompleteMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId, MultipartUpload: { Parts: done } }));
+    } catch (e) {
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId })).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  destroy(): void {
+    this.client.destroy();
+  }
+}

@@ -1,0 +1,54 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import path from 'node:path';
+import { ListBucketsCommand, S3Client } from '@aws-sdk/client-s3';
+import { CephLab, LAB_S3 } from '../lab/ceph-lab.js';
+import { startDriver, type DriverProcess } from '../helpers/driver.js';
+import { leftovers } from '../helpers/leftovers.js';
+import { listKeys, labS3Client } from '../helpers/s3.js';
+import { runSanity } from './sanity-runner.js';
+
+/**
+ * csi-sanity against the S3 backend (s3fs mounts), once with a bucket per
+ * volume and once with a shared bucket (a prefix per volume). Zero failures
+ * required; skips are listed in sanity-runner.ts.
+ */
+
+describe('csi-sanity: s3', { timeout: 900_000 }, () => {
+  let lab: CephLab;
+  let driver: DriverProcess;
+  let s3: S3Client;
+
+  before(async () => {
+    lab = await CephLab.start({ components: ['s3'] });
+    driver = await startDriver({ config: lab.writeDriverConfig(), nodeId: 'sanity-node' });
+    s3 = labS3Client(lab);
+  });
+
+  after(async () => {
+    s3?.destroy();
+    await driver?.stop();
+    await lab?.stop();
+  });
+
+  const secrets = { accessKeyID: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey };
+
+  it('passes every spec with a bucket per volume', async () => {
+    const workDir = path.join(driver.dir, 'sanity-s3-own');
+    const r = await runSanity({ socket: driver.socket, workDir, accessType: 'mount', params: { backend: 's3', clusterID: 'lab' }, secrets });
+    assert.equal(r.failed, 0, `csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
+    assert.ok(r.passed >= 60, `only ${r.passed} specs passed`);
+    assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
+    const buckets = ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((b) => b.Name);
+    assert.deepEqual(buckets.filter((b) => b?.startsWith('csi-')), [], 'every volume and snapshot bucket is gone');
+  });
+
+  it('passes every spec with a shared bucket', async () => {
+    const workDir = path.join(driver.dir, 'sanity-s3-shared');
+    const r = await runSanity({ socket: driver.socket, workDir, accessType: 'mount', params: { backend: 's3', clusterID: 'lab', bucket: 'sanity-shared' }, secrets });
+    assert.equal(r.failed, 0, `csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
+    assert.ok(r.passed >= 60, `only ${r.passed} specs passed`);
+    assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
+    assert.deepEqual(await listKeys(s3, 'sanity-shared', ''), [], 'every volume and snapshot prefix is gone from the shared bucket');
+  });
+});
