@@ -15,6 +15,8 @@ export const REDACT_PATHS = [
   'key',
   '*.key',
   'env.CEPH_ARGS',
+  'secretAccessKey',
+  '*.secretAccessKey',
 ];
 
 export function createLogger(level = process.env.STRATA_LOG_LEVEL ?? 'info'): Logger {

@@ -155,7 +155,7 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
     const want = new Map<string, string>();
     const limit = pLimit(32);
     await Promise.all(
-      Array.from({ length: 2500 }, (_, i) =>
+      Array.from({ length: 2000 }, (_, i) =>
         limit(async () => {
           const data = randomBytes(100 + (i % 50) * 40);
           const rel = `tree/d${i % 25}/f${i}`;
@@ -211,7 +211,7 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
     const src = await create(ca, 'crash-src', 64 * MiB, params);
     const { bucket, prefix } = where(src);
     const limit = pLimit(32);
-    const total = 4000;
+    const total = 2500;
     await Promise.all(Array.from({ length: total }, (_, i) => limit(() => s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}o/${i}`, Body: `object ${i}` })))));
 
     const ctl = await startDriver({ config, mode: 'controller', dir: path.join(a.dir, 'ctl-1') });
