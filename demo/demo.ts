@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CephLab, type Component } from '../test/lab/ceph-lab.js';
+import { CephLab, LAB_S3, type Component } from '../test/lab/ceph-lab.js';
 import { codeOf, connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
 import { MiB, attach, detach, fileSha, mountCap, writeRandom } from '../test/helpers/volumes.js';
 import type { VolumeCapability } from '../src/csi/gen/csi/v1/VolumeCapability.js';
@@ -19,11 +19,23 @@ interface Walk {
   capability: VolumeCapability;
   createBytes: number;
   expandBytes: number;
+  secrets: (lab: CephLab) => Record<string, string>;
 }
 
+const cephAdmin = (lab: CephLab) => ({ userID: 'admin', userKey: lab.adminKey });
+
 const WALKS: Walk[] = [
-  { backend: 'rbd', component: 'rbd', parameters: { backend: 'rbd', clusterID: 'lab', pool: 'rbd', fsType: 'xfs' }, capability: mountCap('xfs'), createBytes: 512 * MiB, expandBytes: 1024 * MiB },
-  { backend: 'cephfs', component: 'cephfs', parameters: { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs' }, capability: mountCap('', 'MULTI_NODE_MULTI_WRITER'), createBytes: 512 * MiB, expandBytes: 1024 * MiB },
+  { backend: 'rbd', component: 'rbd', parameters: { backend: 'rbd', clusterID: 'lab', pool: 'rbd', fsType: 'xfs' }, capability: mountCap('xfs'), createBytes: 512 * MiB, expandBytes: 1024 * MiB, secrets: cephAdmin },
+  { backend: 'cephfs', component: 'cephfs', parameters: { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs' }, capability: mountCap('', 'MULTI_NODE_MULTI_WRITER'), createBytes: 512 * MiB, expandBytes: 1024 * MiB, secrets: cephAdmin },
+  {
+    backend: 's3',
+    component: 's3',
+    parameters: { backend: 's3', clusterID: 'lab', mounter: 's3fs', uid: '1000', gid: '1000', mode: '0775' },
+    capability: mountCap('', 'MULTI_NODE_MULTI_WRITER'),
+    createBytes: 512 * MiB,
+    expandBytes: 1024 * MiB,
+    secrets: () => ({ accessKeyID: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey }),
+  },
 ];
 
 const wanted = (process.argv[2] ?? WALKS.map((w) => w.backend).join(',')).split(',');
@@ -54,6 +66,14 @@ async function retryAborted<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+async function untilReady<T extends { snapshot?: { ready_to_use?: boolean } | null } | undefined>(fn: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    const r = await fn();
+    if (r?.snapshot?.ready_to_use || i >= 60) return r;
+    await new Promise((res) => setTimeout(res, 500));
+  }
+}
+
 const human = (b: number) => (b >= 1024 * MiB ? `${(b / 1024 / MiB).toFixed(1)} GiB` : `${(b / MiB).toFixed(0)} MiB`);
 
 async function walk(w: Walk, c: CsiClients, dir: string, secrets: Record<string, string>): Promise<void> {
@@ -63,7 +83,8 @@ async function walk(w: Walk, c: CsiClients, dir: string, secrets: Record<string,
   const id = vol!.volume!.volume_id!;
   const att = await step('ControllerPublish + NodeStage + NodePublish', () => attach(c, vol!.volume!, 'demo-node', path.join(dir, `${w.backend}-vol`), w.capability, secrets), (a) => a.target);
   const sha = await step('write 64 MiB and fsync', async () => writeRandom(path.join(att.target, 'data.bin'), 64 * MiB), (s) => `sha256 ${s.slice(0, 16)}…`);
-  const snap = await step('CreateSnapshot', () => c.controller.CreateSnapshot({ source_volume_id: id, name: `demo-${w.backend}-snap`, secrets }), (r) => `${r!.snapshot!.snapshot_id} ready=${r!.snapshot!.ready_to_use}`);
+  // S3 snapshots are copies: the snapshotter calls again until ready_to_use, and so does the demo.
+  const snap = await step('CreateSnapshot (until ready_to_use)', () => untilReady(() => c.controller.CreateSnapshot({ source_volume_id: id, name: `demo-${w.backend}-snap`, secrets })), (r) => `${r!.snapshot!.snapshot_id} ready=${r!.snapshot!.ready_to_use}`);
   const snapId = snap!.snapshot!.snapshot_id!;
   await step('write more after the snapshot', async () => writeRandom(path.join(att.target, 'later.bin'), 8 * MiB));
   const exp = await step('ControllerExpandVolume (online)', () => c.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: w.expandBytes }, volume_capability: w.capability, secrets }), (r) => `${human(Number(r!.capacity_bytes))}, node step ${r!.node_expansion_required ? 'needed' : 'not needed'}`);
@@ -103,7 +124,7 @@ const c = connect(driver.socket);
 try {
   const info = await c.identity.GetPluginInfo({});
   console.log(`driver ${info!.name} ${info!.vendor_version} serving on ${driver.socket} (log: ${driver.logFile})`);
-  for (const w of walks) await walk(w, c, driver.dir, { userID: 'admin', userKey: lab.adminKey });
+  for (const w of walks) await walk(w, c, driver.dir, w.secrets(lab));
 } catch (e) {
   failed = true;
   console.error(`\ndemo failed: ${(e as Error).message}\n(driver log: ${driver.logFile})`);
