@@ -7,7 +7,7 @@ import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { CEPH_TIMEOUTS } from '../src/ceph/conn.js';
 import { run } from '../src/util/exec.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
-import { measure, type Sample } from './stats.js';
+import { LATENCY_HEADER, latencyRow } from './stats.js';
 
 /**
  * CephFS benchmark: each CSI call against the bare `ceph fs subvolume`
@@ -42,20 +42,7 @@ const ceph = async (args: string[]) => (await run('ceph', [...conn, ...args], { 
 const sv = (args: string[]) => ceph(['fs', 'subvolume', ...args, '--group_name', GROUP]);
 const work = path.join(node.dir, 'bench');
 
-interface Row {
-  op: string;
-  driver: Sample;
-  bare: Sample;
-}
-const fmt = (ms: number) => (Number.isNaN(ms) ? '-' : ms.toFixed(0)).padStart(6);
-function printRow(r: Row): void {
-  const errs = r.driver.errors + r.bare.errors ? `  errors driver ${r.driver.errors} bare ${r.bare.errors}` : '';
-  console.log(`${r.op.padEnd(26)}${String(N).padStart(4)}  ${fmt(r.driver.p50)} ${fmt(r.driver.p99)}   ${fmt(r.bare.p50)} ${fmt(r.bare.p99)}   ${(r.driver.p50 / r.bare.p50).toFixed(2).padStart(5)}x${errs}`);
-}
-async function row(op: string, driver: (i: number) => Promise<unknown>, bare: (i: number) => Promise<unknown>): Promise<void> {
-  const r = { op, driver: await measure(N, 1, driver), bare: await measure(N, 1, bare) };
-  printRow(r);
-}
+const row = (op: string, driver: (i: number) => Promise<unknown>, bare: (i: number) => Promise<unknown>) => latencyRow(op, N, driver, bare);
 
 /** As the provisioner does: ABORTED means a clone is still running, so call again. */
 async function untilReady<T>(fn: () => Promise<T>): Promise<T> {
@@ -78,7 +65,7 @@ const dirs = (kind: string, i: number) => ({ staging: path.join(work, `${kind}-$
 
 try {
   console.log(`CephFS benchmark: Ceph lab on this machine, ${SIZE / MiB} MiB subvolumes, ceph-fuse on the node, concurrency 1; milliseconds`);
-  console.log(`${'operation'.padEnd(26)}   n  driver p50    p99     bare p50    p99   p50 ratio`);
+  console.log(LATENCY_HEADER);
 
   await row(
     'CreateVolume',

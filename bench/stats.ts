@@ -45,3 +45,15 @@ export function rssMb(pid: number): { rss: number; peak: number } {
   const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
   return { rss: kb('VmRSS') / 1024, peak: kb('VmHWM') / 1024 };
 }
+
+const fmtMs = (ms: number) => (Number.isNaN(ms) ? '-' : ms.toFixed(0)).padStart(6);
+
+export const LATENCY_HEADER = `${'operation'.padEnd(26)}   n  driver p50    p99     bare p50    p99   p50 ratio`;
+
+/** One table row: the driver's call beside the bare commands doing the same work, n times each. */
+export async function latencyRow(op: string, n: number, driver: (i: number) => Promise<unknown>, bare: (i: number) => Promise<unknown>): Promise<void> {
+  const d = await measure(n, 1, driver);
+  const b = await measure(n, 1, bare);
+  const errs = d.errors + b.errors ? `  errors driver ${d.errors} bare ${b.errors}` : '';
+  console.log(`${op.padEnd(26)}${String(n).padStart(4)}  ${fmtMs(d.p50)} ${fmtMs(d.p99)}   ${fmtMs(b.p50)} ${fmtMs(b.p99)}   ${(d.p50 / b.p50).toFixed(2).padStart(5)}x${errs}`);
+}

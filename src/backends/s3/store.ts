@@ -176,7 +176,7 @@ export class S3Store {
 
   async put(bucket: string, key: string, body: string | Buffer, contentType?: string): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
+      await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: typeof body === 'string' ? Buffer.from(body) : body, ContentType: contentType }));
     } catch (e) {
       throw mapS3Error(e, `writing ${bucket}/${key}`);
     }

@@ -1,0 +1,199 @@
+import { closeSync, fsyncSync, mkdirSync, openSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pLimit from 'p-limit';
+import { CopyObjectCommand, CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { CephLab, LAB_S3 } from '../test/lab/ceph-lab.js';
+import { connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
+import { labS3Client } from '../test/helpers/s3.js';
+import { MiB, mountCap } from '../test/helpers/volumes.js';
+import { run } from '../src/util/exec.js';
+import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
+import { LATENCY_HEADER, latencyRow } from './stats.js';
+
+/**
+ * S3 benchmark on the lab's RGW: each CSI call beside the bare SDK calls or
+ * commands doing the same work, and the throughput of a sequential write and
+ * read through the mount beside the SDK's own PUT/GET, in one run. Prints
+ * figures; asserts nothing.
+ *
+ * "The same work" per row:
+ *   CreateVolume          CreateBucket; PutObject of the mount root and of a record
+ *   NodeStage+Publish     s3fs <bucket>:/fs with a passwd file; mount --bind (ControllerPublish untimed)
+ *   NodeUnpublish+Unstage umount x2; wait for s3fs to exit
+ *   Snapshot, 1000 objects CreateSnapshot until ready_to_use vs 1000 CopyObject, 16 at a time
+ * Throughput: 256 MiB written (write + fsync + close) and read back cold (after a fresh
+ * mount) through each mounter, vs one SDK PutObject and GetObject of the same bytes.
+ */
+
+const N = 8;
+const SIZE = 64 * MiB;
+const SEQ = 256 * MiB;
+const OBJECTS = 1000;
+const cap = mountCap('', 'MULTI_NODE_MULTI_WRITER');
+const secrets = { accessKeyID: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey };
+
+const lab = await CephLab.start({ components: ['s3'] });
+const config = lab.writeDriverConfig();
+const ctrl = await startDriver({ config, mode: 'controller', logLevel: 'warn' });
+const node = await startDriver({ config, mode: 'node', nodeId: 'bench-node', logLevel: 'warn' });
+const c: CsiClients = { ...connect(ctrl.socket), node: connect(node.socket).node };
+const s3 = labS3Client(lab);
+const work = path.join(node.dir, 'bench');
+const passwd = path.join(work, 'passwd');
+mkdirSync(work, { recursive: true });
+writeFileSync(passwd, `${LAB_S3.accessKeyID}:${LAB_S3.secretAccessKey}`, { mode: 0o600 });
+const dirs = (kind: string, i: number | string) => ({ staging: path.join(work, `${kind}-${i}`, 'staging'), target: path.join(work, `${kind}-${i}`, 'target') });
+const bareS3fs = (bucket: string, staging: string) =>
+  run('s3fs', [`${bucket}:/fs`, staging, '-o', `passwd_file=${passwd},url=${lab.s3Endpoint},use_path_request_style,endpoint=us-east-1,allow_other`], { timeoutMs: 30_000 });
+const bareUnmount = async (d: { staging: string; target: string }) => {
+  const pid = fuseDaemonPid('s3fs', d.staging);
+  await run('umount', [d.target], { timeoutMs: 30_000 });
+  await run('umount', [d.staging], { timeoutMs: 30_000 });
+  if (pid) await waitExit(pid, 60_000);
+};
+const mibps = (bytes: number, ms: number) => (bytes / MiB / (ms / 1000)).toFixed(0).padStart(5);
+
+async function timed(fn: () => Promise<unknown> | unknown): Promise<number> {
+  const t = performance.now();
+  await fn();
+  return performance.now() - t;
+}
+
+function writeFile(file: string, data: Buffer): void {
+  const fd = openSync(file, 'w');
+  try {
+    for (let off = 0; off < data.length; off += 4 * MiB) writeSync(fd, data, off, Math.min(4 * MiB, data.length - off));
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readFile(file: string): number {
+  const fd = openSync(file, 'r');
+  const buf = Buffer.alloc(4 * MiB);
+  let total = 0;
+  try {
+    for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0; ) total += n;
+  } finally {
+    closeSync(fd);
+  }
+  return total;
+}
+
+const ids: string[] = [];
+const vols: Array<Record<string, string>> = [];
+try {
+  console.log(`S3 benchmark: Ceph RGW lab on this machine, concurrency 1; milliseconds`);
+  console.log(LATENCY_HEADER);
+  await latencyRow(
+    'CreateVolume',
+    N,
+    async (i) => {
+      const v = (await c.controller.CreateVolume({ name: `b-${i}`, capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: { backend: 's3', clusterID: 'lab' }, secrets }))!.volume!;
+      ids[i] = v.volume_id!;
+      vols[i] = v.volume_context as Record<string, string>;
+    },
+    async (i) => {
+      await s3.send(new CreateBucketCommand({ Bucket: `bare-${i}` }));
+      await s3.send(new PutObjectCommand({ Bucket: `bare-${i}`, Key: 'fs/', Body: Buffer.alloc(0) }));
+      await s3.send(new PutObjectCommand({ Bucket: `bare-${i}`, Key: '.strata/record.json', Body: JSON.stringify({ v: 1, name: `bare-${i}` }) }));
+    },
+  );
+  for (let i = 0; i < N; i++) await c.controller.ControllerPublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', volume_capability: cap, secrets });
+  await latencyRow(
+    'NodeStage+NodePublish',
+    N,
+    async (i) => {
+      const d = dirs('drv', i);
+      mkdirSync(d.staging, { recursive: true });
+      await c.node.NodeStageVolume({ volume_id: ids[i]!, staging_target_path: d.staging, volume_capability: cap, volume_context: vols[i]!, secrets });
+      await c.node.NodePublishVolume({ volume_id: ids[i]!, staging_target_path: d.staging, target_path: d.target, volume_capability: cap, volume_context: vols[i]! });
+    },
+    async (i) => {
+      const d = dirs('bare', i);
+      mkdirSync(d.staging, { recursive: true });
+      mkdirSync(d.target, { recursive: true });
+      await bareS3fs(`bare-${i}`, d.staging);
+      await run('mount', ['--bind', d.staging, d.target], { timeoutMs: 30_000 });
+    },
+  );
+  await latencyRow(
+    'NodeUnpublish+NodeUnstage',
+    N,
+    async (i) => {
+      const d = dirs('drv', i);
+      await c.node.NodeUnpublishVolume({ volume_id: ids[i]!, target_path: d.target });
+      await c.node.NodeUnstageVolume({ volume_id: ids[i]!, staging_target_path: d.staging });
+    },
+    (i) => bareUnmount(dirs('bare', i)),
+  );
+
+  // Snapshot of 1000 small objects: the driver's copy vs the same CopyObjects straight from the SDK.
+  const limit = pLimit(32);
+  const fill = (bucket: string, prefix: string) =>
+    Promise.all(Array.from({ length: OBJECTS }, (_, k) => limit(() => s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}o/${k}`, Body: randomBytes(512) })))));
+  await Promise.all(Array.from({ length: 3 }, (_, i) => fill(vols[i]!.bucket!, vols[i]!.prefix!)));
+  await Promise.all(Array.from({ length: 3 }, (_, i) => fill(`bare-${i}`, 'fs/')));
+  await latencyRow(
+    `Snapshot, ${OBJECTS} objects`,
+    3,
+    async (i) => {
+      for (;;) {
+        const s = (await c.controller.CreateSnapshot({ source_volume_id: ids[i]!, name: `s-${i}`, secrets }))!.snapshot!;
+        if (s.ready_to_use) break;
+        await sleep(100);
+      }
+    },
+    async (i) => {
+      await s3.send(new CreateBucketCommand({ Bucket: `bare-snap-${i}` }));
+      const keys = ((await s3.send(new ListObjectsV2Command({ Bucket: `bare-${i}`, Prefix: 'fs/' }))).Contents ?? []).map((o) => o.Key!);
+      const copy = pLimit(16);
+      await Promise.all(keys.map((k) => copy(() => s3.send(new CopyObjectCommand({ Bucket: `bare-snap-${i}`, Key: k, CopySource: `bare-${i}/${k}` })))));
+    },
+  );
+
+  // Sequential throughput through each mounter vs the SDK, same bytes, same run.
+  console.log(`\nThroughput, ${SEQ / MiB} MiB sequential, MiB/s (write = write + fsync + close; read = cold, after a fresh mount)`);
+  console.log(`${'path'.padEnd(26)}  write   read   write/SDK  read/SDK`);
+  const data = randomBytes(SEQ);
+  const sdkWrite = await timed(() => s3.send(new PutObjectCommand({ Bucket: 'bare-0', Key: 'seq.bin', Body: data })));
+  const sdkRead = await timed(async () => {
+    const r = await s3.send(new GetObjectCommand({ Bucket: 'bare-0', Key: 'seq.bin' }));
+    let n = 0;
+    for await (const chunk of r.Body as AsyncIterable<Buffer>) n += chunk.length;
+    return n;
+  });
+  console.log(`${'SDK PutObject/GetObject'.padEnd(26)}  ${mibps(SEQ, sdkWrite)}  ${mibps(SEQ, sdkRead)}`);
+  for (const mounter of ['s3fs', 'rclone']) {
+    const v = (await c.controller.CreateVolume({ name: `seq-${mounter}`, capacity_range: { required_bytes: 1024 * MiB }, volume_capabilities: [cap], parameters: { backend: 's3', clusterID: 'lab', mounter }, secrets }))!.volume!;
+    const vc = v.volume_context as Record<string, string>;
+    const d = dirs('seq', mounter);
+    mkdirSync(d.staging, { recursive: true });
+    const stage = async () => {
+      await c.node.NodeStageVolume({ volume_id: v.volume_id!, staging_target_path: d.staging, volume_capability: cap, volume_context: vc, secrets });
+      await c.node.NodePublishVolume({ volume_id: v.volume_id!, staging_target_path: d.staging, target_path: d.target, volume_capability: cap, volume_context: vc });
+    };
+    const unstage = async () => {
+      await c.node.NodeUnpublishVolume({ volume_id: v.volume_id!, target_path: d.target });
+      await c.node.NodeUnstageVolume({ volume_id: v.volume_id!, staging_target_path: d.staging });
+    };
+    await stage();
+    const w = await timed(() => writeFile(path.join(d.target, 'seq.bin'), data));
+    await unstage();
+    await stage();
+    const r = await timed(() => readFile(path.join(d.target, 'seq.bin')));
+    await unstage();
+    console.log(`${`mount (${mounter})`.padEnd(26)}  ${mibps(SEQ, w)}  ${mibps(SEQ, r)}   ${(sdkWrite / w).toFixed(2).padStart(8)}  ${(sdkRead / r).toFixed(2).padStart(8)}`);
+    await c.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
+  }
+} finally {
+  s3.destroy();
+  c.close();
+  await ctrl.stop();
+  await node.stop();
+  await lab.stop();
+}
