@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { before, describe, it } from 'node:test';
 import { Ajv } from 'ajv';
 import { parseAllDocuments } from 'yaml';
+import { parseS3Params } from '../../src/backends/s3/params.js';
 import { parseCephfsParams } from '../../src/backends/cephfs/params.js';
 import { parseRbdParams } from '../../src/backends/rbd/params.js';
 
@@ -169,7 +170,9 @@ describe('deploy: chart and manifests', { timeout: 20 * 60_000 }, () => {
   it('names only StorageClass parameters a backend accepts', () => {
     const classes = [...example, ...yamlFiles(path.join(root, 'deploy/examples')).flatMap(readDocs)].filter((d) => d.kind === 'StorageClass');
     assert.ok(classes.length >= 4);
-    const parsers: Record<string, (p: Record<string, string>) => unknown> = { rbd: parseRbdParams, cephfs: parseCephfsParams };
+    for (const b of ['rbd', 'cephfs', 's3']) assert.ok(classes.some((sc) => sc.parameters.backend === b), `no example StorageClass for ${b}`);
+    assert.ok(classes.some((sc) => sc.parameters.backend === 's3' && sc.parameters.bucket) && classes.some((sc) => sc.parameters.backend === 's3' && !sc.parameters.bucket), 'S3 examples for both layouts');
+    const parsers: Record<string, (p: Record<string, string>) => unknown> = { rbd: parseRbdParams, cephfs: parseCephfsParams, s3: parseS3Params };
     for (const sc of classes) {
       const parse = parsers[sc.parameters.backend];
       assert.ok(parse, `${sc.metadata.name}: backend "${sc.parameters.backend}" does not exist`);
