@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import pLimit from 'p-limit';
-import { ListBucketsCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, ListBucketsCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { CephLab, LAB_S3 } from '../lab/ceph-lab.js';
 import { codeOf, connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
@@ -108,6 +108,18 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
       assert.equal(await eventually(() => statSync(path.join(onA.target, 'by-user.txt')).uid), 1000);
       assert.deepEqual(await getObject(s3, bucket, `${prefix}by-user.txt`), readFileSync('/etc/hostname'));
 
+      // Keys travel in a 0600 file or the environment: never in a command line, never in a log.
+      for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+        let argv = '';
+        try {
+          argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        } catch {
+          continue;
+        }
+        assert.ok(!argv.includes(LAB_S3.secretAccessKey), `process ${pid} has the secret key in its arguments`);
+      }
+      for (const log of [a.logFile, b.logFile]) assert.ok(!readFileSync(log, 'utf8').includes(LAB_S3.secretAccessKey), `${log} holds the secret key`);
+
       // Read-only publish really refuses writes.
       const ro = path.join(b.dir, name, 'ro-target');
       await cb.node.NodePublishVolume({ volume_id: v.volume_id!, staging_target_path: onB.staging, target_path: ro, volume_capability: RWX, readonly: true, volume_context: v.volume_context });
@@ -145,6 +157,33 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
     assert.equal(Number((await ca.controller.ControllerGetVolume({ volume_id: v.volume_id! }))!.volume!.capacity_bytes), 16 * MiB, 'the record holds the new capacity');
     await put('fits-now', 6 * MiB);
     await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
+  });
+
+  it('single-node modes hold one node at a time; a delete cut off halfway finishes on retry', async () => {
+    const v = await create(ca, 'rwo', 64 * MiB, { backend: 's3', clusterID: 'lab' });
+    const rwo = mountCap('', 'SINGLE_NODE_WRITER');
+    await ca.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-a', volume_capability: rwo, secrets });
+    await ca.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-a', volume_capability: rwo, secrets });
+    await assert.rejects(ca.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-b', volume_capability: rwo, secrets }), (e) => codeOf(e) === 'FAILED_PRECONDITION');
+    await ca.controller.ControllerUnpublishVolume({ volume_id: v.volume_id!, node_id: 'node-a', secrets });
+    await ca.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-b', volume_capability: rwo, secrets });
+    await ca.controller.ControllerUnpublishVolume({ volume_id: v.volume_id!, node_id: 'node-b', secrets });
+
+    // A delete that died after marking the volume and removing part of its objects.
+    const { bucket, prefix } = where(v);
+    const limit = pLimit(32);
+    await Promise.all(Array.from({ length: 1500 }, (_, i) => limit(() => s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}x/${i}`, Body: 'x' })))));
+    const rec = JSON.parse((await getObject(s3, bucket, '.strata/record.json')).toString()) as Record<string, unknown>;
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: '.strata/record.json', Body: JSON.stringify({ ...rec, state: 'deleting' }) }));
+    await Promise.all(Array.from({ length: 700 }, (_, i) => limit(() => s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: `${prefix}x/${i}` })))));
+    const got = (await ca.controller.ControllerGetVolume({ volume_id: v.volume_id! }))!;
+    assert.equal(got.status!.volume_condition!.abnormal, true, 'a half-deleted volume is reported abnormal');
+    await assert.rejects(ca.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-a', volume_capability: rwo, secrets }), (e) => codeOf(e) === 'NOT_FOUND');
+    await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
+    assert.deepEqual(await listKeys(s3, bucket, ''), []);
+    const buckets = ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((x) => x.Name!);
+    assert.ok(!buckets.includes(bucket), 'the volume bucket is gone');
+    await assert.rejects(ca.controller.ControllerGetVolume({ volume_id: v.volume_id! }), (e) => codeOf(e) === 'NOT_FOUND');
   });
 
   it('snapshots, restores and clones keep checksums of thousands of objects and a multipart file', async () => {

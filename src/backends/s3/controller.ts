@@ -281,9 +281,9 @@ export class S3Controller implements ControllerBackend {
   }
 
   /** Names of kind `kind` in every bucket the config's identity sees: own buckets, and prefixes of shared ones. */
-  private async scan(cluster: string, kind: 'v' | 's', ctx: RpcContext): Promise<{ store: S3Store; locations: Location[] }> {
+  private async scan(cluster: string, kind: 'v' | 's', ctx: RpcContext): Promise<{ store?: S3Store; locations: Location[] }> {
     const store = this.listingStore(cluster, ctx);
-    if (!store) return { store: undefined as unknown as S3Store, locations: [] };
+    if (!store) return { locations: [] };
     const match = kind === 'v' ? isVolumeName : isSnapshotName;
     const hashOf = (n: string) => n.slice(n.lastIndexOf('-') + 1);
     const out: Location[] = [];
@@ -384,16 +384,15 @@ export class S3Controller implements ControllerBackend {
     return toSnapshot(idOf(l), rec, rec.state === 'ready');
   }
 
-  async listSnapshotIds(cluster: string, source: ObjectId | undefined, secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
+  async listSnapshotIds(cluster: string, source: ObjectId | undefined, _secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
     const { store, locations } = await this.scan(cluster, 's', ctx);
-    if (!source) return locations.map(idOf).sort();
+    if (!source || !store) return locations.map(idOf).sort();
     const want = locationOf(source) && idOf(locationOf(source)!);
     const ids: string[] = [];
     for (const l of locations) {
       const rec = await store.getJson<SnapshotRecord>(bucketOf(l), recordKey(l));
       if (rec?.source === want) ids.push(idOf(l));
     }
-    void secrets;
     return ids.sort();
   }
 }
