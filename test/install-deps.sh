@@ -10,7 +10,7 @@ CSI_SANITY_VERSION=v5.6.0   # latest csi-test v5 release
 declare -A PKG=(
   [ceph-mon]=ceph-mon [ceph-mgr]=ceph-mgr [ceph-osd]=ceph-osd [ceph-mds]=ceph-mds [radosgw]=radosgw
   [ceph]=ceph-common [rbd]=ceph-common [rbd-fuse]=rbd-fuse [ceph-fuse]=ceph-fuse [rbd-nbd]=rbd-nbd
-  [s3fs]=s3fs [mkfs.xfs]=xfsprogs [mkfs.ext4]=e2fsprogs [fusermount3]=fuse3 [losetup]=mount [blkid]=util-linux
+  [s3fs]=s3fs [rclone]=rclone [setpriv]=util-linux [mkfs.xfs]=xfsprogs [mkfs.ext4]=e2fsprogs [fusermount3]=fuse3 [losetup]=mount [blkid]=util-linux
 )
 missing=()
 for bin in "${!PKG[@]}"; do
