@@ -6,7 +6,7 @@ import type { RpcContext } from '../../csi/handler.js';
 import { nameHash, parseId, type ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
-import { attachmentsIn, ATTACH_PREFIX, decidePublish } from '../attachments.js';
+import { decidePublish, type Attachment } from '../attachments.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
 import { toSnapshot } from '../snapshots.js';
 import { toCsiVolume, type VolumeSource } from '../volume.js';
@@ -97,6 +97,11 @@ export class S3Controller implements ControllerBackend {
     const creds = s3 && configCredentials(s3);
     if (!creds) ctx.log.debug({ cluster }, 'no S3 key files in the config: S3 volumes cannot be listed');
     return creds ? this.stores.get(s3!, creds) : undefined;
+  }
+
+  /** The request's identity when it has secrets, else the config's (listing and polling RPCs carry none). */
+  private readStore(cluster: string, secrets: Record<string, string>, ctx: RpcContext): S3Store | undefined {
+    return Object.keys(secrets).length ? this.store(cluster, secrets) : this.listingStore(cluster, ctx);
   }
 
   private location(id: ObjectId): Location {
@@ -224,10 +229,7 @@ export class S3Controller implements ControllerBackend {
       }
       if (rec.state !== 'deleting') await store.putJson(bucket, recordKey(l), { ...rec, state: 'deleting' });
     }
-    // Data first, records last: a delete that stops halfway still has its record and is seen (and retried) as one.
-    const n = (await store.deletePrefix(bucket, dataPrefix(l))) + (await store.deletePrefix(bucket, rootOf(l)));
-    if (!l.shared) await store.deleteBucket(bucket);
-    ctx.log.debug({ objects: n }, 'volume objects removed');
+    ctx.log.debug({ objects: await removeAll(store, l) }, 'volume objects removed');
   }
 
   private async readyVolume(store: S3Store, l: Location, what: string): Promise<VolumeRecord> {
@@ -236,15 +238,16 @@ export class S3Controller implements ControllerBackend {
     return rec;
   }
 
-  private async attachments(store: S3Store, l: Location) {
-    const meta: Record<string, string> = {};
+  /** One object per attached node under .strata/attach/, by node id. */
+  private async attachments(store: S3Store, l: Location): Promise<Map<string, Attachment>> {
+    const out = new Map<string, Attachment>();
     for await (const page of store.list(bucketOf(l), attachPrefix(l))) {
       for (const o of page) {
-        const a = await store.getJson<unknown>(bucketOf(l), o.key);
-        if (a) meta[ATTACH_PREFIX + decodeURIComponent(o.key.slice(attachPrefix(l).length))] = JSON.stringify(a);
+        const a = await store.getJson<Attachment>(bucketOf(l), o.key);
+        if (a) out.set(decodeURIComponent(o.key.slice(attachPrefix(l).length)), a);
       }
     }
-    return attachmentsIn(meta);
+    return out;
   }
 
   async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, _ctx: RpcContext): Promise<Record<string, string>> {
@@ -269,7 +272,7 @@ export class S3Controller implements ControllerBackend {
   async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {
     const l = locationOf(id);
     if (!l) return undefined;
-    const store = Object.keys(secrets).length ? this.store(l.cluster, secrets) : this.listingStore(l.cluster, ctx);
+    const store = this.readStore(l.cluster, secrets, ctx);
     if (!store) return undefined;
     const rec = await store.getJson<VolumeRecord>(bucketOf(l), recordKey(l));
     if (!rec) return undefined;
@@ -364,9 +367,7 @@ export class S3Controller implements ControllerBackend {
     const store = this.store(l.cluster, secrets);
     await this.jobs.cancel(idOf(l));
     const rec = await store.getJson<SnapshotRecord>(bucketOf(l), recordKey(l));
-    await store.deletePrefix(bucketOf(l), dataPrefix(l));
-    await store.deletePrefix(bucketOf(l), rootOf(l));
-    if (!l.shared) await store.deleteBucket(bucketOf(l));
+    await removeAll(store, l);
     const src = rec && parseId(rec.source, 'v');
     const srcLoc = src && locationOf(src);
     if (srcLoc) await store.deleteKey(bucketOf(srcLoc), copyingPrefix(srcLoc) + objectName(l));
@@ -375,7 +376,7 @@ export class S3Controller implements ControllerBackend {
   async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {
     const l = locationOf(id);
     if (!l) return undefined;
-    const store = Object.keys(secrets).length ? this.store(l.cluster, secrets) : this.listingStore(l.cluster, ctx);
+    const store = this.readStore(l.cluster, secrets, ctx);
     if (!store) return undefined;
     let rec = await store.getJson<SnapshotRecord>(bucketOf(l), recordKey(l));
     if (!rec) return undefined;
@@ -395,4 +396,16 @@ export class S3Controller implements ControllerBackend {
     }
     return ids.sort();
   }
+}
+
+/**
+ * Removes a volume's or snapshot's objects, then its own bucket. Data first,
+ * records last: a removal that stops halfway still has its record, so it is
+ * seen (and retried) as what it was. Returns the number of objects removed.
+ */
+async function removeAll(store: S3Store, l: Location): Promise<number> {
+  const bucket = bucketOf(l);
+  const n = (await store.deletePrefix(bucket, dataPrefix(l))) + (await store.deletePrefix(bucket, rootOf(l)));
+  if (!l.shared) await store.deleteBucket(bucket);
+  return n;
 }

@@ -11,6 +11,7 @@ import {
   HeadBucketCommand,
   ListBucketsCommand,
   ListObjectsV2Command,
+  type ListObjectsV2CommandOutput,
   PutObjectCommand,
   S3Client,
   S3ServiceException,
@@ -126,37 +127,31 @@ export class S3Store {
     }
   }
 
-  /** Every object under a prefix, page by page (1000 keys per request). Nothing when the bucket is gone. */
-  async *list(bucket: string, prefix: string): AsyncGenerator<ObjectInfo[]> {
+  /** ListObjectsV2 responses under a prefix, following continuation tokens; nothing when the bucket is gone. */
+  private async *pages(bucket: string, prefix: string, delimiter?: string): AsyncGenerator<ListObjectsV2CommandOutput> {
     let token: string | undefined;
     do {
       let r;
       try {
-        r = await this.client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+        r = await this.client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, Delimiter: delimiter, ContinuationToken: token }));
       } catch (e) {
         if (isNoSuchBucket(e)) return;
         throw mapS3Error(e, `listing ${bucket}/${prefix}`);
       }
-      yield (r.Contents ?? []).map((o) => ({ key: o.Key!, size: Number(o.Size ?? 0) }));
+      yield r;
       token = r.IsTruncated ? r.NextContinuationToken : undefined;
     } while (token);
+  }
+
+  /** Every object under a prefix, page by page (1000 keys per request). */
+  async *list(bucket: string, prefix: string): AsyncGenerator<ObjectInfo[]> {
+    for await (const r of this.pages(bucket, prefix)) yield (r.Contents ?? []).map((o) => ({ key: o.Key!, size: Number(o.Size ?? 0) }));
   }
 
   /** The "directories" directly under a prefix (common prefixes with "/" as delimiter). */
   async subPrefixes(bucket: string, prefix: string): Promise<string[]> {
     const out: string[] = [];
-    let token: string | undefined;
-    do {
-      let r;
-      try {
-        r = await this.client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }));
-      } catch (e) {
-        if (isNoSuchBucket(e)) return out;
-        throw mapS3Error(e, `listing ${bucket}/${prefix}`);
-      }
-      for (const p of r.CommonPrefixes ?? []) if (p.Prefix) out.push(p.Prefix);
-      token = r.IsTruncated ? r.NextContinuationToken : undefined;
-    } while (token);
+    for await (const r of this.pages(bucket, prefix, '/')) for (const p of r.CommonPrefixes ?? []) if (p.Prefix) out.push(p.Prefix);
     return out;
   }
 
