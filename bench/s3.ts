@@ -25,13 +25,15 @@ import { LATENCY_HEADER, latencyRow } from './stats.js';
  *   NodeUnpublish+Unstage umount x2; wait for s3fs to exit
  *   Snapshot, 1000 objects CreateSnapshot until ready_to_use vs 1000 CopyObject, 16 at a time
  * Throughput: 256 MiB written (write + fsync + close) and read back cold (after a fresh
- * mount) through each mounter, vs one SDK PutObject and GetObject of the same bytes.
+ * mount) through each mounter, vs one SDK PutObject and GetObject of the same bytes;
+ * the median of three rounds.
  */
 
 const N = 8;
 const SIZE = 64 * MiB;
 const SEQ = 256 * MiB;
 const OBJECTS = 1000;
+const ROUNDS = 3;
 const cap = mountCap('', 'MULTI_NODE_MULTI_WRITER');
 const secrets = { accessKeyID: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey };
 
@@ -156,39 +158,54 @@ try {
     },
   );
 
-  // Sequential throughput through each mounter vs the SDK, same bytes, same run.
-  console.log(`\nThroughput, ${SEQ / MiB} MiB sequential, MiB/s (write = write + fsync + close; read = cold, after a fresh mount)`);
+  // Sequential throughput through each mounter vs the SDK, same bytes, same run. Rounds
+  // interleave the paths so drift in the lab hits them alike; medians are printed.
+  console.log(`\nThroughput, ${SEQ / MiB} MiB sequential, MiB/s, median of ${ROUNDS} rounds (write = write + fsync + close; read = cold, after a fresh mount)`);
   console.log(`${'path'.padEnd(26)}  write   read   write/SDK  read/SDK`);
   const data = randomBytes(SEQ);
-  const sdkWrite = await timed(() => s3.send(new PutObjectCommand({ Bucket: 'bare-0', Key: 'seq.bin', Body: data })));
-  const sdkRead = await timed(async () => {
-    const r = await s3.send(new GetObjectCommand({ Bucket: 'bare-0', Key: 'seq.bin' }));
-    let n = 0;
-    for await (const chunk of r.Body as AsyncIterable<Buffer>) n += chunk.length;
-    return n;
-  });
-  console.log(`${'SDK PutObject/GetObject'.padEnd(26)}  ${mibps(SEQ, sdkWrite)}  ${mibps(SEQ, sdkRead)}`);
-  for (const mounter of ['s3fs', 'rclone']) {
+  const mounters = ['s3fs', 'rclone'] as const;
+  const seqVols = new Map<string, { id: string; vc: Record<string, string> }>();
+  for (const mounter of mounters) {
     const v = (await c.controller.CreateVolume({ name: `seq-${mounter}`, capacity_range: { required_bytes: 1024 * MiB }, volume_capabilities: [cap], parameters: { backend: 's3', clusterID: 'lab', mounter }, secrets }))!.volume!;
-    const vc = v.volume_context as Record<string, string>;
+    seqVols.set(mounter, { id: v.volume_id!, vc: v.volume_context as Record<string, string> });
+  }
+  const mounted = async (mounter: string, fn: (file: string) => void) => {
+    const { id, vc } = seqVols.get(mounter)!;
     const d = dirs('seq', mounter);
     mkdirSync(d.staging, { recursive: true });
-    const stage = async () => {
-      await c.node.NodeStageVolume({ volume_id: v.volume_id!, staging_target_path: d.staging, volume_capability: cap, volume_context: vc, secrets });
-      await c.node.NodePublishVolume({ volume_id: v.volume_id!, staging_target_path: d.staging, target_path: d.target, volume_capability: cap, volume_context: vc });
-    };
-    const unstage = async () => {
-      await c.node.NodeUnpublishVolume({ volume_id: v.volume_id!, target_path: d.target });
-      await c.node.NodeUnstageVolume({ volume_id: v.volume_id!, staging_target_path: d.staging });
-    };
-    await stage();
-    const w = await timed(() => writeFile(path.join(d.target, 'seq.bin'), data));
-    await unstage();
-    await stage();
-    const r = await timed(() => readFile(path.join(d.target, 'seq.bin')));
-    await unstage();
+    await c.node.NodeStageVolume({ volume_id: id, staging_target_path: d.staging, volume_capability: cap, volume_context: vc, secrets });
+    await c.node.NodePublishVolume({ volume_id: id, staging_target_path: d.staging, target_path: d.target, volume_capability: cap, volume_context: vc });
+    const ms = await timed(() => fn(path.join(d.target, 'seq.bin')));
+    await c.node.NodeUnpublishVolume({ volume_id: id, target_path: d.target });
+    await c.node.NodeUnstageVolume({ volume_id: id, staging_target_path: d.staging });
+    return ms;
+  };
+  const times = new Map<string, { w: number[]; r: number[] }>();
+  for (const p of ['SDK', ...mounters]) times.set(p, { w: [], r: [] });
+  for (let round = 0; round < ROUNDS; round++) {
+    times.get('SDK')!.w.push(await timed(() => s3.send(new PutObjectCommand({ Bucket: 'bare-0', Key: 'seq.bin', Body: data }))));
+    times.get('SDK')!.r.push(
+      await timed(async () => {
+        const r = await s3.send(new GetObjectCommand({ Bucket: 'bare-0', Key: 'seq.bin' }));
+        let n = 0;
+        for await (const chunk of r.Body as AsyncIterable<Buffer>) n += chunk.length;
+        return n;
+      }),
+    );
+    for (const mounter of mounters) {
+      times.get(mounter)!.w.push(await mounted(mounter, (f) => writeFile(f, data)));
+      times.get(mounter)!.r.push(await mounted(mounter, (f) => readFile(f)));
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const sdkWrite = median(times.get('SDK')!.w);
+  const sdkRead = median(times.get('SDK')!.r);
+  console.log(`${'SDK PutObject/GetObject'.padEnd(26)}  ${mibps(SEQ, sdkWrite)}  ${mibps(SEQ, sdkRead)}`);
+  for (const mounter of mounters) {
+    const w = median(times.get(mounter)!.w);
+    const r = median(times.get(mounter)!.r);
     console.log(`${`mount (${mounter})`.padEnd(26)}  ${mibps(SEQ, w)}  ${mibps(SEQ, r)}   ${(sdkWrite / w).toFixed(2).padStart(8)}  ${(sdkRead / r).toFixed(2).padStart(8)}`);
-    await c.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
+    await c.controller.DeleteVolume({ volume_id: seqVols.get(mounter)!.id, secrets });
   }
 } finally {
   s3.destroy();

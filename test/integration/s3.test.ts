@@ -147,16 +147,23 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
 
   it('a bucket of its own has its capacity as RGW bucket quota, grown by ControllerExpandVolume', async () => {
     const v = await create(ca, 'quota', 4 * MiB, { backend: 's3', clusterID: 'lab' });
-    const { bucket, prefix } = where(v);
-    const put = (key: string, bytes: number) => s3.send(new PutObjectCommand({ Bucket: bucket, Key: prefix + key, Body: randomBytes(bytes) }));
-    await put('small', MiB);
-    await assert.rejects(put('too-big', 6 * MiB), (e: Error) => e.name === 'QuotaExceeded');
-    const exp = await ca.controller.ControllerExpandVolume({ volume_id: v.volume_id!, capacity_range: { required_bytes: 16 * MiB }, secrets, volume_capability: RWX });
-    assert.equal(Number(exp!.capacity_bytes), 16 * MiB);
-    assert.equal(exp!.node_expansion_required, false);
-    assert.equal(Number((await ca.controller.ControllerGetVolume({ volume_id: v.volume_id! }))!.volume!.capacity_bytes), 16 * MiB, 'the record holds the new capacity');
-    await put('fits-now', 6 * MiB);
-    await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
+    // Deleted whatever fails, so one failure here is not also a leftover bucket in the tests after it.
+    try {
+      const { bucket, prefix } = where(v);
+      const put = (key: string, bytes: number) => s3.send(new PutObjectCommand({ Bucket: bucket, Key: prefix + key, Body: randomBytes(bytes) }));
+      await put('small', MiB);
+      await assert.rejects(put('too-big', 6 * MiB), (e: Error) => {
+        assert.equal(e.name, 'QuotaExceeded', `6 MiB into a 4 MiB bucket: ${e.name}: ${e.message}`);
+        return true;
+      });
+      const exp = await ca.controller.ControllerExpandVolume({ volume_id: v.volume_id!, capacity_range: { required_bytes: 16 * MiB }, secrets, volume_capability: RWX });
+      assert.equal(Number(exp!.capacity_bytes), 16 * MiB);
+      assert.equal(exp!.node_expansion_required, false);
+      assert.equal(Number((await ca.controller.ControllerGetVolume({ volume_id: v.volume_id! }))!.volume!.capacity_bytes), 16 * MiB, 'the record holds the new capacity');
+      await put('fits-now', 6 * MiB);
+    } finally {
+      await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
+    }
   });
 
   it('single-node modes hold one node at a time; a delete cut off halfway finishes on retry', async () => {

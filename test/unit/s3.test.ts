@@ -77,6 +77,8 @@ describe('S3 mount commands', () => {
     for (const f of ['--daemon', '--allow-other', '--read-only', '--transfers=8']) assert.ok(args.includes(f), f);
     assert.equal(args[args.indexOf('--vfs-cache-mode') + 1], 'off');
     assert.equal(args[args.indexOf('--umask') + 1], '0002');
+    // Our --no-checksum comes before user options so "no-checksum=false" wins.
+    assert.ok(args.indexOf('--no-checksum') > 0 && args.indexOf('--no-checksum') < args.indexOf('--transfers=8'));
     assert.deepEqual(Object.keys(env).sort(), ['RCLONE_S3_ENDPOINT', 'RCLONE_S3_FORCE_PATH_STYLE', 'RCLONE_S3_PROVIDER', 'RCLONE_S3_REGION']);
     assert.ok(!args.some((a) => /secret|access.key/i.test(a)));
   });
