@@ -19,7 +19,7 @@ function parseTopology(v: string): Record<string, string> {
   return out;
 }
 
-function positiveInt(v: string): number {
+function wholeNumber(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('must be a whole number');
   return n;
@@ -43,13 +43,14 @@ program
   .addOption(new Option('--endpoint <url>', 'listen address: unix:///path/csi.sock (or tcp://host:port for tests)').default('unix:///csi/csi.sock').env('CSI_ENDPOINT'))
   .addOption(new Option('--node-id <name>', 'this node\'s id (the Kubernetes node name); required in node mode').env('NODE_ID'))
   .addOption(new Option('--config <file>', 'driver config (YAML)').default('/etc/strata/config.yaml').env('STRATA_CONFIG'))
-  .addOption(new Option('--state-dir <dir>', 'node-private directory for FUSE mount points').default('/var/lib/strata').env('STRATA_STATE_DIR'))
+  .addOption(new Option('--state-dir <dir>', 'node-private directory for FUSE mount points and stage records').default('/var/lib/strata').env('STRATA_STATE_DIR'))
   .addOption(new Option('--node-topology <k=v,...>', 'topology segments this node reports in NodeGetInfo').argParser(parseTopology).env('STRATA_NODE_TOPOLOGY'))
-  .addOption(new Option('--max-volumes <n>', 'most volumes this node takes (0: no limit)').argParser(positiveInt).default(0).env('STRATA_MAX_VOLUMES'))
+  .addOption(new Option('--max-volumes <n>', 'most volumes this node takes (0: no limit)').argParser(wholeNumber).default(0).env('STRATA_MAX_VOLUMES'))
   .addOption(new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error']).default('info').env('STRATA_LOG_LEVEL'))
-  .addOption(new Option('--drain-seconds <n>', 'on SIGTERM, how long calls in flight may finish').argParser(positiveInt).default(25).env('STRATA_DRAIN_SECONDS'))
+  .addOption(new Option('--drain-seconds <n>', 'on SIGTERM, how long calls in flight may finish').argParser(wholeNumber).default(25).env('STRATA_DRAIN_SECONDS'))
+  .addOption(new Option('--heal-interval <seconds>', 'how often the node remounts FUSE volumes whose daemon died (0: only at start)').argParser(wholeNumber).default(30).env('STRATA_HEAL_INTERVAL'))
   .addOption(new Option('--metrics-address <[host]:port>', 'serve Prometheus metrics at http://<address>/metrics (off when unset)').argParser(metricsAddress).env('STRATA_METRICS_ADDRESS'))
-  .action(async (o: { mode: Mode; endpoint: string; nodeId?: string; config: string; stateDir: string; nodeTopology?: Record<string, string>; maxVolumes: number; logLevel: string; drainSeconds: number; metricsAddress?: string }) => {
+  .action(async (o: { mode: Mode; endpoint: string; nodeId?: string; config: string; stateDir: string; nodeTopology?: Record<string, string>; maxVolumes: number; logLevel: string; drainSeconds: number; healInterval: number; metricsAddress?: string }) => {
     const log = createLogger(o.logLevel);
     let config;
     try {
@@ -73,6 +74,7 @@ program
       version: packageVersion(),
       log,
       drainMs: o.drainSeconds * 1000,
+      healIntervalSeconds: o.healInterval,
       node: o.nodeId ? { nodeId: o.nodeId, topology: o.nodeTopology, maxVolumes: o.maxVolumes } : undefined,
     });
     const metrics = o.metricsAddress ? await serveMetrics(o.metricsAddress) : undefined;

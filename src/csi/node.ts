@@ -3,12 +3,14 @@ import path from 'node:path';
 import { STAGED_BLOCK_FILE, type NodeBackend } from '../backends/types.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errors.js';
 import { findMount, isReadOnly } from '../mount/mountinfo.js';
-import { bindMount, deviceSize, fsUsage, pathKind, unmount } from '../mount/mounter.js';
+import { bindMount, deviceSize, fsUsage, mountHealth, pathKind, unmount } from '../mount/mounter.js';
 import { isReadOnlyMode, modeOf, requireCapability } from './capabilities.js';
 import type { NodeHandlers } from './gen/csi/v1/Node.js';
 import type { VolumeUsage } from './gen/csi/v1/VolumeUsage.js';
 import { wrap, type RpcRuntime } from './handler.js';
 import { parseId, type Backend } from './ids.js';
+import type { Healer } from './healer.js';
+import type { StageRecords } from './stage-records.js';
 
 /**
  * The Node service. Staging is backend specific; publishing is the same for
@@ -41,7 +43,14 @@ function existingVolumePath(p: string): string {
   return p;
 }
 
-export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIdentity): NodeHandlers {
+/** Remembering FUSE stages and healing them (see healer.ts). */
+export interface NodeHealing {
+  records: StageRecords;
+  healer: Healer;
+}
+
+export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIdentity, healing: NodeHealing): NodeHandlers {
+  const { records, healer } = healing;
   const byVolume = <R extends { volume_id: string }>(r: R) => [r.volume_id];
   const resolve = (volumeId: string) => {
     const id = parseId(volumeId, 'v');
@@ -59,7 +68,14 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         absolute(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
         requireCapability(req.volume_capability);
         const { id, backend } = resolve(req.volume_id);
+        const staging = req.staging_target_path;
+        if ((await mountHealth(staging)) === 'dead') {
+          ctx.log.warn('staging mount is dead (its FUSE daemon is gone): mounting it again');
+          await unmount(staging, ctx.log);
+        }
         await backend.stage(id, req, ctx);
+        // Kernel mounts outlive the plugin; FUSE daemons may not, so keep what a remount needs.
+        if ((await findMount(staging))?.fsType.startsWith('fuse')) records.staged(req);
         return {};
       },
       { lockKeys: byVolume },
@@ -74,6 +90,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         const id = parseId(req.volume_id, 'v');
         const backend = id && backends[id.backend];
         if (id && backend) await backend.unstage(id, req.staging_target_path, ctx);
+        records.unstaged(req.staging_target_path);
         return {};
       },
       { lockKeys: byVolume },
@@ -90,7 +107,10 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         resolve(req.volume_id);
         const readonly = req.readonly || isReadOnlyMode(modeOf(cap));
         const source = cap.block ? path.join(staging, STAGED_BLOCK_FILE) : staging;
+        const record = records.get(staging);
+        if (record?.request.volume_id === req.volume_id) await healer.heal(record, ctx);
         if (!(await findMount(source))) throw failedPrecondition(`volume ${req.volume_id} is not staged at ${staging}`);
+        if ((await mountHealth(target)) === 'dead') await unmount(target, ctx.log);
         const existing = await findMount(target);
         if (existing) {
           if (isReadOnly(existing) !== readonly) throw alreadyExists(`${target} is already published with a different read-only setting`);
@@ -103,6 +123,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
           mkdirSync(target, { recursive: true });
         }
         await bindMount(source, target, readonly, cap.mount?.mount_flags ?? [], ctx.log);
+        records.published(req.volume_id, staging, target, { readonly, flags: cap.mount?.mount_flags ?? [] });
         return {};
       },
       { lockKeys: (r) => [r.volume_id, `target:${r.target_path}`] },
@@ -115,6 +136,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         required(req.volume_id, 'volume_id');
         const target = absolute(required(req.target_path, 'target_path'), 'target_path');
         await unmount(target, ctx.log);
+        records.unpublished(req.volume_id, target);
         // Never recursive: files under an unmounted target are not ours to delete.
         const kind = await pathKind(target);
         if (kind === 'dir') rmdirSync(target);

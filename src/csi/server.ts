@@ -13,6 +13,8 @@ import { controllerService } from './controller.js';
 import { identityService } from './identity.js';
 import { KeyedTryLock } from './locks.js';
 import { nodeService, type NodeIdentity } from './node.js';
+import { Healer } from './healer.js';
+import { StageRecords } from './stage-records.js';
 import { loadCsi } from './proto.js';
 import type { RpcRuntime } from './handler.js';
 
@@ -28,6 +30,8 @@ export interface ServeOptions {
   stateDir: string;
   version: string;
   log: Logger;
+  /** How often the node looks for dead FUSE mounts to heal (0: only at start). */
+  healIntervalSeconds?: number;
   /** How long SIGTERM waits for calls in flight before cutting them off. */
   drainMs?: number;
 }
@@ -52,13 +56,17 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
   const rt: RpcRuntime = { log: opts.log, locks: new KeyedTryLock(), inflight: { count: 0 } };
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
   const controller = opts.mode !== 'node';
+  let healer: Healer | undefined;
   const node = opts.mode !== 'controller';
   server.addService(csi.Identity.service, identityService(rt, opts.config, { name: opts.config.driverName, version: opts.version }, { controller }));
   if (controller) server.addService(csi.Controller.service, controllerService(rt, opts.config, { rbd: new RbdController(opts.config, opts.log), cephfs: new CephfsController(opts.config, opts.log), s3: new S3Controller(opts.config, opts.log) }));
   if (node) {
     if (!opts.node?.nodeId) throw new Error('node mode needs a node id (--node-id)');
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
-    server.addService(csi.Node.service, nodeService(rt, { rbd: new RbdNode(opts.config, opts.stateDir), cephfs: new CephfsNode(opts.config), s3: new S3Node(opts.config, opts.stateDir) }, opts.node));
+    const backends = { rbd: new RbdNode(opts.config, opts.stateDir), cephfs: new CephfsNode(opts.config), s3: new S3Node(opts.config, opts.stateDir) };
+    const records = new StageRecords(opts.stateDir);
+    healer = new Healer(rt, backends, records, opts.log.child({ component: 'healer' }));
+    server.addService(csi.Node.service, nodeService(rt, backends, opts.node, { records, healer }));
   }
 
   const { bind, socket } = listenAddress(opts.endpoint);
@@ -72,9 +80,11 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
   );
   const address = socket ? `unix://${socket}` : bind.replace(/:0$/, `:${port}`);
   opts.log.info({ mode: opts.mode, address, driver: opts.config.driverName, version: opts.version }, 'serving');
+  healer?.start((opts.healIntervalSeconds ?? 30) * 1000);
 
   const stop = async () => {
     rt.draining = true;
+    healer?.stop();
     const drainMs = opts.drainMs ?? 25_000;
     if (rt.inflight.count > 0) {
       opts.log.info({ inflight: rt.inflight.count, drainMs }, 'waiting for calls in flight');

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { internal } from '../errors.js';
 import { ExecError, run, runAllowFail } from '../util/exec.js';
-import { findMount } from './mountinfo.js';
+import { findMount, type MountEntry } from './mountinfo.js';
 
 /**
  * Mounts, file systems and loop devices, each one command with an argument
@@ -33,10 +33,30 @@ export async function bindMount(source: string, target: string, readonly: boolea
   }
 }
 
+/**
+ * Whether a mount point answers. A FUSE mount whose daemon is gone stays in
+ * mountinfo, but the kernel answers every call on it with ENOTCONN.
+ */
+export async function mountHealth(p: string, entries?: MountEntry[]): Promise<'unmounted' | 'dead' | 'ok'> {
+  if (!(await findMount(p, entries))) return 'unmounted';
+  try {
+    await stat(p);
+    return 'ok';
+  } catch (e) {
+    if (DEAD.has((e as NodeJS.ErrnoException).code ?? '')) return 'dead';
+    throw e;
+  }
+}
+
+const DEAD = new Set(['ENOTCONN', 'ECONNABORTED']);
+
 /** Unmounts if mounted; a path that is not a mount point is fine. */
 export async function unmount(target: string, log?: Logger): Promise<void> {
   for (let i = 0; i < 8 && (await findMount(target)); i++) {
-    const r = await runAllowFail('umount', [target], { timeoutMs: T, log });
+    // Nothing can be flushed through a dead FUSE mount, and pods holding files
+    // open in it would keep a plain umount busy forever: detach it lazily.
+    const lazy = (await mountHealth(target)) === 'dead';
+    const r = await runAllowFail('umount', lazy ? ['-l', target] : [target], { timeoutMs: T, log });
     if (r.exitCode !== 0 && (await findMount(target))) {
       if (/target is busy/.test(r.stderr) && i < 7) {
         await new Promise((res) => setTimeout(res, 100 * (i + 1)));

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +28,7 @@ export interface DriverProcess {
   stop(): Promise<void>;
 }
 
-export async function startDriver(opts: { config: string; nodeId?: string; mode?: 'all' | 'controller' | 'node'; dir?: string; logLevel?: string }): Promise<DriverProcess> {
+export async function startDriver(opts: { config: string; nodeId?: string; mode?: 'all' | 'controller' | 'node'; dir?: string; logLevel?: string; args?: string[] }): Promise<DriverProcess> {
   const dir = opts.dir ?? mkdtempSync(path.join(tmpdir(), 'strata-drv-'));
   mkdirSync(dir, { recursive: true });
   const socket = path.join(dir, 'csi.sock');
@@ -37,6 +37,9 @@ export async function startDriver(opts: { config: string; nodeId?: string; mode?
   const out = openSync(logFile, 'a');
   const args = [CLI, 'serve', '--mode', opts.mode ?? 'all', '--endpoint', `unix://${socket}`, '--config', opts.config, '--state-dir', stateDir, '--log-level', opts.logLevel ?? 'debug'];
   if (opts.nodeId ?? opts.mode !== 'controller') args.push('--node-id', opts.nodeId ?? 'node-a');
+  args.push(...(opts.args ?? []));
+  // A driver started again in the same directory: wait for its own socket, not the dead one's.
+  rmSync(socket, { force: true });
   const child = spawn(process.execPath, args, { stdio: ['ignore', out, out] });
   closeSync(out);
   for (let i = 0; i < 100 && !existsSync(socket); i++) {

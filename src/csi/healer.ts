@@ -1,0 +1,94 @@
+import { mkdirSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import type { Logger } from 'pino';
+import type { NodeBackend } from '../backends/types.js';
+import { readMountInfo } from '../mount/mountinfo.js';
+import { bindMount, mountHealth, unmount } from '../mount/mounter.js';
+import type { RpcContext, RpcRuntime } from './handler.js';
+import { parseId, type Backend } from './ids.js';
+import type { StageRecord, StageRecords } from './stage-records.js';
+
+/**
+ * Remounts FUSE volumes whose daemon died: the node plugin's container
+ * restarted (taking its FUSE processes with it), a daemon crashed or was
+ * OOM-killed. Kubelet does not stage again for pods already running, so the
+ * plugin does it from its stage records, at start and then periodically,
+ * and rebinds every pod target that pointed at the dead mount.
+ */
+
+export class Healer {
+  private timer?: NodeJS.Timeout;
+  private running = false;
+
+  constructor(
+    private readonly rt: RpcRuntime,
+    private readonly backends: Partial<Record<Backend, NodeBackend>>,
+    private readonly records: StageRecords,
+    private readonly log: Logger,
+  ) {}
+
+  /** One pass now, then one every `intervalMs` (none when 0). */
+  start(intervalMs: number): void {
+    void this.pass();
+    if (intervalMs > 0) this.timer = setInterval(() => void this.pass(), intervalMs).unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  async pass(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      const entries = await readMountInfo();
+      for (const r of this.records.all()) {
+        // Kubelet acting on the volume right now wins; the next pass looks again.
+        const release = this.rt.locks.tryAcquire([r.request.volume_id]);
+        if (!release) continue;
+        const log = this.log.child({ volumeId: r.request.volume_id, staging: r.request.staging_target_path });
+        try {
+          if ((await mountHealth(r.request.staging_target_path, entries)) === 'unmounted') {
+            // Nothing to heal: the node rebooted or someone unmounted it; kubelet stages again if it needs it.
+            this.records.unstaged(r.request.staging_target_path);
+            continue;
+          }
+          await this.heal(r, { reqId: `heal-${Date.now().toString(36)}`, log });
+        } catch (e) {
+          log.error({ err: (e as Error).message }, 'could not heal the volume; will try again');
+        } finally {
+          release();
+        }
+      }
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, 'heal pass failed');
+    } finally {
+      this.running = false;
+    }
+  }
+
+  /** Restages a dead staging mount and rebinds dead targets; the caller holds the volume's lock. */
+  async heal(r: StageRecord, ctx: RpcContext): Promise<void> {
+    const t0 = performance.now();
+    const staging = r.request.staging_target_path;
+    let restaged = false;
+    if ((await mountHealth(staging)) === 'dead') {
+      const id = parseId(r.request.volume_id, 'v');
+      const backend = id && this.backends[id.backend];
+      if (!id || !backend) return;
+      ctx.log.warn('staging mount is dead (its FUSE daemon is gone): mounting it again');
+      await unmount(staging, ctx.log);
+      await backend.stage(id, r.request, ctx);
+      restaged = true;
+    }
+    let rebound = 0;
+    for (const [target, t] of Object.entries(r.targets)) {
+      if ((await mountHealth(target)) !== 'dead') continue;
+      await unmount(target, ctx.log);
+      mkdirSync(target, { recursive: true });
+      await bindMount(staging, target, t.readonly, t.flags, ctx.log);
+      rebound++;
+    }
+    if (restaged || rebound) ctx.log.info({ restaged, rebound, ms: Math.round(performance.now() - t0) }, 'volume healed');
+  }
+}

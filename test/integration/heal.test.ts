@@ -1,0 +1,166 @@
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { CephLab, LAB_S3 } from '../lab/ceph-lab.js';
+import { connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
+import { leftovers } from '../helpers/leftovers.js';
+import { getObject, labS3Client } from '../helpers/s3.js';
+import type { Volume } from '../../src/csi/gen/csi/v1/Volume.js';
+import { attach, detach, MiB, mountCap, type Attached } from '../helpers/volumes.js';
+import { readMountInfo } from '../../src/mount/mountinfo.js';
+
+/**
+ * Mounts that heal: the node plugin and every FUSE daemon it started are
+ * killed (what a restart of its container does), and a new plugin on the
+ * same state directory remounts each volume and rebinds its pod targets,
+ * without kubelet calling anything. Also: a FUSE daemon that dies under a
+ * running plugin is remounted by the next NodeStage/NodePublish.
+ */
+
+const RWX = mountCap('', 'MULTI_NODE_MULTI_WRITER');
+const s3Secrets = { accessKeyID: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey };
+
+const VOLUMES: Array<{ name: string; params: Record<string, string>; secrets: Record<string, string> }> = [
+  { name: 'heal-cephfs', params: { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs', mounter: 'fuse' }, secrets: {} },
+  { name: 'heal-s3fs', params: { backend: 's3', clusterID: 'lab', mounter: 's3fs' }, secrets: s3Secrets },
+  { name: 'heal-rclone', params: { backend: 's3', clusterID: 'lab', mounter: 'rclone', bucket: 'heal-shared' }, secrets: s3Secrets },
+];
+
+/** Kills every FUSE daemon serving a mount under `dir`, as the container runtime would. */
+function killFuseDaemons(dir: string): number {
+  let n = 0;
+  for (const ent of readdirSync('/proc')) {
+    if (!/^\d+$/.test(ent)) continue;
+    try {
+      const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
+      if (/(ceph-fuse|s3fs|rclone)$/.test(argv[0] ?? '') && argv.some((a) => a.startsWith(dir))) {
+        process.kill(Number(ent), 'SIGKILL');
+        n++;
+      }
+    } catch {
+      /* exited */
+    }
+  }
+  return n;
+}
+
+const errno = (p: string): string => {
+  try {
+    statSync(p);
+    return 'ok';
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? 'error';
+  }
+};
+
+async function until(what: string, ok: () => boolean, ms = 60_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(250);
+  }
+}
+
+describe('mounts that heal', { timeout: 600_000 }, () => {
+  let lab: CephLab;
+  let ctrl: DriverProcess;
+  let node: DriverProcess;
+  let cc: CsiClients;
+  let cn: CsiClients;
+  let s3: S3Client;
+  const vols: Volume[] = [];
+  const attached: Attached[] = [];
+
+  before(async () => {
+    lab = await CephLab.start({ components: ['cephfs', 's3'] });
+    const config = lab.writeDriverConfig();
+    ctrl = await startDriver({ config, mode: 'controller' });
+    // No periodic pass: healing here must come from the start-up pass or from kubelet's calls.
+    node = await startDriver({ config, mode: 'node', nodeId: 'node-h', args: ['--heal-interval', '0'] });
+    cc = connect(ctrl.socket);
+    cn = { ...connect(node.socket), controller: cc.controller };
+    s3 = labS3Client(lab);
+    for (const v of VOLUMES) {
+      const vol = (await cc.controller.CreateVolume({ name: v.name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [RWX], parameters: v.params, secrets: v.secrets }))!.volume!;
+      vols.push(vol);
+      attached.push(await attach(cn, vol, 'node-h', path.join(node.dir, v.name), RWX, v.secrets));
+    }
+  });
+
+  after(async () => {
+    s3?.destroy();
+    cc?.close();
+    cn?.close();
+    await node?.stop();
+    await ctrl?.stop();
+    await lab?.stop();
+  });
+
+  it('a restarted node plugin remounts every FUSE volume and rebinds its targets', async (ctx) => {
+    VOLUMES.forEach((v, i) => writeFileSync(path.join(attached[i]!.target, 'before.txt'), `written before the restart to ${v.name}`));
+    const records = readdirSync(path.join(node.stateDir, 'staged'));
+    assert.equal(records.length, VOLUMES.length, 'one stage record per FUSE volume');
+    for (const r of records) assert.equal(statSync(path.join(node.stateDir, 'staged', r)).mode & 0o777, 0o600, 'records hold secrets: owner only');
+
+    // The container restart: plugin and FUSE daemons die together.
+    node.child.kill('SIGKILL');
+    await until('the plugin to exit', () => node.child.exitCode !== null || node.child.signalCode !== null);
+    assert.equal(killFuseDaemons(node.dir), VOLUMES.length);
+    await until('the mounts to go dead', () => attached.every((a) => errno(a.target) === 'ENOTCONN'));
+
+    cn.close();
+    const t0 = Date.now();
+    node = await startDriver({ config: lab.writeDriverConfig(), mode: 'node', nodeId: 'node-h', dir: node.dir, args: ['--heal-interval', '0'] });
+    cn = { ...connect(node.socket), controller: cc.controller };
+    await until('every target to answer again', () => attached.every((a) => errno(a.target) === 'ok'));
+    const healMs = Date.now() - t0;
+    assert.ok(healMs < 60_000, `healed in ${healMs} ms`);
+
+    for (const [i, v] of VOLUMES.entries()) {
+      // CephFS: the MDS hands the file to the new client only once the dead one's session times out (60 s by default).
+      const t = Date.now();
+      assert.equal(readFileSync(path.join(attached[i]!.target, 'before.txt'), 'utf8'), `written before the restart to ${v.name}`);
+      ctx.diagnostic(`${v.name}: healed after ${healMs} ms; first read of a file the dead daemon wrote took ${Date.now() - t} ms`);
+    }
+    // Writes through the healed target reach the store (checked with the SDK for S3).
+    writeFileSync(path.join(attached[1]!.target, 'after.txt'), 'after');
+    const c1 = vols[1]!.volume_context!;
+    assert.equal((await getObject(s3, c1.bucket!, `${c1.prefix}after.txt`)).toString(), 'after');
+    for (const [i, v] of vols.entries()) {
+      const stats = (await cn.node.NodeGetVolumeStats({ volume_id: v.volume_id!, volume_path: attached[i]!.target }))!;
+      assert.equal(stats.volume_condition!.abnormal, false, `${VOLUMES[i]!.name}: ${stats.volume_condition!.message}`);
+    }
+    const log = readFileSync(node.logFile, 'utf8');
+    assert.equal((log.match(/"msg":"volume healed"/g) ?? []).length, VOLUMES.length, 'the start-up pass healed each volume once');
+    assert.ok(!log.includes(LAB_S3.secretAccessKey), 'no secret in the log');
+  });
+
+  it('a FUSE daemon that dies under a running plugin is remounted by the next NodeStage and NodePublish', async () => {
+    assert.equal(killFuseDaemons(node.dir), VOLUMES.length);
+    await until('the mounts to go dead', () => attached.every((a) => errno(a.target) === 'ENOTCONN'));
+    // Kubelet's retry after a failed pod start: the same NodeStage and NodePublish again.
+    for (const [i, v] of vols.entries()) {
+      const cap = RWX;
+      const pub = await cc.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-h', volume_capability: cap, secrets: VOLUMES[i]!.secrets, volume_context: v.volume_context });
+      await cn.node.NodeStageVolume({ volume_id: v.volume_id!, staging_target_path: attached[i]!.staging, volume_capability: cap, secrets: VOLUMES[i]!.secrets, volume_context: v.volume_context, publish_context: pub!.publish_context });
+      assert.equal(errno(attached[i]!.staging), 'ok', 'the staging mount answers');
+      await cn.node.NodePublishVolume({ volume_id: v.volume_id!, staging_target_path: attached[i]!.staging, target_path: attached[i]!.target, volume_capability: cap, volume_context: v.volume_context });
+      assert.equal(readFileSync(path.join(attached[i]!.target, 'before.txt'), 'utf8'), `written before the restart to ${VOLUMES[i]!.name}`);
+    }
+    const stacked = (await readMountInfo()).filter((m) => m.mountPoint.startsWith(node.dir + '/'));
+    assert.equal(stacked.length, 2 * VOLUMES.length, 'one staging and one target mount per volume, no dead ones stacked under them');
+  });
+
+  it('unstaging a healed volume leaves nothing behind, records included', async () => {
+    for (const [i, v] of vols.entries()) {
+      await detach(cn, v.volume_id!, 'node-h', attached[i]!, VOLUMES[i]!.secrets);
+      await cc.controller.DeleteVolume({ volume_id: v.volume_id!, secrets: VOLUMES[i]!.secrets });
+    }
+    assert.deepEqual(await leftovers(node.dir), []);
+    const dir = path.join(node.stateDir, 'staged');
+    assert.deepEqual(existsSync(dir) ? readdirSync(dir) : [], []);
+  });
+});
