@@ -48,12 +48,13 @@ export class Healer {
         if (!release) continue;
         const log = this.log.child({ volumeId: r.request.volume_id, staging: r.request.staging_target_path });
         try {
-          if ((await mountHealth(r.request.staging_target_path, entries)) === 'unmounted') {
+          const health = await mountHealth(r.request.staging_target_path, entries);
+          if (health === 'unmounted') {
             // Nothing to heal: the node rebooted or someone unmounted it; kubelet stages again if it needs it.
             this.records.unstaged(r.request.staging_target_path);
             continue;
           }
-          await this.heal(r, { reqId: `heal-${Date.now().toString(36)}`, log });
+          await this.heal(r, { reqId: `heal-${Date.now().toString(36)}`, log }, health);
         } catch (e) {
           log.error({ err: (e as Error).message }, 'could not heal the volume; will try again');
         } finally {
@@ -68,11 +69,17 @@ export class Healer {
   }
 
   /** Restages a dead staging mount and rebinds dead targets; the caller holds the volume's lock. */
-  async heal(r: StageRecord, ctx: RpcContext): Promise<void> {
+  async heal(r: StageRecord, ctx: RpcContext, known?: Awaited<ReturnType<typeof mountHealth>>): Promise<void> {
     const t0 = performance.now();
     const staging = r.request.staging_target_path;
+    const health = known ?? (await mountHealth(staging));
+    if (health === 'hung') {
+      // Alive but stuck (a network partition, a SIGSTOP): remounting would lose what it holds, and its targets hang alike.
+      ctx.log.warn('staging mount does not answer; its FUSE daemon is alive, so it is left alone');
+      return;
+    }
     let restaged = false;
-    if ((await mountHealth(staging)) === 'dead') {
+    if (health === 'dead') {
       const id = parseId(r.request.volume_id, 'v');
       const backend = id && this.backends[id.backend];
       if (!id || !backend) return;

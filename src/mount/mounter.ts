@@ -35,19 +35,36 @@ export async function bindMount(source: string, target: string, readonly: boolea
 
 /**
  * Whether a mount point answers. A FUSE mount whose daemon is gone stays in
- * mountinfo, but the kernel answers every call on it with ENOTCONN.
+ * mountinfo, but the kernel answers every call on it with ENOTCONN. A daemon
+ * that is alive but stuck never answers: after `waitMs` the mount is "hung",
+ * and until that stat returns no second one is sent to the same path, so a
+ * stuck mount holds at most one of libuv's few worker threads.
  */
-export async function mountHealth(p: string, entries?: MountEntry[]): Promise<'unmounted' | 'dead' | 'ok'> {
+export async function mountHealth(p: string, entries?: MountEntry[], waitMs = 5_000): Promise<'unmounted' | 'dead' | 'hung' | 'ok'> {
   if (!(await findMount(p, entries))) return 'unmounted';
+  const key = path.resolve(p);
+  let probe = probes.get(key);
+  if (!probe) {
+    probe = stat(key).then(
+      () => 'ok' as const,
+      (e: NodeJS.ErrnoException) => {
+        if (DEAD.has(e.code ?? '')) return 'dead' as const;
+        throw e;
+      },
+    );
+    probes.set(key, probe);
+    void probe.finally(() => probes.delete(key)).catch(() => {});
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<'hung'>((res) => (timer = setTimeout(() => res('hung'), waitMs)));
   try {
-    await stat(p);
-    return 'ok';
-  } catch (e) {
-    if (DEAD.has((e as NodeJS.ErrnoException).code ?? '')) return 'dead';
-    throw e;
+    return await Promise.race([probe, hung]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
+const probes = new Map<string, Promise<'ok' | 'dead'>>();
 const DEAD = new Set(['ENOTCONN', 'ECONNABORTED']);
 
 /** Unmounts if mounted; a path that is not a mount point is fine. */

@@ -29,22 +29,26 @@ const VOLUMES: Array<{ name: string; params: Record<string, string>; secrets: Re
   { name: 'heal-rclone', params: { backend: 's3', clusterID: 'lab', mounter: 'rclone', bucket: 'heal-shared' }, secrets: s3Secrets },
 ];
 
-/** Kills every FUSE daemon serving a mount under `dir`, as the container runtime would. */
-function killFuseDaemons(dir: string): number {
-  let n = 0;
+/** FUSE daemons serving mounts under `dir` (of one volume when `under` is given). */
+function fuseDaemons(dir: string, under = dir): number[] {
+  const pids: number[] = [];
   for (const ent of readdirSync('/proc')) {
     if (!/^\d+$/.test(ent)) continue;
     try {
       const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
-      if (/(ceph-fuse|s3fs|rclone)$/.test(argv[0] ?? '') && argv.some((a) => a.startsWith(dir))) {
-        process.kill(Number(ent), 'SIGKILL');
-        n++;
-      }
+      if (/(ceph-fuse|s3fs|rclone)$/.test(argv[0] ?? '') && argv.some((a) => a.startsWith(dir) && a.startsWith(under))) pids.push(Number(ent));
     } catch {
       /* exited */
     }
   }
-  return n;
+  return pids;
+}
+
+/** Kills them, as the container runtime would on a restart. */
+function killFuseDaemons(dir: string, under = dir): number {
+  const pids = fuseDaemons(dir, under);
+  for (const pid of pids) process.kill(pid, 'SIGKILL');
+  return pids.length;
 }
 
 const errno = (p: string): string => {
@@ -136,6 +140,30 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
     const log = readFileSync(node.logFile, 'utf8');
     assert.equal((log.match(/"msg":"volume healed"/g) ?? []).length, VOLUMES.length, 'the start-up pass healed each volume once');
     assert.ok(!log.includes(LAB_S3.secretAccessKey), 'no secret in the log');
+  });
+
+  it('a stuck FUSE daemon is left alone and does not hold up healing the others', async () => {
+    // s3fs stopped (alive, never answering: a network partition looks the same); ceph-fuse dead.
+    const [stuck] = fuseDaemons(node.dir, path.join(node.dir, 'heal-s3fs'));
+    assert.ok(stuck, 'the s3fs daemon');
+    assert.equal(killFuseDaemons(node.dir, path.join(node.dir, 'heal-cephfs')), 1);
+    process.kill(stuck, 'SIGSTOP');
+    try {
+      // Never stat the stuck mount from here: this process would hang on it.
+      await until('the CephFS mount to go dead', () => errno(attached[0]!.target) === 'ENOTCONN');
+      node.child.kill('SIGKILL');
+      await until('the plugin to exit', () => node.child.exitCode !== null || node.child.signalCode !== null);
+      cn.close();
+      node = await startDriver({ config: lab.writeDriverConfig(), mode: 'node', nodeId: 'node-h', dir: node.dir, args: ['--heal-interval', '0'] });
+      cn = { ...connect(node.socket), controller: cc.controller };
+      await until('the CephFS target to answer again', () => errno(attached[0]!.target) === 'ok');
+      await until('the pass to give up on the stuck mount', () => readFileSync(node.logFile, 'utf8').includes('staging mount does not answer'));
+      assert.equal(errno(attached[2]!.target), 'ok', 'the rclone volume was never touched');
+    } finally {
+      process.kill(stuck, 'SIGCONT');
+    }
+    assert.equal(errno(attached[1]!.target), 'ok', 'the s3fs mount answers once its daemon runs again');
+    assert.equal(readFileSync(path.join(attached[1]!.target, 'before.txt'), 'utf8'), 'written before the restart to heal-s3fs');
   });
 
   it('a FUSE daemon that dies under a running plugin is remounted by the next NodeStage and NodePublish', async () => {
