@@ -149,10 +149,14 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
     NodeGetVolumeStats: wrap(rt, 'NodeGetVolumeStats', async (req, ctx) => {
       required(req.volume_id, 'volume_id');
       const p = existingVolumePath(required(req.volume_path, 'volume_path'));
+      // Probed before anything else touches the path: a stuck FUSE daemon would hang this call past kubelet's deadline.
+      const health = await mountHealth(p);
+      if (health === 'dead' || health === 'hung') {
+        return { usage: [], volume_condition: { abnormal: true, message: `${p} does not answer: ${health === 'dead' ? 'its FUSE daemon is gone (ENOTCONN); the node remounts it' : 'no answer in 5 s'}` } };
+      }
       const kind = await pathKind(p);
       if (kind === 'missing') throw notFound(`volume path ${p} does not exist`);
-      const m = await findMount(p);
-      if (!m) return { usage: [], volume_condition: { abnormal: true, message: `${p} is not mounted` } };
+      if (health === 'unmounted') return { usage: [], volume_condition: { abnormal: true, message: `${p} is not mounted` } };
       try {
         const t = parseId(req.volume_id, 'v');
         const fromStore = t && (await backends[t.backend]?.usage?.(t, p, ctx));

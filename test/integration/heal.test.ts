@@ -169,6 +169,11 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
   it('a FUSE daemon that dies under a running plugin is remounted by the next NodeStage and NodePublish', async () => {
     assert.equal(killFuseDaemons(node.dir), VOLUMES.length);
     await until('the mounts to go dead', () => attached.every((a) => errno(a.target) === 'ENOTCONN'));
+    for (const [i, v] of vols.entries()) {
+      const stats = (await cn.node.NodeGetVolumeStats({ volume_id: v.volume_id!, volume_path: attached[i]!.target }))!;
+      assert.equal(stats.volume_condition!.abnormal, true, 'a dead mount is reported, not an error');
+      assert.match(stats.volume_condition!.message!, /ENOTCONN/);
+    }
     // Kubelet's retry after a failed pod start: the same NodeStage and NodePublish again.
     for (const [i, v] of vols.entries()) {
       const cap = RWX;
