@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { internal } from '../errors.js';
 import { ExecError, run, runAllowFail } from '../util/exec.js';
-import { findMount, type MountEntry } from './mountinfo.js';
+import { findMount, readMountInfo, type MountEntry } from './mountinfo.js';
 
 /**
  * Mounts, file systems and loop devices, each one command with an argument
@@ -69,10 +69,12 @@ const DEAD = new Set(['ENOTCONN', 'ECONNABORTED']);
 
 /** Unmounts if mounted; a path that is not a mount point is fine. */
 export async function unmount(target: string, log?: Logger): Promise<void> {
-  for (let i = 0; i < 8 && (await findMount(target)); i++) {
+  for (let i = 0; i < 8; i++) {
+    const entries = await readMountInfo();
+    if (!(await findMount(target, entries))) return;
     // Nothing can be flushed through a dead FUSE mount, and pods holding files
     // open in it would keep a plain umount busy forever: detach it lazily.
-    const lazy = (await mountHealth(target)) === 'dead';
+    const lazy = (await mountHealth(target, entries)) === 'dead';
     const r = await runAllowFail('umount', lazy ? ['-l', target] : [target], { timeoutMs: T, log });
     if (r.exitCode !== 0 && (await findMount(target))) {
       if (/target is busy/.test(r.stderr) && i < 7) {
