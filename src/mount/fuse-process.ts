@@ -4,13 +4,14 @@ import { internal } from '../errors.js';
 
 /** FUSE daemons found from /proc (no pid files to go stale), and waiting for them to finish. */
 
-/** The `binary` process serving `dir`. */
-export function fuseDaemonPid(binary: string, dir: string): number | undefined {
+/** The process of `binary` (or of any of several) serving `dir`. */
+export function fuseDaemonPid(binary: string | string[], dir: string): number | undefined {
+  const names = typeof binary === 'string' ? [binary] : binary;
   for (const ent of readdirSync('/proc')) {
     if (!/^\d+$/.test(ent)) continue;
     try {
       const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
-      if (argv[0]?.endsWith(binary) && argv.includes(dir)) return Number(ent);
+      if (names.some((b) => argv[0]?.endsWith(b)) && argv.includes(dir)) return Number(ent);
     } catch {
       /* exited meanwhile */
     }

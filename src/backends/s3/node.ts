@@ -100,7 +100,7 @@ export class S3Node implements NodeBackend {
   async unstage(id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
     const m = await findMount(staging);
     if (m) {
-      const pid = fuseDaemonPid('s3fs', staging) ?? fuseDaemonPid('rclone', staging);
+      const pid = fuseDaemonPid(['s3fs', 'rclone'], staging);
       await unmount(staging, ctx.log);
       // Uploads finish before the FUSE daemon exits: unstaged means the daemon is gone.
       if (pid) await waitExit(pid, 60_000);
