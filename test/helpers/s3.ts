@@ -13,21 +13,25 @@ export function labS3Client(lab: CephLab, creds = LAB_S3): S3Client {
   });
 }
 
-export async function listKeys(s3: S3Client, bucket: string, prefix: string): Promise<string[]> {
-  const keys: string[] = [];
+export async function listObjects(s3: S3Client, bucket: string, prefix: string): Promise<{ key: string; size: number }[]> {
+  const out: { key: string; size: number }[] = [];
   let token: string | undefined;
   do {
     let r;
     try {
       r = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
     } catch (e) {
-      if ((e as Error).name === 'NoSuchBucket') return keys;
+      if ((e as Error).name === 'NoSuchBucket') return out;
       throw e;
     }
-    keys.push(...(r.Contents ?? []).map((o) => o.Key!));
+    out.push(...(r.Contents ?? []).map((o) => ({ key: o.Key!, size: o.Size ?? 0 })));
     token = r.IsTruncated ? r.NextContinuationToken : undefined;
   } while (token);
-  return keys;
+  return out;
+}
+
+export async function listKeys(s3: S3Client, bucket: string, prefix: string): Promise<string[]> {
+  return (await listObjects(s3, bucket, prefix)).map((o) => o.key);
 }
 
 export async function getObject(s3: S3Client, bucket: string, key: string): Promise<Buffer> {

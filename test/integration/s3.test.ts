@@ -10,7 +10,7 @@ import { DeleteObjectCommand, ListBucketsCommand, PutObjectCommand, type S3Clien
 import { CephLab, LAB_S3 } from '../lab/ceph-lab.js';
 import { codeOf, connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
-import { getObject, labS3Client, listKeys } from '../helpers/s3.js';
+import { getObject, labS3Client, listKeys, listObjects } from '../helpers/s3.js';
 import type { Volume } from '../../src/csi/gen/csi/v1/Volume.js';
 import type { Snapshot } from '../../src/csi/gen/csi/v1/Snapshot.js';
 import { MiB, attach, detach, fileSha, mountCap, sha256, writeRandom } from '../helpers/volumes.js';
@@ -145,23 +145,56 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
     });
   }
 
-  it('a bucket of its own has its capacity as RGW bucket quota, grown by ControllerExpandVolume', async () => {
+  it('a bucket of its own holds exactly its capacity (RGW quota on raw bytes); full, it still attaches, snapshots, restores, grows and deletes', async () => {
     const v = await create(ca, 'quota', 4 * MiB, { backend: 's3', clusterID: 'lab' });
-    // Deleted whatever fails, so one failure here is not also a leftover bucket in the tests after it.
-    try {
-      const { bucket, prefix } = where(v);
-      const put = (key: string, bytes: number) => s3.send(new PutObjectCommand({ Bucket: bucket, Key: prefix + key, Body: randomBytes(bytes) }));
-      await put('small', MiB);
-      await assert.rejects(put('too-big', 6 * MiB), (e: Error) => {
-        assert.equal(e.name, 'QuotaExceeded', `6 MiB into a 4 MiB bucket: ${e.name}: ${e.message}`);
+    const put = (vol: Volume, key: string, bytes: number) => s3.send(new PutObjectCommand({ Bucket: where(vol).bucket, Key: where(vol).prefix + key, Body: randomBytes(bytes) }));
+    const used = async (vol: Volume) => (await listObjects(s3, where(vol).bucket, '')).reduce((n, o) => n + o.size, 0);
+    // Fills the bucket to its last byte, the driver's records included; the 100-byte objects count
+    // as 100 bytes (RGW would count each as 4 KiB by default, and the last write would be refused).
+    const fill = async (vol: Volume, capacity: number) => {
+      for (let i = 0; i < 50; i++) await put(vol, `tiny/${i}`, 100);
+      const u = await used(vol);
+      await put(vol, `rest-${u}`, capacity - u);
+    };
+    // One byte past the capacity, so the refused body is small: a big one RGW refuses by its length
+    // and often closes the connection while the SDK is still sending (EPIPE), hiding the QuotaExceeded.
+    const refusesOverflow = async (vol: Volume, capacity: number, what: string) => {
+      const over = Math.max(1, capacity - (await used(vol)) + 1);
+      await assert.rejects(put(vol, `over-${what}`, over), (e: Error) => {
+        assert.equal(e.name, 'QuotaExceeded', `${what}: ${e.name}: ${e.message}`);
         return true;
       });
+    };
+    // Deleted whatever fails, so one failure here is not also a leftover bucket in the tests after it.
+    let snap: Snapshot | undefined;
+    let restored: Volume | undefined;
+    try {
+      await fill(v, 4 * MiB);
+      await refusesOverflow(v, 4 * MiB, 'full');
+      // Everything the controller must write into a full bucket still works, and the quota holds after it.
+      await ca.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-a', volume_capability: RWX, secrets });
+      snap = await snapshotReady(ca, 'quota-snap', v.volume_id!);
+      await refusesOverflow(v, 4 * MiB, 'after publish and snapshot');
+      restored = await create(ca, 'quota-restored', 4 * MiB, { backend: 's3', clusterID: 'lab' }, { volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } });
+      assert.equal(Number(restored.capacity_bytes), 4 * MiB);
+      assert.equal((await listKeys(s3, where(restored).bucket, where(restored).prefix)).length, (await listKeys(s3, where(v).bucket, where(v).prefix)).length, 'the restore holds every object of the full volume');
+      await refusesOverflow(restored, 4 * MiB, 'restored');
+      await ca.controller.DeleteVolume({ volume_id: restored.volume_id!, secrets });
+      await ca.controller.DeleteSnapshot({ snapshot_id: snap.snapshot_id!, secrets });
+
       const exp = await ca.controller.ControllerExpandVolume({ volume_id: v.volume_id!, capacity_range: { required_bytes: 16 * MiB }, secrets, volume_capability: RWX });
       assert.equal(Number(exp!.capacity_bytes), 16 * MiB);
       assert.equal(exp!.node_expansion_required, false);
       assert.equal(Number((await ca.controller.ControllerGetVolume({ volume_id: v.volume_id! }))!.volume!.capacity_bytes), 16 * MiB, 'the record holds the new capacity');
-      await put('fits-now', 6 * MiB);
+      await put(v, 'fits-now', 6 * MiB);
+      await fill(v, 16 * MiB);
+      await refusesOverflow(v, 16 * MiB, 'full after growing');
+      await ca.controller.ControllerUnpublishVolume({ volume_id: v.volume_id!, node_id: 'node-a', secrets });
+      await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
+      assert.deepEqual(await listKeys(s3, where(v).bucket, ''), [], 'a full volume is deleted');
     } finally {
+      if (restored) await ca.controller.DeleteVolume({ volume_id: restored.volume_id!, secrets });
+      if (snap) await ca.controller.DeleteSnapshot({ snapshot_id: snap.snapshot_id!, secrets });
       await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
     }
   });

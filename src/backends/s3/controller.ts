@@ -168,9 +168,10 @@ export class S3Controller implements ControllerBackend {
         createdAt: new Date().toISOString(),
       };
       await store.putJson(bucket, recordKey(l), rec);
-      await this.quota.apply(l, rec.capacity, ctx.log);
+      // A restore or clone gets its quota once its data is in: copies never run into it.
+      if (!from) await this.quota.apply(l, rec.capacity, ctx.log);
     }
-    if (rec.state === 'copying') rec = await this.fill(store, l, rec);
+    if (rec.state === 'copying') rec = await this.fill(store, l, rec, ctx);
     return this.toVolume(l, rec);
   }
 
@@ -197,7 +198,7 @@ export class S3Controller implements ControllerBackend {
   }
 
   /** Runs (or joins, or resumes) the copy into a new volume; ABORTED while it is not finished. */
-  private async fill(store: S3Store, l: Location, rec: VolumeRecord): Promise<VolumeRecord> {
+  private async fill(store: S3Store, l: Location, rec: VolumeRecord, ctx: RpcContext): Promise<VolumeRecord> {
     const from = rec.copyFrom!;
     const bucket = bucketOf(l);
     const state = await this.jobs.run(
@@ -206,7 +207,8 @@ export class S3Controller implements ControllerBackend {
         await copyTree(store, from, { bucket, prefix: dataPrefix(l) }, cancelled);
         const done: VolumeRecord = { ...rec, state: 'ready' };
         delete done.copyFrom;
-        await store.putJson(bucket, recordKey(l), done);
+        await this.quota.apply(l, rec.capacity, ctx.log);
+        await this.quota.despiteQuota(l, rec.capacity, () => store.putJson(bucket, recordKey(l), done), ctx.log);
       },
       COPY_WAIT_MS,
     );
@@ -227,7 +229,7 @@ export class S3Controller implements ControllerBackend {
       for await (const page of store.list(bucket, copyingPrefix(l))) {
         if (page.length) throw failedPrecondition(`snapshot ${page[0]!.key.slice(copyingPrefix(l).length)} is still being copied from this volume; delete it or retry when it is ready`);
       }
-      if (rec.state !== 'deleting') await store.putJson(bucket, recordKey(l), { ...rec, state: 'deleting' });
+      if (rec.state !== 'deleting') await this.quota.despiteQuota(l, rec.capacity, () => store.putJson(bucket, recordKey(l), { ...rec, state: 'deleting' }), ctx.log);
     }
     ctx.log.debug({ objects: await removeAll(store, l) }, 'volume objects removed');
   }
@@ -250,13 +252,13 @@ export class S3Controller implements ControllerBackend {
     return out;
   }
 
-  async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, _ctx: RpcContext): Promise<Record<string, string>> {
+  async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
     const l = this.location(id);
     const store = this.store(l.cluster, req.secrets);
-    await this.readyVolume(store, l, `volume ${req.volume_id}`);
+    const rec = await this.readyVolume(store, l, `volume ${req.volume_id}`);
     const mode = modeOf(req.volume_capability);
     if (decidePublish(await this.attachments(store, l), req.node_id, mode, req.readonly) === 'add') {
-      await store.putJson(bucketOf(l), attachKey(l, req.node_id), { mode, readonly: req.readonly });
+      await this.quota.despiteQuota(l, rec.capacity, () => store.putJson(bucketOf(l), attachKey(l, req.node_id), { mode, readonly: req.readonly }), ctx.log);
     }
     return {};
   }
@@ -317,8 +319,9 @@ export class S3Controller implements ControllerBackend {
     const rec = await this.readyVolume(store, l, `volume ${req.volume_id}`);
     const size = sizeFromRange(req.capacity_range, rec.capacity, 1);
     if (size > rec.capacity) {
-      await store.putJson(bucketOf(l), recordKey(l), { ...rec, capacity: size });
+      // Quota first: a full volume is the usual reason to grow it, and its record write needs the room.
       await this.quota.apply(l, size, ctx.log);
+      await this.quota.despiteQuota(l, size, () => store.putJson(bucketOf(l), recordKey(l), { ...rec, capacity: size }), ctx.log);
     }
     return { capacity_bytes: Math.max(size, rec.capacity), node_expansion_required: false };
   }
@@ -336,7 +339,7 @@ export class S3Controller implements ControllerBackend {
       if (!l.shared) await store.createBucket(bucketOf(l));
       rec = { v: 1, kind: 'snapshot', name: req.name, source: sourceVolumeId, size: vol.capacity, state: 'copying', createdAt: new Date().toISOString() };
       // The marker keeps the source from being deleted under the copy.
-      await store.put(bucketOf(src), copyingPrefix(src) + objectName(l), '');
+      await this.quota.despiteQuota(src, vol.capacity, () => store.put(bucketOf(src), copyingPrefix(src) + objectName(l), ''), ctx.log);
       await store.putJson(bucketOf(l), recordKey(l), rec);
     }
     if (rec.state === 'copying') rec = await this.continueSnapshot(store, l, rec, COPY_WAIT_MS, ctx);
