@@ -208,7 +208,7 @@ export class S3Controller implements ControllerBackend {
         const done: VolumeRecord = { ...rec, state: 'ready' };
         delete done.copyFrom;
         await this.quota.apply(l, rec.capacity, ctx.log);
-        await this.quota.despiteQuota(l, rec.capacity, () => store.putJson(bucket, recordKey(l), done), ctx.log);
+        await this.putRecord(store, l, rec.capacity, recordKey(l), done, ctx);
       },
       COPY_WAIT_MS,
     );
@@ -229,9 +229,14 @@ export class S3Controller implements ControllerBackend {
       for await (const page of store.list(bucket, copyingPrefix(l))) {
         if (page.length) throw failedPrecondition(`snapshot ${page[0]!.key.slice(copyingPrefix(l).length)} is still being copied from this volume; delete it or retry when it is ready`);
       }
-      if (rec.state !== 'deleting') await this.quota.despiteQuota(l, rec.capacity, () => store.putJson(bucket, recordKey(l), { ...rec, state: 'deleting' }), ctx.log);
+      if (rec.state !== 'deleting') await this.putRecord(store, l, rec.capacity, recordKey(l), { ...rec, state: 'deleting' }, ctx);
     }
     ctx.log.debug({ objects: await removeAll(store, l) }, 'volume objects removed');
+  }
+
+  /** Writes one of Strata's records into a volume's bucket, also when its app has filled the volume. */
+  private putRecord(store: S3Store, l: Location, capacity: number, key: string, value: unknown, ctx: RpcContext): Promise<void> {
+    return this.quota.despiteQuota(l, capacity, () => store.putJson(bucketOf(l), key, value), ctx.log);
   }
 
   private async readyVolume(store: S3Store, l: Location, what: string): Promise<VolumeRecord> {
@@ -258,7 +263,7 @@ export class S3Controller implements ControllerBackend {
     const rec = await this.readyVolume(store, l, `volume ${req.volume_id}`);
     const mode = modeOf(req.volume_capability);
     if (decidePublish(await this.attachments(store, l), req.node_id, mode, req.readonly) === 'add') {
-      await this.quota.despiteQuota(l, rec.capacity, () => store.putJson(bucketOf(l), attachKey(l, req.node_id), { mode, readonly: req.readonly }), ctx.log);
+      await this.putRecord(store, l, rec.capacity, attachKey(l, req.node_id), { mode, readonly: req.readonly }, ctx);
     }
     return {};
   }
@@ -321,7 +326,7 @@ export class S3Controller implements ControllerBackend {
     if (size > rec.capacity) {
       // Quota first: a full volume is the usual reason to grow it, and its record write needs the room.
       await this.quota.apply(l, size, ctx.log);
-      await this.quota.despiteQuota(l, size, () => store.putJson(bucketOf(l), recordKey(l), { ...rec, capacity: size }), ctx.log);
+      await this.putRecord(store, l, size, recordKey(l), { ...rec, capacity: size }, ctx);
     }
     return { capacity_bytes: Math.max(size, rec.capacity), node_expansion_required: false };
   }
