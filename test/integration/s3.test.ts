@@ -145,7 +145,7 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
     });
   }
 
-  it('a bucket of its own holds exactly its capacity (RGW quota on raw bytes); full, it still attaches, snapshots, restores, grows and deletes', async () => {
+  it('a bucket of its own holds exactly its capacity (RGW quota on raw bytes); full, it refuses a pod\'s writes and still attaches, snapshots, restores, grows and deletes', async () => {
     const v = await create(ca, 'quota', 4 * MiB, { backend: 's3', clusterID: 'lab' });
     const put = (vol: Volume, key: string, bytes: number) => s3.send(new PutObjectCommand({ Bucket: where(vol).bucket, Key: where(vol).prefix + key, Body: randomBytes(bytes) }));
     const used = async (vol: Volume) => (await listObjects(s3, where(vol).bucket, '')).reduce((n, o) => n + o.size, 0);
@@ -168,11 +168,14 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
     // Deleted whatever fails, so one failure here is not also a leftover bucket in the tests after it.
     let snap: Snapshot | undefined;
     let restored: Volume | undefined;
+    let on: Awaited<ReturnType<typeof attach>> | undefined;
     try {
       await fill(v, 4 * MiB);
       await refusesOverflow(v, 4 * MiB, 'full');
       // Everything the controller must write into a full bucket still works, and the quota holds after it.
-      await ca.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-a', volume_capability: RWX, secrets });
+      const att = (on = await attach(ca, v, 'node-a', path.join(a.dir, 'quota'), RWX, secrets));
+      // A pod writing past the capacity gets an error at fsync or close (s3fs says EPERM), not a silent loss.
+      assert.throws(() => writeRandom(path.join(att.target, 'past-capacity'), 64 * 1024), /EPERM|EIO|EDQUOT|ENOSPC/);
       snap = await snapshotReady(ca, 'quota-snap', v.volume_id!);
       await refusesOverflow(v, 4 * MiB, 'after publish and snapshot');
       restored = await create(ca, 'quota-restored', 4 * MiB, { backend: 's3', clusterID: 'lab' }, { volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } });
@@ -186,13 +189,16 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
       assert.equal(Number(exp!.capacity_bytes), 16 * MiB);
       assert.equal(exp!.node_expansion_required, false);
       assert.equal(Number((await ca.controller.ControllerGetVolume({ volume_id: v.volume_id! }))!.volume!.capacity_bytes), 16 * MiB, 'the record holds the new capacity');
-      await put(v, 'fits-now', 6 * MiB);
+      const sha = writeRandom(path.join(att.target, 'fits-now'), 6 * MiB);
+      assert.equal(sha256(await getObject(s3, where(v).bucket, `${where(v).prefix}fits-now`)), sha, 'the pod writes again once the volume has grown');
       await fill(v, 16 * MiB);
       await refusesOverflow(v, 16 * MiB, 'full after growing');
-      await ca.controller.ControllerUnpublishVolume({ volume_id: v.volume_id!, node_id: 'node-a', secrets });
+      await detach(ca, v.volume_id!, 'node-a', att, secrets);
+      assert.deepEqual(await leftovers(a.dir), []);
       await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
       assert.deepEqual(await listKeys(s3, where(v).bucket, ''), [], 'a full volume is deleted');
     } finally {
+      if (on) await detach(ca, v.volume_id!, 'node-a', on, secrets);
       if (restored) await ca.controller.DeleteVolume({ volume_id: restored.volume_id!, secrets });
       if (snap) await ca.controller.DeleteSnapshot({ snapshot_id: snap.snapshot_id!, secrets });
       await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
