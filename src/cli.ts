@@ -6,6 +6,7 @@ import { serve, type Mode } from './csi/server.js';
 import { createLogger } from './log.js';
 import { packageVersion } from './version.js';
 import { parseListen, serveMetrics } from './metrics.js';
+import { isNodeId } from './csi/grammar.js';
 
 /** `strata serve`: the one entry point of the controller and the node plugin. */
 
@@ -64,6 +65,10 @@ program
     }
     if (o.mode !== 'controller' && !o.nodeId) {
       log.fatal('--node-id (or NODE_ID) is required in node and all modes');
+      process.exit(2);
+    }
+    if (o.nodeId !== undefined && !isNodeId(o.nodeId)) {
+      log.fatal('--node-id must be a Kubernetes node name (letters, digits, "-" and ".", at most 253 bytes)');
       process.exit(2);
     }
     const server = await serve({

@@ -1,5 +1,6 @@
 import { isSingleNode, type AccessMode } from '../csi/capabilities.js';
 import { alreadyExists, failedPrecondition } from '../errors.js';
+import { decodeNodeKey, encodeNodeKey } from '../csi/grammar.js';
 
 /**
  * The publish rules every backend shares. Attachments are kept by the backend
@@ -13,10 +14,31 @@ export interface Attachment {
   readonly: boolean;
 }
 
-/** Attachments found in a metadata map, by node id. */
+/** The metadata key of a node's attachment (node ids are hex-encoded in keys). */
+export const attachKey = (nodeId: string): string => ATTACH_PREFIX + encodeNodeKey(nodeId);
+
+/** An attachment record, or undefined for anything that is not one (a record is never trusted to parse). */
+export function parseAttachment(v: string | undefined): Attachment | undefined {
+  try {
+    const a = JSON.parse(v ?? '') as Partial<Attachment>;
+    return typeof a?.mode === 'string' && typeof a.readonly === 'boolean' ? { mode: a.mode, readonly: a.readonly } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Attachments found in a metadata map, by node id. A key or value that does
+ * not decode still counts as an attachment of an unknown node, so a damaged
+ * record blocks a single-node publish instead of being ignored.
+ */
 export function attachmentsIn(meta: Record<string, string>): Map<string, Attachment> {
   const out = new Map<string, Attachment>();
-  for (const [k, v] of Object.entries(meta)) if (k.startsWith(ATTACH_PREFIX)) out.set(k.slice(ATTACH_PREFIX.length), JSON.parse(v) as Attachment);
+  for (const [k, v] of Object.entries(meta)) {
+    if (!k.startsWith(ATTACH_PREFIX)) continue;
+    const node = decodeNodeKey(k.slice(ATTACH_PREFIX.length));
+    out.set(node ?? `(undecodable ${k})`, parseAttachment(v) ?? { mode: 'SINGLE_NODE_WRITER', readonly: false });
+  }
   return out;
 }
 

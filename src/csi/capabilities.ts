@@ -9,6 +9,11 @@ export type AccessMode = NonNullable<VolumeCapability__Output['access_mode']>['m
 const SINGLE_NODE = new Set<string>(['SINGLE_NODE_WRITER', 'SINGLE_NODE_READER_ONLY', 'SINGLE_NODE_SINGLE_WRITER', 'SINGLE_NODE_MULTI_WRITER']);
 const READ_ONLY = new Set<string>(['SINGLE_NODE_READER_ONLY', 'MULTI_NODE_READER_ONLY']);
 const MULTI_WRITER = new Set<string>(['MULTI_NODE_SINGLE_WRITER', 'MULTI_NODE_MULTI_WRITER']);
+// proto-loader passes enum numbers it does not know through as numbers: only these names are modes.
+const KNOWN_MODES = new Set<unknown>([...SINGLE_NODE, ...READ_ONLY, ...MULTI_WRITER, 'MULTI_NODE_READER_ONLY']);
+const FS_TYPE = /^[a-z0-9]{1,16}$/;
+// One mount option each: no "," (it would smuggle in more options), no spaces, never option-like.
+const MOUNT_FLAG = /^[A-Za-z0-9_][A-Za-z0-9_.:/=+@-]{0,127}$/;
 
 export const isSingleNode = (m: AccessMode) => SINGLE_NODE.has(m);
 export const isReadOnlyMode = (m: AccessMode) => READ_ONLY.has(m);
@@ -27,6 +32,14 @@ export function requireCapability(cap: VolumeCapability__Output | null | undefin
   if (!cap) throw invalidArgument(`${what} is required`);
   if (!cap.block && !cap.mount) throw invalidArgument(`${what} must set an access type (block or mount)`);
   if (!cap.access_mode || cap.access_mode.mode === 'UNKNOWN') throw invalidArgument(`${what} must set an access mode`);
+  if (!KNOWN_MODES.has(cap.access_mode.mode)) throw invalidArgument(`${what}: access mode ${String(cap.access_mode.mode)} is not one of the CSI access modes`);
+  if (cap.block && cap.mount) throw invalidArgument(`${what} must set one access type, not both`);
+  if (cap.mount) {
+    if (cap.mount.fs_type && !FS_TYPE.test(cap.mount.fs_type)) throw invalidArgument(`${what}: fs_type "${cap.mount.fs_type.slice(0, 32)}" is not a file-system type name`);
+    const bad = (cap.mount.mount_flags ?? []).find((f) => !MOUNT_FLAG.test(f));
+    if (bad !== undefined) throw invalidArgument(`${what}: mount flag "${bad.slice(0, 64)}" is not a single plain mount option`);
+    if (cap.mount.volume_mount_group && !/^\d{1,10}$/.test(cap.mount.volume_mount_group)) throw invalidArgument(`${what}: volume_mount_group must be a numeric group id`);
+  }
   return cap;
 }
 
@@ -48,6 +61,8 @@ export function sizeFromRange(range: CapacityRange__Output | null | undefined, d
   const required = Number(range?.required_bytes ?? 0);
   const limit = Number(range?.limit_bytes ?? 0);
   if (required < 0 || limit < 0) throw invalidArgument('capacity_range values must not be negative');
+  // int64 sizes past 2^53 lose precision as numbers, and no backend here provisions that much.
+  if (required > Number.MAX_SAFE_INTEGER) throw outOfRange(`required_bytes ${required} is more than any volume can hold`);
   if (limit && required > limit) throw outOfRange(`required_bytes ${required} is more than limit_bytes ${limit}`);
   const want = required || (limit ? Math.min(defaultBytes, limit) : defaultBytes);
   const rounded = Math.ceil(want / granularity) * granularity;

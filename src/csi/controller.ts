@@ -10,6 +10,7 @@ import type { _csi_v1_ListVolumesResponse_Entry as ListVolumesEntry } from './ge
 import type { ListSnapshotsResponse } from './gen/csi/v1/ListSnapshotsResponse.js';
 import { wrap, type RpcContext, type RpcRuntime } from './handler.js';
 import { parseId, type Backend, type ObjectId } from './ids.js';
+import { requireName, requireNodeId } from './grammar.js';
 
 /**
  * The Controller service: generic request checks and dispatch to the backend
@@ -96,7 +97,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       rt,
       'CreateVolume',
       async (req, ctx) => {
-        required(req.name, 'name');
+        requireName(req.name);
         const caps = requireCapabilities(req.volume_capabilities);
         const { backend } = backendFor(req.parameters);
         const why = backend.validateCapabilities(caps);
@@ -124,7 +125,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       'ControllerPublishVolume',
       async (req, ctx) => {
         required(req.volume_id, 'volume_id');
-        required(req.node_id, 'node_id');
+        requireNodeId(required(req.node_id, 'node_id'));
         requireCapability(req.volume_capability);
         const { id, backend } = knownId(backends, req.volume_id, 'v');
         const why = backend.validateCapabilities([req.volume_capability!]);
@@ -139,6 +140,8 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       'ControllerUnpublishVolume',
       async (req, ctx) => {
         const t = maybeId(backends, required(req.volume_id, 'volume_id'), 'v');
+        // An empty node id means every node; any other must be one a publish could have recorded.
+        if (req.node_id) requireNodeId(req.node_id);
         if (t) await t.backend.unpublish(t.id, req.node_id, req.secrets, ctx);
         return {};
       },
@@ -191,7 +194,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       rt,
       'CreateSnapshot',
       async (req, ctx) => {
-        required(req.name, 'name');
+        requireName(req.name);
         const { id, backend } = knownId(backends, required(req.source_volume_id, 'source_volume_id'), 'v');
         return { snapshot: await backend.createSnapshot(id, req, ctx) };
       },

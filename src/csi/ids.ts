@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { CEPH_NAME, CLUSTER_ID, NAME_HASH, SNAPSHOT_OBJECT, VOLUME_OBJECT, isBucketName } from './grammar.js';
 
 /**
  * Volume and snapshot ids are self-describing so that any controller replica
@@ -25,26 +26,43 @@ export interface ObjectId {
 }
 
 const BACKENDS = new Set<Backend>(['rbd', 'cephfs', 's3']);
-const partPattern = /^[^:\s]+$/;
 
+type PartCheck = (part: string) => boolean;
+const re = (r: RegExp): PartCheck => (p) => r.test(p);
+const cephName = re(CEPH_NAME);
+const volume = re(VOLUME_OBJECT);
+const snapshot = re(SNAPSHOT_OBJECT);
+
+/** The exact location grammar of each backend's ids, by kind: anything else is no id of ours. */
+const LOCATIONS: Record<Backend, Record<IdKind, PartCheck[]>> = {
+  rbd: { v: [cephName, volume], s: [cephName, snapshot] },
+  cephfs: { v: [cephName, cephName, volume], s: [cephName, cephName, volume, snapshot] },
+  s3: { v: [(p) => p === '_' || isBucketName(p), re(NAME_HASH)], s: [(p) => p === '_' || isBucketName(p), re(NAME_HASH)] },
+};
+
+/** Mints an id; one that parseId would not take back is a bug in the caller, never sent out. */
 export function encodeId(id: ObjectId): string {
-  for (const p of [id.cluster, ...id.location]) {
-    if (!partPattern.test(p)) throw new Error(`id part "${p}" may not be empty or contain ":" or spaces`);
-  }
   const s = [ID_VERSION, id.kind, id.backend, id.cluster, ...id.location].join(':');
   if (Buffer.byteLength(s) > MAX_ID_BYTES) throw new Error(`id would be ${Buffer.byteLength(s)} bytes, more than ${MAX_ID_BYTES}`);
+  if (!parseId(s, id.kind)) throw new Error(`id parts ${JSON.stringify([id.cluster, ...id.location])} do not match the ${id.backend} id grammar`);
   return s;
 }
 
-/** Returns undefined for anything that is not one of our ids (callers map that to NOT_FOUND). */
+/**
+ * Returns undefined for anything that is not one of our ids (callers map
+ * that to NOT_FOUND): every part must match its backend's exact grammar, so
+ * a parsed id is safe as a command argument, a metadata key or a file name.
+ */
 export function parseId(s: string, kind: IdKind): ObjectId | undefined {
   if (!s || Buffer.byteLength(s) > MAX_ID_BYTES) return undefined;
   const parts = s.split(':');
   if (parts.length < 5 || parts[0] !== ID_VERSION || parts[1] !== kind) return undefined;
   const backend = parts[2] as Backend;
-  if (!BACKENDS.has(backend)) return undefined;
-  if (parts.slice(3).some((p) => !partPattern.test(p))) return undefined;
-  return { kind, backend, cluster: parts[3]!, location: parts.slice(4) };
+  if (!BACKENDS.has(backend) || !CLUSTER_ID.test(parts[3]!)) return undefined;
+  const location = parts.slice(4);
+  const checks = LOCATIONS[backend][kind];
+  if (location.length !== checks.length || !checks.every((ok, i) => ok(location[i]!))) return undefined;
+  return { kind, backend, cluster: parts[3]!, location };
 }
 
 /**

@@ -39,3 +39,26 @@ describe('volume capabilities', () => {
     assert.doesNotThrow(() => requireCapability({ block: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } } as never));
   });
 });
+
+describe('capability grammar', () => {
+  const cap = (over: Record<string, unknown> = {}, mount: Record<string, unknown> = {}) =>
+    ({ mount: { fs_type: 'ext4', mount_flags: [], volume_mount_group: '', ...mount }, access_mode: { mode: 'SINGLE_NODE_WRITER' }, access_type: 'mount', ...over }) as never;
+  it('takes a plain capability', () => assert.equal(code(() => requireCapability(cap())), undefined));
+  it('case 8: refuses access modes outside the CSI enum', () => {
+    assert.equal(code(() => requireCapability(cap({ access_mode: { mode: 99 } }))), status.INVALID_ARGUMENT);
+    assert.equal(code(() => requireCapability(cap({ access_mode: { mode: 'UNKNOWN' } }))), status.INVALID_ARGUMENT);
+  });
+  it('refuses mount flags that smuggle more options or look like command options', () => {
+    for (const f of ['ro,exec', '--bind', '-o', 'a b', '', 'x\n', 'ü']) {
+      assert.equal(code(() => requireCapability(cap({}, { mount_flags: [f] }))), status.INVALID_ARGUMENT, JSON.stringify(f));
+    }
+    assert.equal(code(() => requireCapability(cap({}, { mount_flags: ['noatime', 'nfsvers=4.1', 'context=system_u:object_r:x:s0'] }))), undefined);
+  });
+  it('refuses odd file-system type names and both access types at once', () => {
+    assert.equal(code(() => requireCapability(cap({}, { fs_type: '../x' }))), status.INVALID_ARGUMENT);
+    assert.equal(code(() => requireCapability(cap({ block: {} }))), status.INVALID_ARGUMENT);
+  });
+  it('answers OUT_OF_RANGE for sizes no number can hold exactly', () =>
+    assert.equal(code(() => sizeFromRange({ required_bytes: 2 ** 60, limit_bytes: 0 }, GiB, MiB)), status.OUT_OF_RANGE));
+});
+

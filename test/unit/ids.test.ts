@@ -1,24 +1,59 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { encodeId, nameHash, parseId, MAX_ID_BYTES } from '../../src/csi/ids.js';
+import { asciiJson, decodeNodeKey, encodeNodeKey, isBucketName, isNodeId } from '../../src/csi/grammar.js';
+
+const H = 'a'.repeat(32);
 
 describe('volume and snapshot ids', () => {
   it('round-trips and says what it is', () => {
-    const id = encodeId({ kind: 'v', backend: 'rbd', cluster: 'lab', location: ['rbd', 'csi-vol-abc'] });
-    assert.equal(id, 's1:v:rbd:lab:rbd:csi-vol-abc');
-    assert.deepEqual(parseId(id, 'v'), { kind: 'v', backend: 'rbd', cluster: 'lab', location: ['rbd', 'csi-vol-abc'] });
+    const id = encodeId({ kind: 'v', backend: 'rbd', cluster: 'lab', location: ['rbd', `csi-vol-${H}`] });
+    assert.equal(id, `s1:v:rbd:lab:rbd:csi-vol-${H}`);
+    assert.deepEqual(parseId(id, 'v'), { kind: 'v', backend: 'rbd', cluster: 'lab', location: ['rbd', `csi-vol-${H}`] });
+    for (const [kind, backend, location] of [
+      ['s', 'rbd', ['rbd', `csi-snap-${H}`]],
+      ['v', 'cephfs', ['cephfs', 'csi', `csi-vol-${H}`]],
+      ['s', 'cephfs', ['cephfs', 'csi', `csi-vol-${H}`, `csi-snap-${H}`]],
+      ['v', 's3', ['_', H]],
+      ['s', 's3', ['shared.bucket-1', H]],
+    ] as const) {
+      const s = encodeId({ kind, backend, cluster: 'lab', location: [...location] });
+      assert.deepEqual(parseId(s, kind)?.location, location, s);
+    }
   });
 
   it('does not take a snapshot id for a volume id, nor foreign strings', () => {
-    const sid = encodeId({ kind: 's', backend: 'rbd', cluster: 'lab', location: ['rbd', 'csi-snap-1'] });
+    const sid = encodeId({ kind: 's', backend: 'rbd', cluster: 'lab', location: ['rbd', `csi-snap-${H}`] });
     assert.equal(parseId(sid, 'v'), undefined);
-    for (const bad of ['', 'some-vol-id', 's2:v:rbd:lab:p:i', 's1:v:nfs:lab:p:i', 's1:v:rbd:lab', 's1:v:rbd:lab::i']) {
+    for (const bad of ['', 'some-vol-id', `s2:v:rbd:lab:p:csi-vol-${H}`, `s1:v:nfs:lab:p:csi-vol-${H}`, 's1:v:rbd:lab', `s1:v:rbd:lab::csi-vol-${H}`]) {
       assert.equal(parseId(bad, 'v'), undefined, bad);
     }
   });
 
-  it('refuses parts that would break parsing, and ids over 128 bytes', () => {
-    assert.throws(() => encodeId({ kind: 'v', backend: 'rbd', cluster: 'a:b', location: ['p', 'i'] }));
+  it('case 1 and 2: takes no id part that a command could read as an option or a path could walk', () => {
+    const hostile = [
+      `s1:v:rbd:lab:--pool=x:csi-vol-${H}`,
+      `s1:v:rbd:lab:rbd:--export=/tmp/x`,
+      `s1:v:rbd:--id=x:rbd:csi-vol-${H}`,
+      `s1:v:rbd:lab:..:csi-vol-${H}`,
+      `s1:v:rbd:lab:rbd:csi-vol-${H}/../../etc`,
+      `s1:v:rbd:lab:rbd:csi-vol-${H}\n`,
+      `s1:v:rbd:lab:rbd:csi-vol-${H.toUpperCase()}`,
+      `s1:v:rbd:lab:rbd:csi-vol-${H}:extra`,
+      `s1:v:cephfs:lab:cephfs:csi:csi-vol-${'0'.repeat(31)}`,
+      `s1:v:cephfs:lab:cephfs:../..:csi-vol-${H}`,
+      `s1:v:s3:lab:-bucket:${H}`,
+      `s1:v:s3:lab:a..b:${H}`,
+      `s1:v:s3:lab:192.168.1.1:${H}`,
+      `s1:v:s3:lab:_:${H}/..`,
+      `s1:v:rbd:lab:rbd:csi-vol-${H}\u{1F600}`,
+    ];
+    for (const s of hostile) assert.equal(parseId(s, 'v'), undefined, JSON.stringify(s));
+  });
+
+  it('refuses to mint an id it would not parse, and ids over 128 bytes', () => {
+    assert.throws(() => encodeId({ kind: 'v', backend: 'rbd', cluster: 'a:b', location: ['p', `csi-vol-${H}`] }));
+    assert.throws(() => encodeId({ kind: 'v', backend: 'rbd', cluster: 'lab', location: ['-p', `csi-vol-${H}`] }));
     assert.throws(() => encodeId({ kind: 'v', backend: 'rbd', cluster: 'lab', location: ['p', 'x'.repeat(MAX_ID_BYTES)] }));
   });
 
@@ -29,8 +64,35 @@ describe('volume and snapshot ids', () => {
     assert.match(nameHash('d', 'ünïcode name'), /^[0-9a-f]{32}$/);
   });
 
-  it('keeps the longest realistic RBD id within the CSI limit', () => {
-    const id = encodeId({ kind: 's', backend: 'rbd', cluster: 'c'.repeat(32), location: ['p'.repeat(40), `csi-snap-${nameHash('d', 'n')}`] });
-    assert.ok(Buffer.byteLength(id) <= MAX_ID_BYTES, `${Buffer.byteLength(id)} bytes`);
+  it('keeps the longest realistic ids within the CSI limit', () => {
+    const rbd = encodeId({ kind: 's', backend: 'rbd', cluster: 'c'.repeat(32), location: ['p'.repeat(40), `csi-snap-${nameHash('d', 'n')}`] });
+    assert.ok(Buffer.byteLength(rbd) <= MAX_ID_BYTES, `${Buffer.byteLength(rbd)} bytes`);
+  });
+});
+
+describe('grammar of names and node ids', () => {
+  it('takes Kubernetes node names and nothing a key store could mangle (cases 4 and 7)', () => {
+    for (const ok of ['node-a', 'ip-10-0-0-1.ec2.internal', 'Worker1', 'a', 'a'.repeat(63) + '.' + 'b'.repeat(63)]) assert.ok(isNodeId(ok), ok);
+    for (const bad of ['', 'node\nx', 'node:1', 'a=b', 'node a', '-node', 'node-', '../x', 'n\u{1F600}', 'ü', 'a'.repeat(254), 'a..b', 'x/y']) {
+      assert.ok(!isNodeId(bad), JSON.stringify(bad));
+    }
+  });
+
+  it('hex-encodes node ids in keys and decodes only valid ones back', () => {
+    assert.equal(encodeNodeKey('node-a'), '6e6f64652d61');
+    assert.equal(decodeNodeKey(encodeNodeKey('node-a')), 'node-a');
+    for (const bad of ['', 'zz', '6e6f64652d6', Buffer.from('a:b').toString('hex')]) assert.equal(decodeNodeKey(bad), undefined, bad);
+  });
+
+  it('follows the S3 bucket naming rules', () => {
+    for (const ok of ['abc', 'my.bucket-1', 'a'.repeat(63)]) assert.ok(isBucketName(ok), ok);
+    for (const bad of ['ab', 'Abc', '-abc', 'abc-', 'a..b', 'a.-b', '10.0.0.1', 'a'.repeat(64), 'a_b', 'a/b']) assert.ok(!isBucketName(bad), bad);
+  });
+
+  it('stores free text as ASCII-only JSON that reads back unchanged', () => {
+    const v = { name: 'pvc \u{1F600} ü\n"q"', n: 1 };
+    const s = asciiJson(v);
+    assert.match(s, /^[\x20-\x7e]*$/);
+    assert.deepEqual(JSON.parse(s), v);
   });
 });

@@ -7,9 +7,11 @@ import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
 import { GiB, MiB, isBlock, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
 import type * as csi from '../../csi/types.js';
 import { aborted, alreadyExists, internal, invalidArgument, notFound, outOfRange } from '../../errors.js';
-import { ATTACH_PREFIX, attachmentsIn, decidePublish } from '../attachments.js';
+import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish } from '../attachments.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
 import { toCsiVolume } from '../volume.js';
+import { parseRecord } from '../../util/json.js';
+import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { CephFsCli, EEXIST, ENOENT, isErrno } from './fs-cli.js';
 import { parseCephfsParams } from './params.js';
@@ -92,7 +94,7 @@ export class CephfsController implements ControllerBackend {
 
     // A subvolume made by this call has no metadata yet: skip the round trip (each `ceph` call costs ~0.3 s).
     const meta = fresh ? {} : await fs.metaList(name);
-    const prev = meta[META_VOLUME] ? (JSON.parse(meta[META_VOLUME]) as VolumeMeta) : undefined;
+    const prev = parseRecord<VolumeMeta>(meta[META_VOLUME]);
     if (prev) {
       const prevSrc = prev.source?.snapshot ?? prev.source?.volume;
       if (prevSrc !== wantSrc) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
@@ -108,7 +110,7 @@ export class CephfsController implements ControllerBackend {
     if (src?.snapshot) vm.source = { snapshot: wantSrc };
     else if (src?.volume) vm.source = { volume: wantSrc };
     if (src?.volume) await this.dropCloneSnapshot(fs, p.clusterID, wantSrc!, name);
-    await fs.metaSet(name, META_VOLUME, JSON.stringify(vm));
+    await fs.metaSet(name, META_VOLUME, asciiJson(vm));
     return this.toVolume(id, p.clusterID, size, info.path, vm, p);
   }
 
@@ -141,7 +143,7 @@ export class CephfsController implements ControllerBackend {
   private async snapshotRecord(fs: CephFsCli, name: string, snap: string): Promise<SnapshotMeta | undefined> {
     const m = await fs.snapMetaList(name, snap);
     const raw = m?.[META_SNAPSHOT] ?? (m ? undefined : await fs.retainedGet(name, snap));
-    return raw ? (JSON.parse(raw) as SnapshotMeta) : undefined;
+    return parseRecord<SnapshotMeta>(raw);
   }
 
   private sameFs(id: ObjectId | undefined, clusterId: string, fs: CephFsCli, missing: string): ObjectId {
@@ -207,7 +209,7 @@ export class CephfsController implements ControllerBackend {
     if (!info || info.state !== 'complete') throw notFound(`volume ${req.volume_id} not found`);
     const mode = modeOf(req.volume_capability);
     if (decidePublish(attachmentsIn(await fs.metaList(name)), req.node_id, mode, req.readonly) === 'add') {
-      await fs.metaSet(name, ATTACH_PREFIX + req.node_id, JSON.stringify({ mode, readonly: req.readonly }));
+      await fs.metaSet(name, attachKey(req.node_id), asciiJson({ mode, readonly: req.readonly }));
     }
     // The node mounts with a key for this subvolume alone, handed over in the publish context.
     const user = volumeUser(name);
@@ -218,8 +220,8 @@ export class CephfsController implements ControllerBackend {
     const { fs, name } = this.cliFor(id, secrets, ctx.log);
     const info = await fs.info(name);
     if (!info || info.state !== 'complete') return;
-    const nodes = nodeId ? [nodeId] : [...attachmentsIn(await fs.metaList(name)).keys()];
-    for (const n of nodes) await fs.metaRemove(name, ATTACH_PREFIX + n);
+    const keys = nodeId ? [attachKey(nodeId)] : Object.keys(await fs.metaList(name)).filter((k) => k.startsWith(ATTACH_PREFIX));
+    for (const k of keys) await fs.metaRemove(name, k);
   }
 
   async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {
@@ -228,7 +230,7 @@ export class CephfsController implements ControllerBackend {
     const info = await fs.info(name);
     if (!info || info.state === 'snapshot-retained') return undefined;
     const meta = info.state === 'complete' ? await fs.metaList(name) : {};
-    const vm = meta[META_VOLUME] ? (JSON.parse(meta[META_VOLUME]) as VolumeMeta) : undefined;
+    const vm = parseRecord<VolumeMeta>(meta[META_VOLUME]);
     return {
       volume: this.toVolume(encodeId(id), id.cluster, info.bytesQuota, info.path, vm ?? { v: 1, name: '', createdAt: '' }),
       publishedNodes: [...attachmentsIn(meta).keys()].sort(),
@@ -292,7 +294,7 @@ export class CephfsController implements ControllerBackend {
       if (!isErrno(e, EEXIST)) throw e;
     }
     const meta: SnapshotMeta = { v: 1, name: req.name, source: sourceVolumeId, size: info.bytesQuota, createdAt: new Date().toISOString() };
-    await fs.snapMetaSet(name, snap, META_SNAPSHOT, JSON.stringify(meta));
+    await fs.snapMetaSet(name, snap, META_SNAPSHOT, asciiJson(meta));
     return toSnapshot(snapshotId, meta);
   }
 

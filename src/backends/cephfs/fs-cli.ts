@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { CephConn } from '../../ceph/conn.js';
 import { cephCommand, type CephCommand } from '../../ceph/rados-bridge.js';
 import { ExecError } from '../../util/exec.js';
+import { parseOutput } from '../../util/json.js';
 
 /**
  * Typed access to `ceph fs subvolume ...` (the mgr volumes module) for one
@@ -51,16 +52,16 @@ export class CephFsCli {
   }
 
   async fsNames(): Promise<string[]> {
-    return (JSON.parse(await this.mon({ prefix: 'fs ls' })) as Array<{ name: string }>).map((f) => f.name);
+    return parseOutput<Array<{ name: string }>>(await this.mon({ prefix: 'fs ls' }), 'fs ls').map((f) => f.name);
   }
 
   async groupNames(): Promise<string[]> {
-    return (JSON.parse(await this.mgr({ prefix: 'fs subvolumegroup ls', vol_name: this.fs })) as Array<{ name: string }>).map((g) => g.name);
+    return parseOutput<Array<{ name: string }>>(await this.mgr({ prefix: 'fs subvolumegroup ls', vol_name: this.fs }), 'fs subvolumegroup ls').map((g) => g.name);
   }
 
   async info(name: string): Promise<SubvolumeInfo | undefined> {
     try {
-      const r = JSON.parse(await this.sv('info', { sub_name: name })) as Record<string, unknown>;
+      const r = parseOutput<Record<string, unknown>>(await this.sv('info', { sub_name: name }), 'fs subvolume info');
       return {
         path: String(r.path ?? ''),
         bytesQuota: typeof r.bytes_quota === 'number' ? r.bytes_quota : 0,
@@ -97,7 +98,7 @@ export class CephFsCli {
 
   async list(): Promise<string[]> {
     try {
-      return (JSON.parse(await this.sv('ls')) as Array<{ name: string }>).map((e) => e.name);
+      return parseOutput<Array<{ name: string }>>(await this.sv('ls'), 'fs subvolume ls').map((e) => e.name);
     } catch (e) {
       if (isErrno(e, ENOENT)) return [];
       throw e;
@@ -105,7 +106,7 @@ export class CephFsCli {
   }
 
   async metaList(name: string): Promise<Record<string, string>> {
-    return JSON.parse(await this.sv('metadata ls', { sub_name: name })) as Record<string, string>;
+    return parseOutput<Record<string, string>>(await this.sv('metadata ls', { sub_name: name }), 'fs subvolume metadata ls');
   }
 
   async metaSet(name: string, key: string, value: string): Promise<void> {
@@ -134,7 +135,7 @@ export class CephFsCli {
 
   async snapList(name: string): Promise<string[]> {
     try {
-      return (JSON.parse(await this.sv('snapshot ls', { sub_name: name })) as Array<{ name: string }>).map((e) => e.name);
+      return parseOutput<Array<{ name: string }>>(await this.sv('snapshot ls', { sub_name: name }), 'fs subvolume snapshot ls').map((e) => e.name);
     } catch (e) {
       if (isErrno(e, ENOENT)) return [];
       throw e;
@@ -143,7 +144,7 @@ export class CephFsCli {
 
   async snapMetaList(name: string, snap: string): Promise<Record<string, string> | undefined> {
     try {
-      return JSON.parse(await this.sv('snapshot metadata ls', { sub_name: name, snap_name: snap })) as Record<string, string>;
+      return parseOutput<Record<string, string>>(await this.sv('snapshot metadata ls', { sub_name: name, snap_name: snap }), 'fs subvolume snapshot metadata ls');
     } catch (e) {
       if (isErrno(e, ENOENT)) return undefined;
       throw e;
@@ -191,9 +192,10 @@ export class CephFsCli {
 
   async cloneState(target: string): Promise<{ state: string; reason?: string } | undefined> {
     try {
-      const r = JSON.parse(await this.mgr({ prefix: 'fs clone status', vol_name: this.fs, clone_name: target, group_name: this.group })) as {
-        status: { state: string; failure?: { errstr?: string } };
-      };
+      const r = parseOutput<{ status: { state: string; failure?: { errstr?: string } } }>(
+        await this.mgr({ prefix: 'fs clone status', vol_name: this.fs, clone_name: target, group_name: this.group }),
+        'fs clone status',
+      );
       return { state: r.status.state, reason: r.status.failure?.errstr };
     } catch (e) {
       if (isErrno(e, ENOENT)) return undefined;
@@ -216,12 +218,12 @@ export class CephFsCli {
   }
 
   async poolAvailable(pool: string): Promise<number | undefined> {
-    const df = JSON.parse(await this.mon({ prefix: 'df' })) as { pools: Array<{ name: string; stats: { max_avail: number } }> };
+    const df = parseOutput<{ pools: Array<{ name: string; stats: { max_avail: number } }> }>(await this.mon({ prefix: 'df' }), 'df');
     return df.pools.find((p) => p.name === pool)?.stats.max_avail;
   }
 
   async dataPools(): Promise<string[]> {
-    const fss = JSON.parse(await this.mon({ prefix: 'fs ls' })) as Array<{ name: string; data_pools: string[] }>;
+    const fss = parseOutput<Array<{ name: string; data_pools: string[] }>>(await this.mon({ prefix: 'fs ls' }), 'fs ls');
     return fss.find((f) => f.name === this.fs)?.data_pools ?? [];
   }
 }

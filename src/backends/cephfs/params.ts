@@ -1,4 +1,5 @@
 import { invalidArgument } from '../../errors.js';
+import { CEPH_NAME } from '../../csi/grammar.js';
 
 /** StorageClass parameters of the CephFS backend, validated with errors that name the key. */
 
@@ -16,7 +17,6 @@ export interface CephfsParams {
 
 const KEYS = new Set(['backend', 'clusterID', 'fsName', 'subvolumeGroup', 'pool', 'mounter', 'kernelMountOptions', 'fuseMountOptions']);
 const SIDECAR_PREFIX = 'csi.storage.k8s.io/';
-const namePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 // Mount options are passed to mount/ceph-fuse as one -o list: no spaces, no shell syntax.
 const optionPattern = /^[A-Za-z0-9_.:/=-]+$/;
 
@@ -37,7 +37,7 @@ export function parseCephfsParams(p: Record<string, string>): CephfsParams {
     return v;
   };
   const name = (k: string, v: string) => {
-    if (!namePattern.test(v)) throw invalidArgument(`parameter "${k}" must be a plain name`);
+    if (!CEPH_NAME.test(v)) throw invalidArgument(`parameter "${k}" must be a plain name`);
     return v;
   };
   const mounter = p.mounter as CephfsMounter | undefined;

@@ -9,8 +9,10 @@ import type * as csi from '../../csi/types.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
 import { toCsiVolume } from '../volume.js';
+import { parseRecord } from '../../util/json.js';
+import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
-import { ATTACH_PREFIX, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
+import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
 import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno } from './rbd-cli.js';
 import { Debounced, purgeTrash } from './trash.js';
@@ -85,7 +87,7 @@ export class RbdController implements ControllerBackend {
       // means a retry or a name already taken, which the slow path sorts out.
       try {
         await rbd.create(params.pool, image, size, create);
-        await rbd.metaSet(params.pool, image, META_VOLUME, JSON.stringify(meta));
+        await rbd.metaSet(params.pool, image, META_VOLUME, asciiJson(meta));
         return this.toVolume(id, params.clusterID, params.pool, image, size, meta);
       } catch (e) {
         if (!isErrno(e, EEXIST)) throw e;
@@ -132,7 +134,7 @@ export class RbdController implements ControllerBackend {
       meta.source = wantSrc ? (src?.snapshot ? { snapshot: wantSrc } : { volume: wantSrc }) : undefined;
     }
     // Written last: its presence marks the volume complete, so a retry after a crash finishes the job.
-    await rbd.metaSet(params.pool, image, META_VOLUME, JSON.stringify(meta));
+    await rbd.metaSet(params.pool, image, META_VOLUME, asciiJson(meta));
     return this.toVolume(id, params.clusterID, params.pool, image, existing.size, meta);
   }
 
@@ -177,7 +179,7 @@ export class RbdController implements ControllerBackend {
 
   private async volumeMeta(rbd: RbdCli, pool: string, image: string): Promise<VolumeMeta | undefined> {
     const all = await rbd.metaList(pool, image);
-    return all[META_VOLUME] ? (JSON.parse(all[META_VOLUME]) as VolumeMeta) : undefined;
+    return parseRecord<VolumeMeta>(all[META_VOLUME]);
   }
 
   async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
@@ -208,7 +210,7 @@ export class RbdController implements ControllerBackend {
     if (!(await rbd.info(pool, image))) throw notFound(`volume ${req.volume_id} not found`);
     const mode = modeOf(req.volume_capability);
     if (decidePublish(attachmentsIn(await rbd.metaList(pool, image)), req.node_id, mode, req.readonly) === 'exists') return {};
-    await rbd.metaSet(pool, image, META_ATTACH + req.node_id, JSON.stringify({ mode, readonly: req.readonly } satisfies Attachment));
+    await rbd.metaSet(pool, image, attachKey(req.node_id), asciiJson({ mode, readonly: req.readonly } satisfies Attachment));
     return {};
   }
 
@@ -216,7 +218,7 @@ export class RbdController implements ControllerBackend {
     const [pool, image] = id.location as [string, string];
     const rbd = this.cli(id.cluster, secrets, ctx.log);
     if (!(await rbd.info(pool, image))) return;
-    if (nodeId) return rbd.metaRemove(pool, image, META_ATTACH + nodeId);
+    if (nodeId) return rbd.metaRemove(pool, image, attachKey(nodeId));
     const meta = await rbd.metaList(pool, image);
     for (const k of Object.keys(meta).filter((k) => k.startsWith(META_ATTACH))) await rbd.metaRemove(pool, image, k);
   }
@@ -228,8 +230,8 @@ export class RbdController implements ControllerBackend {
     const info = await rbd.info(pool, image);
     if (!info) return undefined;
     const meta = await rbd.metaList(pool, image);
-    const vm = meta[META_VOLUME] ? (JSON.parse(meta[META_VOLUME]) as VolumeMeta) : undefined;
-    const publishedNodes = Object.keys(meta).filter((k) => k.startsWith(META_ATTACH)).map((k) => k.slice(META_ATTACH.length)).sort();
+    const vm = parseRecord<VolumeMeta>(meta[META_VOLUME]);
+    const publishedNodes = [...attachmentsIn(meta).keys()].sort();
     return {
       volume: this.toVolume(encodeId(id), id.cluster, pool, image, info.size, vm ?? { v: 1, name: '', createdAt: '' }),
       publishedNodes,
@@ -311,14 +313,14 @@ export class RbdController implements ControllerBackend {
     const [info] = await Promise.all([rbd.info(pool, snapImage), rbd.snapCreate(pool, snapImage, SNAP_NAME)]);
     if (!info) throw failedPrecondition(`snapshot image ${pool}/${snapImage} vanished while being created`);
     const meta: SnapshotMeta = { v: 1, name: req.name, source: sourceVolumeId, size: info.size, createdAt: new Date().toISOString() };
-    await Promise.all([rbd.snapRemove(pool, srcImage, snapImage), rbd.metaSet(pool, snapImage, META_SNAPSHOT, JSON.stringify(meta))]);
+    await Promise.all([rbd.snapRemove(pool, srcImage, snapImage), rbd.metaSet(pool, snapImage, META_SNAPSHOT, asciiJson(meta))]);
     return toSnapshot(snapshotId, meta);
   }
 
   private async snapshotMeta(rbd: RbdCli, pool: string, image: string): Promise<SnapshotMeta | undefined> {
     try {
       const all = await rbd.metaList(pool, image);
-      return all[META_SNAPSHOT] ? (JSON.parse(all[META_SNAPSHOT]) as SnapshotMeta) : undefined;
+      return parseRecord<SnapshotMeta>(all[META_SNAPSHOT]);
     } catch (e) {
       if (isErrno(e, ENOENT)) return undefined;
       throw e;

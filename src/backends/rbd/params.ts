@@ -1,4 +1,5 @@
 import { invalidArgument } from '../../errors.js';
+import { CEPH_NAME } from '../../csi/grammar.js';
 
 /** StorageClass parameters of the RBD backend, validated with errors that name the key. */
 
@@ -21,7 +22,6 @@ export const FS_TYPES: FsType[] = ['ext4', 'xfs'];
 const KEYS = new Set(['backend', 'clusterID', 'pool', 'dataPool', 'imageFeatures', 'mounter', 'fsType']);
 // Keys the Kubernetes sidecars add (PVC name/namespace with --extra-create-metadata, fstype).
 const SIDECAR_PREFIX = 'csi.storage.k8s.io/';
-const namePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 
 export function parseRbdParams(p: Record<string, string>): RbdParams {
   for (const k of Object.keys(p)) {
@@ -33,9 +33,9 @@ export function parseRbdParams(p: Record<string, string>): RbdParams {
     return v;
   };
   const pool = need('pool');
-  if (!namePattern.test(pool)) throw invalidArgument('parameter "pool" must be a plain pool name');
+  if (!CEPH_NAME.test(pool)) throw invalidArgument('parameter "pool" must be a plain pool name');
   const dataPool = p.dataPool || undefined;
-  if (dataPool && !namePattern.test(dataPool)) throw invalidArgument('parameter "dataPool" must be a plain pool name');
+  if (dataPool && !CEPH_NAME.test(dataPool)) throw invalidArgument('parameter "dataPool" must be a plain pool name');
   const imageFeatures = p.imageFeatures ? p.imageFeatures.split(',').map((f) => f.trim()).filter(Boolean) : DEFAULT_FEATURES;
   const bad = imageFeatures.find((f) => !KNOWN_FEATURES.has(f));
   if (bad) throw invalidArgument(`parameter "imageFeatures": unknown feature "${bad}"`);

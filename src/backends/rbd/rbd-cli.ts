@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { cephArgs, type CephConn } from '../../ceph/conn.js';
 import { ExecError, run, runAllowFail } from '../../util/exec.js';
+import { parseOutput } from '../../util/json.js';
 
 /**
  * Typed access to the `rbd` and `ceph` CLIs for one cluster and identity.
@@ -56,7 +57,7 @@ export class RbdCli {
   }
 
   private async rbdJson<T>(args: string[]): Promise<T> {
-    return JSON.parse(await this.rbd([...args, '--format', 'json'])) as T;
+    return parseOutput<T>(await this.rbd([...args, '--format', 'json']), `rbd ${args[0]}`);
   }
 
   /** Returns undefined when the image does not exist. */
@@ -107,8 +108,10 @@ export class RbdCli {
     await this.rbd(['flatten', `${pool}/${image}`]);
   }
 
+  /** rbd prints nothing at all, not "{}", for an image without metadata (a create cut short leaves one). */
   async metaList(pool: string, image: string): Promise<Record<string, string>> {
-    return this.rbdJson<Record<string, string>>(['image-meta', 'list', `${pool}/${image}`]);
+    const out = await this.rbd(['image-meta', 'list', `${pool}/${image}`, '--format', 'json']);
+    return out.trim() ? parseOutput<Record<string, string>>(out, 'rbd image-meta list') : {};
   }
 
   async metaSet(pool: string, image: string, key: string, value: string): Promise<void> {
@@ -194,10 +197,10 @@ export class RbdCli {
   /** Pools with the rbd application enabled, and the bytes each can still take. */
   async rbdPools(): Promise<Array<{ name: string; maxAvail: number }>> {
     const r = await run('ceph', [...cephArgs(this.conn), 'df', '--format', 'json'], { timeoutMs: TIMEOUT_MS, log: this.log });
-    const df = JSON.parse(r.stdout) as { pools: Array<{ name: string; stats: { max_avail: number } }> };
+    const df = parseOutput<{ pools: Array<{ name: string; stats: { max_avail: number } }> }>(r.stdout, 'ceph df');
     const apps = await run('ceph', [...cephArgs(this.conn), 'osd', 'pool', 'ls', 'detail', '--format', 'json'], { timeoutMs: TIMEOUT_MS, log: this.log });
     const rbdPools = new Set(
-      (JSON.parse(apps.stdout) as Array<{ pool_name: string; application_metadata?: Record<string, unknown> }>)
+      parseOutput<Array<{ pool_name: string; application_metadata?: Record<string, unknown> }>>(apps.stdout, 'ceph osd pool ls')
         .filter((p) => p.application_metadata && 'rbd' in p.application_metadata)
         .map((p) => p.pool_name),
     );
@@ -206,7 +209,7 @@ export class RbdCli {
 
   async poolAvailable(pool: string): Promise<number | undefined> {
     const r = await run('ceph', [...cephArgs(this.conn), 'df', '--format', 'json'], { timeoutMs: TIMEOUT_MS, log: this.log });
-    const df = JSON.parse(r.stdout) as { pools: Array<{ name: string; stats: { max_avail: number } }> };
+    const df = parseOutput<{ pools: Array<{ name: string; stats: { max_avail: number } }> }>(r.stdout, 'ceph df');
     return df.pools.find((p) => p.name === pool)?.stats.max_avail;
   }
 }

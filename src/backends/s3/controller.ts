@@ -20,6 +20,7 @@ import {
   dataPrefix,
   idOf,
   locationOf,
+  nodeOfAttachKey,
   objectName,
   recordKey,
   rootOf,
@@ -251,7 +252,7 @@ export class S3Controller implements ControllerBackend {
     for await (const page of store.list(bucketOf(l), attachPrefix(l))) {
       for (const o of page) {
         const a = await store.getJson<Attachment>(bucketOf(l), o.key);
-        if (a) out.set(decodeURIComponent(o.key.slice(attachPrefix(l).length)), a);
+        if (a) out.set(nodeOfAttachKey(l, o.key) ?? `(undecodable ${o.key})`, a);
       }
     }
     return out;
@@ -272,8 +273,8 @@ export class S3Controller implements ControllerBackend {
     const l = locationOf(id);
     if (!l) return;
     const store = this.store(l.cluster, secrets);
-    const nodes = nodeId ? [nodeId] : [...(await this.attachments(store, l)).keys()];
-    for (const n of nodes) await store.deleteKey(bucketOf(l), attachKey(l, n));
+    if (nodeId) return store.deleteKey(bucketOf(l), attachKey(l, nodeId));
+    for await (const page of store.list(bucketOf(l), attachPrefix(l))) for (const o of page) await store.deleteKey(bucketOf(l), o.key);
   }
 
   async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {

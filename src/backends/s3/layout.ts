@@ -1,4 +1,5 @@
 import { encodeId, type ObjectId } from '../../csi/ids.js';
+import { decodeNodeKey, encodeNodeKey } from '../../csi/grammar.js';
 
 /**
  * Where a volume or snapshot lives in S3. Each one has a root: a bucket of
@@ -39,5 +40,6 @@ export function idOf(l: Location): string {
   return encodeId({ kind: l.kind, backend: 's3', cluster: l.cluster, location: [l.shared ?? OWN_BUCKET, l.hash] });
 }
 
-/** Node ids become object keys: keep them to a safe, reversible spelling. */
-export const attachKey = (l: Location, nodeId: string) => attachPrefix(l) + encodeURIComponent(nodeId);
+/** Node ids become object keys hex-encoded, as in Ceph metadata keys. */
+export const attachKey = (l: Location, nodeId: string) => attachPrefix(l) + encodeNodeKey(nodeId);
+export const nodeOfAttachKey = (l: Location, key: string) => decodeNodeKey(key.slice(attachPrefix(l).length));

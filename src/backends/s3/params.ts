@@ -1,4 +1,5 @@
 import { invalidArgument } from '../../errors.js';
+import { isBucketName } from '../../csi/grammar.js';
 
 /** StorageClass parameters of the S3 backend, validated with errors that name the key. */
 
@@ -18,8 +19,6 @@ export interface S3Params {
 
 const KEYS = new Set(['backend', 'clusterID', 'bucket', 'mounter', 'uid', 'gid', 'mode', 'mountOptions']);
 const SIDECAR_PREFIX = 'csi.storage.k8s.io/';
-// S3 bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens, starting and ending alphanumeric.
-export const bucketPattern = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 // Options go to s3fs as one -o list or to rclone as flags: no spaces, no shell syntax.
 const optionPattern = /^[A-Za-z0-9_.:/=+-]+$/;
 // Where the endpoint and credentials come from is the driver's business, not the StorageClass's.
@@ -45,7 +44,7 @@ export function parseS3Params(p: Record<string, string>): S3Params {
     if (!KEYS.has(k) && !k.startsWith(SIDECAR_PREFIX)) throw invalidArgument(`unknown parameter "${k}" for backend s3`);
   }
   if (!p.clusterID) throw invalidArgument('parameter "clusterID" is required for backend s3');
-  if (p.bucket && (!bucketPattern.test(p.bucket) || p.bucket.includes('..'))) {
+  if (p.bucket && !isBucketName(p.bucket)) {
     throw invalidArgument('parameter "bucket" is not a valid S3 bucket name (3-63 lowercase letters, digits, "." and "-")');
   }
   const mounter = (p.mounter || 's3fs') as S3Mounter;
