@@ -97,3 +97,12 @@ export function loadConfig(path: string): Config {
 export function findCluster(cfg: Config, id: string): ClusterConfig | undefined {
   return cfg.clusters.find((c) => c.id === id);
 }
+
+/**
+ * Whether the config names an identity for every store of every cluster.
+ * ListVolumes, ControllerGetVolume and GetCapacity carry no secrets, so
+ * without one the controller cannot answer them.
+ */
+export function hasDefaultIdentities(cfg: Config): boolean {
+  return cfg.clusters.every((c) => (!c.ceph || !!c.ceph.userID) && (!c.s3 || !!c.s3.accessKeyIDFile));
+}

@@ -1,8 +1,8 @@
 import pLimit from 'p-limit';
 import type { Config } from '../config/config.js';
-import { findCluster } from '../config/config.js';
+import { findCluster, hasDefaultIdentities } from '../config/config.js';
 import type { ControllerBackend } from '../backends/types.js';
-import { aborted, invalidArgument, notFound, unimplemented } from '../errors.js';
+import { aborted, failedPrecondition, invalidArgument, notFound, unimplemented } from '../errors.js';
 import { requireCapabilities, requireCapability } from './capabilities.js';
 import type { ControllerHandlers } from './gen/csi/v1/Controller.js';
 import type { _csi_v1_ControllerServiceCapability_RPC_Type as ControllerServiceCapability_RPC_Type } from './gen/csi/v1/ControllerServiceCapability.js';
@@ -22,18 +22,15 @@ export type ControllerBackends = Partial<Record<Backend, ControllerBackend>>;
 const CAPS: ControllerServiceCapability_RPC_Type[] = [
   'CREATE_DELETE_VOLUME',
   'PUBLISH_UNPUBLISH_VOLUME',
-  'LIST_VOLUMES',
-  'LIST_VOLUMES_PUBLISHED_NODES',
-  'GET_CAPACITY',
   'CREATE_DELETE_SNAPSHOT',
   'LIST_SNAPSHOTS',
   'GET_SNAPSHOT',
   'CLONE_VOLUME',
   'PUBLISH_READONLY',
   'EXPAND_VOLUME',
-  'GET_VOLUME',
-  'VOLUME_CONDITION',
 ];
+/** RPCs whose requests carry no secrets: offered only when the config has an identity to run them as. */
+const CONFIG_IDENTITY_CAPS: ControllerServiceCapability_RPC_Type[] = ['LIST_VOLUMES', 'LIST_VOLUMES_PUBLISHED_NODES', 'GET_CAPACITY', 'GET_VOLUME', 'VOLUME_CONDITION'];
 
 const required = (v: string | undefined, field: string): string => {
   if (!v) throw invalidArgument(`${field} is required`);
@@ -69,6 +66,10 @@ function page<T>(all: T[], maxEntries: number, token: string): { items: T[]; nex
 
 export function controllerService(rt: RpcRuntime, cfg: Config, backends: ControllerBackends): ControllerHandlers {
   const limit = pLimit(8);
+  const configIdentity = hasDefaultIdentities(cfg);
+  const needsConfigIdentity = (rpc: string) => {
+    if (!configIdentity) throw failedPrecondition(`${rpc} carries no secrets and the driver config has no default identity for every cluster (ceph.userID, s3 key files)`);
+  };
   const byVolume = <R extends { volume_id: string }>(r: R) => [r.volume_id];
 
   const backendFor = (params: Record<string, string>): { backend: ControllerBackend; cluster: string } => {
@@ -159,6 +160,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
     }),
 
     ListVolumes: wrap(rt, 'ListVolumes', async (req, ctx) => {
+      needsConfigIdentity('ListVolumes');
       const all = await listAll((b, c) => b.listVolumeIds(c, ctx));
       const { items, next } = page(all, req.max_entries, req.starting_token);
       const entries = await Promise.all(items.map((vid) => limit(() => volumeEntry(backends, vid, ctx))));
@@ -166,6 +168,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
     }),
 
     ControllerGetVolume: wrap(rt, 'ControllerGetVolume', async (req, ctx) => {
+      needsConfigIdentity('ControllerGetVolume');
       const { id, backend } = knownId(backends, required(req.volume_id, 'volume_id'), 'v');
       const v = await backend.getVolume(id, {}, ctx);
       if (!v) throw notFound(`volume ${req.volume_id} not found`);
@@ -176,6 +179,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
     }),
 
     GetCapacity: wrap(rt, 'GetCapacity', async (req, ctx) => {
+      needsConfigIdentity('GetCapacity');
       if (req.volume_capabilities?.length) requireCapabilities(req.volume_capabilities);
       const params = req.parameters ?? {};
       if (params.backend || params.clusterID) {
@@ -187,7 +191,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
     }),
 
     ControllerGetCapabilities: wrap(rt, 'ControllerGetCapabilities', async () => ({
-      capabilities: CAPS.map((type) => ({ rpc: { type } })),
+      capabilities: [...CAPS, ...(configIdentity ? CONFIG_IDENTITY_CAPS : [])].map((type) => ({ rpc: { type } })),
     })),
 
     CreateSnapshot: wrap(

@@ -31,6 +31,12 @@ export const RGW_PORT = 7480;
 
 const REQUIRED_BINARIES = ['ceph-mon', 'ceph-mgr', 'ceph-osd', 'ceph', 'rbd', 'ceph-authtool', 'monmaptool'];
 
+export interface DriverConfigOptions {
+  topology?: Record<string, string>;
+  rgwAdmin?: boolean;
+  defaultIdentity?: boolean;
+}
+
 interface Daemon {
   name: string;
   pid: number;
@@ -100,17 +106,22 @@ export class CephLab {
     return (await run('rbd', ['-c', this.conf, ...args], { timeoutMs })).stdout;
   }
 
-  /** A driver config (YAML) pointing at this lab, with admin as the default identity. */
-  driverConfig(extra: { topology?: Record<string, string>; rgwAdmin?: boolean } = {}): string {
+  /**
+   * A driver config (YAML) pointing at this lab, with admin (and the lab S3 user) as the default
+   * identity, or with none (`defaultIdentity: false`: credentials come only in request secrets).
+   */
+  driverConfig(extra: DriverConfigOptions = {}): string {
     const lines = ['driverName: strata.csi.dev', 'clusters:', '  - id: lab'];
     if (extra.topology) {
       lines.push('    topology:');
       for (const [k, v] of Object.entries(extra.topology)) lines.push(`      ${JSON.stringify(k)}: ${JSON.stringify(v)}`);
     }
-    lines.push('    ceph:', `      monitors: ${JSON.stringify(this.monitors)}`, '      userID: admin', `      userKeyFile: ${this.adminKeyFile}`);
+    const identity = extra.defaultIdentity !== false;
+    lines.push('    ceph:', `      monitors: ${JSON.stringify(this.monitors)}`);
+    if (identity) lines.push('      userID: admin', `      userKeyFile: ${this.adminKeyFile}`);
     if (this.hasS3) {
       lines.push('    s3:', `      endpoint: ${this.s3Endpoint}`, '      region: us-east-1');
-      lines.push(`      accessKeyIDFile: ${this.p('keys', 's3-access-key')}`, `      secretAccessKeyFile: ${this.p('keys', 's3-secret-key')}`);
+      if (identity) lines.push(`      accessKeyIDFile: ${this.p('keys', 's3-access-key')}`, `      secretAccessKeyFile: ${this.p('keys', 's3-secret-key')}`);
       if (extra.rgwAdmin !== false) {
         lines.push('      rgwAdmin:', `        accessKeyIDFile: ${this.p('keys', 'rgw-admin-access-key')}`, `        secretAccessKeyFile: ${this.p('keys', 'rgw-admin-secret-key')}`);
       }
@@ -118,7 +129,7 @@ export class CephLab {
     return lines.join('\n') + '\n';
   }
 
-  writeDriverConfig(extra: { topology?: Record<string, string>; rgwAdmin?: boolean } = {}): string {
+  writeDriverConfig(extra: DriverConfigOptions = {}): string {
     const p = path.join(this.dir, `strata-${randomUUID().slice(0, 8)}.yaml`);
     writeFileSync(p, this.driverConfig(extra));
     return p;

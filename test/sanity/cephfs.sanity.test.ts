@@ -4,7 +4,7 @@ import path from 'node:path';
 import { CephLab } from '../lab/ceph-lab.js';
 import { startDriver, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
-import { runSanity } from './sanity-runner.js';
+import { MIN_PASSED, runSanity, withoutDefaultIdentity } from './sanity-runner.js';
 
 /**
  * csi-sanity against the CephFS backend (ceph-fuse on these machines).
@@ -40,5 +40,26 @@ describe('csi-sanity: cephfs', { timeout: 900_000 }, () => {
     assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
     const left = JSON.parse(await lab.ceph(['fs', 'subvolume', 'ls', 'cephfs', '--group_name', 'csi', '--format', 'json'])) as unknown[];
     assert.deepEqual(left, [], 'csi-sanity deleted every volume and snapshot, so no subvolume may remain');
+  });
+
+  it('case 11: passes every spec with credentials only in request secrets', async () => {
+    await withoutDefaultIdentity(
+      () => startDriver({ config: lab.writeDriverConfig({ defaultIdentity: false }), nodeId: 'sanity-node' }),
+      async (d) => {
+        const workDir = path.join(d.dir, 'sanity-secrets-only');
+        const r = await runSanity({
+          socket: d.socket,
+          workDir,
+          accessType: 'mount',
+          params: { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs' },
+          secrets: { userID: 'admin', userKey: lab.adminKey },
+        });
+        assert.equal(r.failed, 0, `csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
+        assert.ok(r.passed >= MIN_PASSED.secretsOnly, `only ${r.passed} specs passed`);
+        assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
+        const left = JSON.parse(await lab.ceph(['fs', 'subvolume', 'ls', 'cephfs', '--group_name', 'csi', '--format', 'json'])) as unknown[];
+        assert.deepEqual(left, [], 'no subvolume may remain');
+      },
+    );
   });
 });

@@ -6,7 +6,7 @@ import { CephLab, LAB_S3 } from '../lab/ceph-lab.js';
 import { startDriver, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
 import { listKeys, labS3Client } from '../helpers/s3.js';
-import { runSanity } from './sanity-runner.js';
+import { MIN_PASSED, runSanity, withoutDefaultIdentity } from './sanity-runner.js';
 
 /**
  * csi-sanity against the S3 backend (s3fs mounts), once with a bucket per
@@ -51,4 +51,20 @@ describe('csi-sanity: s3', { timeout: 900_000 }, () => {
     assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
     assert.deepEqual(await listKeys(s3, 'sanity-shared', ''), [], 'every volume and snapshot prefix is gone from the shared bucket');
   });
+
+  it('case 11: passes every spec with credentials only in request secrets', async () => {
+    await withoutDefaultIdentity(
+      () => startDriver({ config: lab.writeDriverConfig({ defaultIdentity: false }), nodeId: 'sanity-node' }),
+      async (d) => {
+        const workDir = path.join(d.dir, 'sanity-secrets-only');
+        const r = await runSanity({ socket: d.socket, workDir, accessType: 'mount', params: { backend: 's3', clusterID: 'lab' }, secrets });
+        assert.equal(r.failed, 0, `csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
+        assert.ok(r.passed >= MIN_PASSED.secretsOnly, `only ${r.passed} specs passed`);
+        assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
+        const buckets = ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((b) => b.Name);
+        assert.deepEqual(buckets.filter((b) => b?.startsWith('csi-')), [], 'every volume and snapshot bucket is gone');
+      },
+    );
+  });
 });
+

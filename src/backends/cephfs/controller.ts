@@ -239,18 +239,18 @@ export class CephfsController implements ControllerBackend {
   }
 
   /** Every subvolume group of every file system, so volumes of any StorageClass are listed. */
-  private async groups(clusterId: string, ctx: RpcContext): Promise<CephFsCli[]> {
-    const admin = this.cli(clusterId, '', '', {}, ctx.log);
+  private async groups(clusterId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<CephFsCli[]> {
+    const admin = this.cli(clusterId, '', '', secrets, ctx.log);
     const out: CephFsCli[] = [];
     for (const f of await admin.fsNames()) {
-      for (const g of await this.cli(clusterId, f, '', {}, ctx.log).groupNames()) out.push(this.cli(clusterId, f, g, {}, ctx.log));
+      for (const g of await this.cli(clusterId, f, '', secrets, ctx.log).groupNames()) out.push(this.cli(clusterId, f, g, secrets, ctx.log));
     }
     return out;
   }
 
   async listVolumeIds(clusterId: string, ctx: RpcContext): Promise<string[]> {
     const ids: string[] = [];
-    for (const fs of await this.groups(clusterId, ctx)) {
+    for (const fs of await this.groups(clusterId, {}, ctx)) {
       for (const n of await fs.list()) {
         if (n.startsWith('csi-vol-')) ids.push(encodeId({ kind: 'v', backend: 'cephfs', cluster: clusterId, location: [fs.fs, fs.group, n] }));
       }
@@ -286,8 +286,12 @@ export class CephfsController implements ControllerBackend {
     const info = await fs.info(name);
     if (!info || info.state !== 'complete') throw notFound(`source volume ${sourceVolumeId} not found`);
     // Snapshot names are global to the driver: the same name on another volume is a conflict.
-    const elsewhere = await this.findSnapshotByName(sourceId.cluster, snap, ctx);
-    if (elsewhere && elsewhere !== snapshotId) throw alreadyExists(`snapshot "${req.name}" exists for another source volume`);
+    // The claim is written before the snapshot, so a crash in between leaves a claim a retry reuses.
+    const claim = await fs.claimGet(snap);
+    if (claim !== snapshotId) {
+      if (claim && (await this.claimHolds(claim, req.secrets, ctx))) throw alreadyExists(`snapshot "${req.name}" exists for another source volume`);
+      await fs.claimSet(snap, snapshotId);
+    }
     try {
       await fs.snapCreate(name, snap);
     } catch (e) {
@@ -298,8 +302,11 @@ export class CephfsController implements ControllerBackend {
     return toSnapshot(snapshotId, meta);
   }
 
-  private async findSnapshotByName(clusterId: string, snap: string, ctx: RpcContext): Promise<string | undefined> {
-    return (await this.listSnapshotIds(clusterId, undefined, {}, ctx)).find((s) => s.endsWith(`:${snap}`));
+  /** Whether a name claim still belongs to a snapshot (a DeleteSnapshot cut short can leave a stale one). */
+  private async claimHolds(claim: string, secrets: Record<string, string>, ctx: RpcContext): Promise<boolean> {
+    const other = parseId(claim, 's');
+    if (!other || other.backend !== 'cephfs') return false;
+    return !!(await this.getSnapshot(other, secrets, ctx));
   }
 
   async deleteSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
@@ -307,6 +314,7 @@ export class CephfsController implements ControllerBackend {
     if (!snap?.startsWith('csi-snap-')) return;
     await fs.snapRemove(name, snap);
     await fs.retainedRemove(name, snap);
+    if ((await fs.claimGet(snap)) === encodeId(id)) await fs.claimRemove(snap);
     // A subvolume kept only for its snapshots goes with the last of them.
     const info = await fs.info(name);
     if (info?.state === 'snapshot-retained' && !(await fs.snapList(name)).length) await fs.remove(name, false);
@@ -321,7 +329,7 @@ export class CephfsController implements ControllerBackend {
 
   async listSnapshotIds(clusterId: string, source: ObjectId | undefined, secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
     const ids: string[] = [];
-    const groups = source ? [this.cliFor(source, secrets, ctx.log).fs] : await this.groups(clusterId, ctx);
+    const groups = source ? [this.cliFor(source, secrets, ctx.log).fs] : await this.groups(clusterId, secrets, ctx);
     for (const fs of groups) {
       const names = source ? [source.location[2]!] : (await fs.list()).filter((n) => n.startsWith('csi-vol-'));
       for (const n of names) {

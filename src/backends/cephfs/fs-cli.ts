@@ -181,6 +181,36 @@ export class CephFsCli {
     }
   }
 
+  /**
+   * Which snapshot holds a snapshot name. Names are global to the driver, so
+   * CreateSnapshot claims its name here before taking the snapshot: one
+   * mon read answers "taken elsewhere?" whatever the number of volumes.
+   */
+  private claimKey(snap: string): string {
+    return `strata/cephfs/snapshot-names/${snap}`;
+  }
+
+  async claimGet(snap: string): Promise<string | undefined> {
+    try {
+      return await this.mon({ prefix: 'config-key get', key: this.claimKey(snap), format: 'plain' });
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return undefined;
+      throw e;
+    }
+  }
+
+  async claimSet(snap: string, snapshotId: string): Promise<void> {
+    await this.mon({ prefix: 'config-key set', key: this.claimKey(snap), val: snapshotId });
+  }
+
+  async claimRemove(snap: string): Promise<void> {
+    try {
+      await this.mon({ prefix: 'config-key rm', key: this.claimKey(snap) });
+    } catch (e) {
+      if (!isErrno(e, ENOENT)) throw e;
+    }
+  }
+
   async snapMetaSet(name: string, snap: string, key: string, value: string): Promise<void> {
     await this.sv('snapshot metadata set', { sub_name: name, snap_name: snap, key_name: key, value });
   }
