@@ -1,0 +1,78 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ListBucketsCommand } from '@aws-sdk/client-s3';
+import type { CephLab } from '../lab/ceph-lab.js';
+import { leftovers } from '../helpers/leftovers.js';
+import { labS3Client } from '../helpers/s3.js';
+
+/**
+ * Everything a Strata driver can leave in a lab, listed from the cluster
+ * itself (never through the driver): taken before a run and after its
+ * deletes, the two must be equal.
+ */
+export interface ClusterState {
+  rbdImages: string[];
+  rbdTrash: string[];
+  subvolumes: string[];
+  cephUsers: string[];
+  configKeys: string[];
+  buckets: string[];
+  loopDevices: string[];
+  local: string[];
+}
+
+const lines = (s: string) => s.split('\n').map((l) => l.trim()).filter(Boolean);
+
+async function subvolumes(lab: CephLab): Promise<string[]> {
+  const out: string[] = [];
+  for (const group of ['csi', '_nogroup']) {
+    const args = ['fs', 'subvolume', 'ls', 'cephfs', '--format', 'json'];
+    if (group !== '_nogroup') args.push('--group_name', group);
+    for (const s of JSON.parse((await lab.ceph(args)) || '[]') as Array<{ name: string }>) {
+      // A subvolume's snapshots are listed with it, so a leaked snapshot shows as well.
+      const snaps = JSON.parse((await lab.ceph(['fs', 'subvolume', 'snapshot', 'ls', 'cephfs', s.name, ...(group === '_nogroup' ? [] : ['--group_name', group]), '--format', 'json'])) || '[]') as Array<{ name: string }>;
+      out.push(`${group}/${s.name}`, ...snaps.map((x) => `${group}/${s.name}@${x.name}`));
+    }
+  }
+  return out.sort();
+}
+
+function loopDevices(): string[] {
+  const out: string[] = [];
+  for (const loop of readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
+    try {
+      out.push(`${loop} ${readFileSync(`/sys/block/${loop}/loop/backing_file`, 'utf8').trim()}`);
+    } catch {
+      /* not bound */
+    }
+  }
+  return out.sort();
+}
+
+export async function clusterState(lab: CephLab, driverDir: string): Promise<ClusterState> {
+  const s3 = labS3Client(lab);
+  try {
+    return {
+      rbdImages: lines(await lab.rbd(['ls', 'rbd'])),
+      rbdTrash: (JSON.parse((await lab.rbd(['trash', 'ls', '--all', 'rbd', '--format', 'json'])) || '[]') as Array<{ name: string }>).map((t) => t.name).sort(),
+      subvolumes: lab.hasCephFS ? await subvolumes(lab) : [],
+      cephUsers: (JSON.parse(await lab.ceph(['auth', 'ls', '--format', 'json'])) as { auth_dump: Array<{ entity: string }> }).auth_dump.map((a) => a.entity).filter((e) => e.startsWith('client.strata-')).sort(),
+      configKeys: (JSON.parse(await lab.ceph(['config-key', 'ls'])) as string[]).filter((k) => k.startsWith('strata/')).sort(),
+      buckets: lab.hasS3 ? ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((b) => b.Name!).sort() : [],
+      loopDevices: loopDevices(),
+      local: await leftovers(driverDir),
+    };
+  } finally {
+    s3.destroy();
+  }
+}
+
+/** The state once background work settled (RBD purges trashed parents after a delete returns). */
+export async function settledState(lab: CephLab, driverDir: string, want: ClusterState, ms = 30_000): Promise<ClusterState> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const now = await clusterState(lab, driverDir);
+    if (JSON.stringify(now) === JSON.stringify(want) || Date.now() > end) return now;
+    await sleep(500);
+  }
+}
