@@ -96,3 +96,20 @@ describe('grammar of names and node ids', () => {
     assert.deepEqual(JSON.parse(s), v);
   });
 });
+
+describe('credential grammar', () => {
+  it('refuses S3 keys that could break the passwd file or a signature', async () => {
+    const { resolveS3Credentials } = await import('../../src/backends/s3/credentials.js');
+    const s3 = { endpoint: 'http://127.0.0.1:7480', region: 'us-east-1' };
+    assert.deepEqual(resolveS3Credentials(s3, { accessKeyID: 'AKIA0123', secretAccessKey: 's3cr3t/+=x' }), { accessKeyID: 'AKIA0123', secretAccessKey: 's3cr3t/+=x' });
+    for (const secrets of [
+      { accessKeyID: 'a:b', secretAccessKey: 'x' },
+      { accessKeyID: 'a\nb', secretAccessKey: 'x' },
+      { accessKeyID: 'a', secretAccessKey: 'x\nbucket:id:secret' },
+      { accessKeyID: 'a', secretAccessKey: 'x y' },
+      { accessKeyID: 'a', secretAccessKey: '' },
+    ]) {
+      assert.throws(() => resolveS3Credentials(s3, secrets), /not a valid|must hold both/, JSON.stringify(secrets));
+    }
+  });
+});

@@ -12,6 +12,9 @@ import { S3Store, type S3Credentials, type S3Endpoint } from './store.js';
 
 export type S3ClusterConfig = NonNullable<ClusterConfig['s3']>;
 
+const S3_ACCESS_KEY = /^[A-Za-z0-9+/=._-]{1,128}$/;
+const S3_SECRET_KEY = /^[\x21-\x7e]{1,256}$/;
+
 export function s3Of(cluster: ClusterConfig | undefined, id: string): S3ClusterConfig {
   if (!cluster) throw notFound(`cluster "${id}" is not in the driver config`);
   if (!cluster.s3) throw invalidArgument(`cluster "${id}" has no s3 endpoint in the driver config`);
@@ -36,6 +39,9 @@ export function resolveS3Credentials(s3: S3ClusterConfig, secrets: Record<string
   const { accessKeyID, secretAccessKey } = secrets ?? {};
   if (accessKeyID || secretAccessKey) {
     if (!accessKeyID || !secretAccessKey) throw invalidArgument('secrets must hold both accessKeyID and secretAccessKey');
+    // Keys land in s3fs's passwd file ("id:secret" lines) and in HTTP signatures: printable ASCII only, no ":" in the id.
+    if (!S3_ACCESS_KEY.test(accessKeyID)) throw invalidArgument('secret accessKeyID is not a valid S3 access key id');
+    if (!S3_SECRET_KEY.test(secretAccessKey)) throw invalidArgument('secret secretAccessKey is not a valid S3 secret key');
     return { accessKeyID, secretAccessKey };
   }
   const fromConfig = configCredentials(s3);
