@@ -1,9 +1,10 @@
-import { mkdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { STAGED_BLOCK_FILE, type NodeBackend } from '../backends/types.js';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errors.js';
+import { pathProblem } from '../mount/checks.js';
 import { findMount, isReadOnly } from '../mount/mountinfo.js';
-import { bindMount, deviceSize, fsUsage, mountHealth, pathKind, unmount } from '../mount/mounter.js';
+import { bindMount, deviceSize, fsUsage, mountHealth, pathKind, removeMountPoint, unmount } from '../mount/mounter.js';
 import { isReadOnlyMode, modeOf, requireCapability } from './capabilities.js';
 import type { NodeHandlers } from './gen/csi/v1/Node.js';
 import type { VolumeUsage } from './gen/csi/v1/VolumeUsage.js';
@@ -32,15 +33,34 @@ const required = (v: string | undefined, field: string): string => {
   return v;
 };
 
-function absolute(p: string, field: string): string {
-  if (!path.isAbsolute(p) || p.split('/').includes('..')) throw invalidArgument(`${field} must be an absolute path without ".."`);
+/** A path the node will mount on or remove: exactly the one the CO named, or INVALID_ARGUMENT. */
+function cleanPath(p: string, field: string): string {
+  const why = pathProblem(p);
+  if (why) throw invalidArgument(`${field} ${JSON.stringify(p.slice(0, 256))} ${why}`);
   return p;
 }
 
-/** A volume_path the CO says holds a volume: one that is not absolute cannot, so it is NOT_FOUND. */
+/** A volume_path the CO says holds a volume: one that is not a clean absolute path cannot, so it is NOT_FOUND. */
 function existingVolumePath(p: string): string {
-  if (!path.isAbsolute(p) || p.split('/').includes('..')) throw notFound(`volume path ${p} does not exist`);
+  if (pathProblem(p)) throw notFound(`volume path ${JSON.stringify(p.slice(0, 256))} does not exist`);
   return p;
+}
+
+/** What sits at `p` before the node mounts on it: nothing, or (a directory | a file) the node may use. */
+function mountPointKind(p: string): 'missing' | 'dir' | 'file' | 'other' {
+  try {
+    const s = lstatSync(p);
+    return s.isDirectory() ? 'dir' : s.isFile() ? 'file' : 'other';
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
+    throw e;
+  }
+}
+
+/** A mount point must be what the access type needs; a symlink would move the mount elsewhere. */
+function requireMountPoint(p: string, field: string, want: 'dir' | 'file'): void {
+  const kind = mountPointKind(p);
+  if (kind !== 'missing' && kind !== want) throw failedPrecondition(`${field} ${p} exists and is not a ${want === 'dir' ? 'directory' : 'regular file'}`);
 }
 
 /** Remembering FUSE stages and healing them (see healer.ts). */
@@ -65,14 +85,16 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       'NodeStageVolume',
       async (req, ctx) => {
         required(req.volume_id, 'volume_id');
-        absolute(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+        const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
         requireCapability(req.volume_capability);
         const { id, backend } = resolve(req.volume_id);
-        const staging = req.staging_target_path;
-        if ((await mountHealth(staging)) === 'dead') {
+        const health = await mountHealth(staging);
+        if (health === 'dead') {
           ctx.log.warn('staging mount is dead (its FUSE daemon is gone): mounting it again');
           await unmount(staging, ctx.log);
         }
+        // Looked at only when nothing is mounted there: a stat of a stuck FUSE mount would never return.
+        if (health === 'dead' || health === 'unmounted') requireMountPoint(staging, 'staging_target_path', 'dir');
         await backend.stage(id, req, ctx);
         // Kernel mounts outlive the plugin; FUSE daemons may not, so keep what a remount needs.
         if ((await findMount(staging))?.fsType.startsWith('fuse')) records.staged(req);
@@ -86,11 +108,11 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       'NodeUnstageVolume',
       async (req, ctx) => {
         required(req.volume_id, 'volume_id');
-        absolute(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
-        const id = parseId(req.volume_id, 'v');
-        const backend = id && backends[id.backend];
-        if (id && backend) await backend.unstage(id, req.staging_target_path, ctx);
-        records.unstaged(req.staging_target_path);
+        const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+        // An id that cannot be ours was never staged by this node: nothing on disk is touched for it.
+        const { id, backend } = resolve(req.volume_id);
+        await backend.unstage(id, staging, ctx);
+        records.unstaged(staging);
         return {};
       },
       { lockKeys: byVolume },
@@ -101,8 +123,8 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       'NodePublishVolume',
       async (req, ctx) => {
         required(req.volume_id, 'volume_id');
-        const target = absolute(required(req.target_path, 'target_path'), 'target_path');
-        const staging = absolute(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+        const target = cleanPath(required(req.target_path, 'target_path'), 'target_path');
+        const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
         const cap = requireCapability(req.volume_capability);
         resolve(req.volume_id);
         const readonly = req.readonly || isReadOnlyMode(modeOf(cap));
@@ -116,9 +138,11 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
           if (isReadOnly(existing) !== readonly) throw alreadyExists(`${target} is already published with a different read-only setting`);
           return {};
         }
+        requireMountPoint(target, 'target_path', cap.block ? 'file' : 'dir');
         if (cap.block) {
           mkdirSync(path.dirname(target), { recursive: true });
-          if ((await pathKind(target)) === 'missing') writeFileSync(target, '');
+          // Never truncates: a file already there keeps its bytes (and is not removed at unpublish).
+          writeFileSync(target, '', { flag: 'a' });
         } else {
           mkdirSync(target, { recursive: true });
         }
@@ -134,13 +158,13 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       'NodeUnpublishVolume',
       async (req, ctx) => {
         required(req.volume_id, 'volume_id');
-        const target = absolute(required(req.target_path, 'target_path'), 'target_path');
+        const target = cleanPath(required(req.target_path, 'target_path'), 'target_path');
+        // An id that cannot be ours was never published by this node: nothing on disk is touched for it.
+        resolve(req.volume_id);
         await unmount(target, ctx.log);
         records.unpublished(req.volume_id, target);
-        // Never recursive: files under an unmounted target are not ours to delete.
-        const kind = await pathKind(target);
-        if (kind === 'dir') rmdirSync(target);
-        else if (kind !== 'missing') rmSync(target, { force: true });
+        // Only the mount point publish made (an empty directory or file) goes; content is never ours to delete.
+        if ((await removeMountPoint(target)) === 'kept') ctx.log.warn({ target }, 'target_path holds something the node did not make: left in place');
         return {};
       },
       { lockKeys: (r) => [r.volume_id, `target:${r.target_path}`] },
@@ -183,6 +207,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       async (req, ctx) => {
         required(req.volume_id, 'volume_id');
         const p = existingVolumePath(required(req.volume_path, 'volume_path'));
+        if (req.staging_target_path) cleanPath(req.staging_target_path, 'staging_target_path');
         const { id, backend } = resolve(req.volume_id);
         if ((await pathKind(p)) === 'missing') throw notFound(`volume path ${p} does not exist`);
         return { capacity_bytes: await backend.expand(id, req, ctx) };

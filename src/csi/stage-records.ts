@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { pathProblem } from '../mount/checks.js';
 import type * as csi from './types.js';
 
 /**
@@ -22,10 +23,12 @@ export interface StageRecord {
   targets: Record<string, PublishedTarget>;
 }
 
+/** A record the healer may act on: its paths are clean, as the RPCs that wrote it checked them to be. */
 function read(file: string): StageRecord | undefined {
   try {
     const r = JSON.parse(readFileSync(file, 'utf8')) as StageRecord;
-    return r.v === 1 ? r : undefined;
+    if (r.v !== 1 || typeof r.request?.staging_target_path !== 'string' || pathProblem(r.request.staging_target_path)) return undefined;
+    return Object.keys(r.targets ?? {}).some((t) => pathProblem(t)) ? undefined : r;
   } catch {
     return undefined;
   }

@@ -19,15 +19,30 @@ export function fuseDaemonPid(binary: string | string[], dir: string): number | 
   return undefined;
 }
 
+/**
+ * Whether a process has finished. A daemon that exited stays a zombie until
+ * its parent reaps it, and a FUSE daemon's parent is whatever adopted it: a
+ * busy init reaps late, and a node plugin that is PID 1 of its container
+ * never reaps what it did not spawn. A zombie still answers kill(pid, 0), so
+ * the state letter in /proc/<pid>/stat decides (Z zombie, X dead).
+ */
+export function hasExited(pid: number): boolean {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return true;
+  }
+  // The command name in parentheses may itself hold ") ": the state follows the last one.
+  const state = stat.charAt(stat.lastIndexOf(')') + 2);
+  return state === 'Z' || state === 'X';
+}
+
 /** FUSE daemons flush on the way out: an unmount is complete only once the daemon has exited. */
 export async function waitExit(pid: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
+    if (hasExited(pid)) return;
     await sleep(20);
   }
   throw internal(`FUSE process ${pid} did not exit after unmount`);

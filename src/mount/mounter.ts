@@ -1,5 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { open, readFile, realpath, stat, statfs } from 'node:fs/promises';
+import { lstat, open, readFile, realpath, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { internal } from '../errors.js';
@@ -23,7 +23,8 @@ export async function mount(source: string, target: string, fsType: string, opti
 export async function bindMount(source: string, target: string, readonly: boolean, extra: string[] = [], log?: Logger): Promise<void> {
   await run('mount', ['--bind', source, target], { timeoutMs: T, log });
   if (readonly || extra.length) {
-    const opts = ['remount', 'bind', ...(readonly ? ['ro'] : []), ...extra];
+    // "ro" last: a flag of the request ("rw") must not undo a read-only publish.
+    const opts = ['remount', 'bind', ...extra, ...(readonly ? ['ro'] : [])];
     try {
       await run('mount', ['-o', opts.join(','), target], { timeoutMs: T, log });
     } catch (e) {
@@ -236,6 +237,34 @@ export async function pathKind(p: string): Promise<'dir' | 'file' | 'block' | 'm
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return 'missing';
+    throw e;
+  }
+}
+
+/**
+ * Removes a mount point the node made, once nothing is mounted on it: an
+ * empty directory, or the empty file a raw-block bind sat on. Anything else
+ * (a directory or file with content, a symlink, a device node) is not ours
+ * and is left where it is. Returns what it did.
+ */
+export async function removeMountPoint(p: string): Promise<'removed' | 'missing' | 'kept'> {
+  let s;
+  try {
+    s = await lstat(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
+    throw e;
+  }
+  try {
+    // rmdir itself refuses a directory with content, so there is no window between looking and removing.
+    if (s.isDirectory()) await rmdir(p);
+    else if (s.isFile() && s.size === 0) await unlink(p);
+    else return 'kept';
+    return 'removed';
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return 'missing';
+    if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'EBUSY') return 'kept';
     throw e;
   }
 }

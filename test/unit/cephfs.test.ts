@@ -7,6 +7,7 @@ import { decidePublish, type Attachment } from '../../src/backends/attachments.j
 const spec: CephfsMountSpec = {
   monitors: ['10.0.0.1:6789', '10.0.0.2:6789'],
   identity: { id: 'strata-csi-vol-ab', keyFile: '/dev/shm/k/1' },
+  fsName: 'fs1',
   path: '/volumes/csi/csi-vol-ab/uuid',
   target: '/staging',
   readonly: false,
@@ -17,7 +18,7 @@ describe('cephfs mount commands', () => {
   it('builds the kernel mount with a secret file, never the key', () => {
     assert.deepEqual(kernelMountCommand({ ...spec, readonly: true, options: ['noatime'] }), [
       'mount',
-      ['-t', 'ceph', '10.0.0.1:6789,10.0.0.2:6789:/volumes/csi/csi-vol-ab/uuid', '/staging', '-o', 'name=strata-csi-vol-ab,secretfile=/dev/shm/k/1,ro,noatime'],
+      ['-t', 'ceph', '10.0.0.1:6789,10.0.0.2:6789:/volumes/csi/csi-vol-ab/uuid', '/staging', '-o', 'name=strata-csi-vol-ab,secretfile=/dev/shm/k/1,mds_namespace=fs1,ro,noatime'],
     ]);
   });
   it('builds ceph-fuse rooted at the subvolume path with a key file', () => {
@@ -25,6 +26,7 @@ describe('cephfs mount commands', () => {
     assert.equal(file, 'ceph-fuse');
     assert.deepEqual(args.slice(0, 8), ['-c', '/dev/null', '-m', '10.0.0.1:6789,10.0.0.2:6789', '--id', 'strata-csi-vol-ab', '--keyfile', '/dev/shm/k/1']);
     assert.equal(args[args.indexOf('-r') + 1], spec.path);
+    assert.equal(args[args.indexOf('--client_fs') + 1], 'fs1', 'the file system of the id, not the cluster default');
     assert.equal(args.at(-1), '/staging');
     assert.ok(!args.includes('-o'), 'no options when none are asked');
     assert.deepEqual(fuseMountCommand({ ...spec, readonly: true }).at(1)!.slice(-3), ['-o', 'ro', '/staging']);

@@ -7,12 +7,13 @@ import { isReadOnlyMode, modeOf } from '../../csi/capabilities.js';
 import type { RpcContext } from '../../csi/handler.js';
 import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
-import { failedPrecondition, internal, invalidArgument, notFound } from '../../errors.js';
+import { failedPrecondition, internal, invalidArgument, isCsiError, notFound } from '../../errors.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { fsUsage, unmount } from '../../mount/mounter.js';
 import { ExecError, run } from '../../util/exec.js';
 import { fuseDaemonPid, waitExit } from '../../mount/fuse-process.js';
 import type { NodeBackend } from '../types.js';
+import { parseCephfsParams, type CephfsMounter } from './params.js';
 
 /**
  * Node side of CephFS: mount the subvolume's path once per node at the
@@ -23,6 +24,8 @@ import type { NodeBackend } from '../types.js';
 export interface CephfsMountSpec {
   monitors: string[];
   identity: CephIdentity;
+  /** The file system of the id: without it a client mounts the cluster's default one. */
+  fsName: string;
   path: string;
   target: string;
   readonly: boolean;
@@ -39,12 +42,12 @@ export function kernelCephAvailable(): boolean {
 
 /** `mount -t ceph`: the key travels as secretfile, never in the options text. */
 export function kernelMountCommand(s: CephfsMountSpec): [string, string[]] {
-  const opts = [`name=${s.identity.id}`, `secretfile=${s.identity.keyFile}`, ...(s.readonly ? ['ro'] : []), ...s.options];
+  const opts = [`name=${s.identity.id}`, `secretfile=${s.identity.keyFile}`, `mds_namespace=${s.fsName}`, ...(s.readonly ? ['ro'] : []), ...s.options];
   return ['mount', ['-t', 'ceph', `${s.monitors.join(',')}:${s.path}`, s.target, '-o', opts.join(',')]];
 }
 
 export function fuseMountCommand(s: CephfsMountSpec): [string, string[]] {
-  const args = ['-c', '/dev/null', '-m', s.monitors.join(','), '--id', s.identity.id, '--keyfile', s.identity.keyFile, ...CEPH_TIMEOUTS, '-r', s.path];
+  const args = ['-c', '/dev/null', '-m', s.monitors.join(','), '--id', s.identity.id, '--keyfile', s.identity.keyFile, ...CEPH_TIMEOUTS, '--client_fs', s.fsName, '-r', s.path];
   // Per-mount admin sockets and pid files would collide between volumes (one user per volume avoids most of it).
   args.push('--admin_socket', '', '--pid_file', '');
   const o = [...(s.readonly ? ['ro'] : []), ...s.options];
@@ -60,31 +63,37 @@ export class CephfsNode implements NodeBackend {
 
   async stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void> {
     const staging = req.staging_target_path;
+    const [fsName] = id.location as [string];
+    const path = subvolumePathOf(id, req.volume_context.subvolumePath);
+    const opts = stageOptions(id, req);
     if (await findMount(staging)) return;
     const cluster = findCluster(this.cfg, id.cluster);
     if (!cluster?.ceph) throw notFound(`cluster "${id.cluster}" is not configured for Ceph`);
-    const path = req.volume_context.subvolumePath;
-    if (!path?.startsWith('/')) throw invalidArgument('volume_context.subvolumePath is missing: the volume was not created by this driver');
     // The volume's own user from ControllerPublish; the node-stage secrets only when there is none.
     const creds = req.publish_context.userID ? { userID: req.publish_context.userID, userKey: req.publish_context.userKey ?? '' } : req.secrets;
     const identity = resolveCephIdentity(cluster, creds, this.keyFiles);
-    const kernel = req.volume_context.mounter === 'kernel' || (req.volume_context.mounter !== 'fuse' && kernelCephAvailable());
+    const kernel = opts.mounter === 'kernel' || (opts.mounter !== 'fuse' && kernelCephAvailable());
     const spec: CephfsMountSpec = {
       monitors: cluster.ceph.monitors,
       identity,
+      fsName,
       path,
       target: staging,
       readonly: isReadOnlyMode(modeOf(req.volume_capability)),
-      options: [...(req.volume_capability?.mount?.mount_flags ?? []), ...optionList(kernel ? req.volume_context.kernelMountOptions : req.volume_context.fuseMountOptions)],
+      options: [...(req.volume_capability?.mount?.mount_flags ?? []), ...(kernel ? opts.kernelMountOptions : opts.fuseMountOptions)],
     };
+    const reserved = spec.options.find((o) => RESERVED_OPTION.test(o));
+    if (reserved) throw invalidArgument(`mount option ${JSON.stringify(reserved)} is set by the driver, not the request`);
     mkdirSync(staging, { recursive: true });
     const [file, args] = kernel ? kernelMountCommand(spec) : fuseMountCommand(spec);
     try {
       await run(file, args, { timeoutMs: 60_000, log: ctx.log });
     } catch (e) {
       // ceph-fuse says why only after its banner lines, so look at all of stderr.
-      const why = /(permission denied|operation not permitted|rejected)[^\n]*/i.exec(e instanceof ExecError ? e.stderr : String(e));
+      const stderr = e instanceof ExecError ? e.stderr : String(e);
+      const why = /(permission denied|operation not permitted|rejected)[^\n]*/i.exec(stderr);
       if (why) throw failedPrecondition(`Ceph refused ${spec.identity.id} the mount of ${path}: ${why[0]}`);
+      if (/No such file or directory/i.test(stderr)) throw notFound(`volume ${req.volume_id} not found: ${path} does not exist in ${fsName}`);
       throw e;
     }
     if (!(await findMount(staging))) throw internal(`${file} returned but ${staging} is not mounted`);
@@ -106,7 +115,37 @@ export class CephfsNode implements NodeBackend {
   }
 }
 
-function optionList(s: string | undefined): string[] {
-  return (s ?? '').split(',').map((o) => o.trim()).filter(Boolean);
+// What the driver sets itself (who mounts, with which key, which file system): never from a request.
+const RESERVED_OPTION = /^(name|secret|secretfile|mds_namespace|fs|client_fs|key|keyfile|keyring|conf|id)(=|$)/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * The subvolume path the volume context names, checked against the id: it
+ * must be the path `ceph fs subvolume getpath` gives for the id's subvolume
+ * (/volumes/<group>/<subvolume>/<uuid>), so that no context can point a
+ * volume at another directory, or at the root of the file system.
+ */
+export function subvolumePathOf(id: ObjectId, given: string | undefined): string {
+  const [, group, name] = id.location as [string, string, string];
+  if (!given) throw invalidArgument('volume_context.subvolumePath is required (the volume context CreateVolume returned)');
+  const prefix = `/volumes/${group}/${name}/`;
+  if (!given.startsWith(prefix) || !UUID.test(given.slice(prefix.length))) {
+    throw invalidArgument(`volume_context.subvolumePath ${JSON.stringify(given.slice(0, 256))} is not the path of subvolume ${name} in group ${group}`);
+  }
+  return given;
+}
+
+/** The options a volume context may add, read with the StorageClass's own grammar. */
+export function stageOptions(id: ObjectId, req: Pick<csi.NodeStageVolumeRequest, 'volume_context'>): { mounter?: CephfsMounter; kernelMountOptions: string[]; fuseMountOptions: string[] } {
+  const [fsName, subvolumeGroup] = id.location as [string, string];
+  const vc = req.volume_context ?? {};
+  const given: Record<string, string> = { clusterID: id.cluster, fsName, subvolumeGroup };
+  for (const k of ['mounter', 'kernelMountOptions', 'fuseMountOptions'] as const) if (vc[k]) given[k] = vc[k];
+  try {
+    return parseCephfsParams(given);
+  } catch (e) {
+    if (isCsiError(e)) throw invalidArgument(`volume_context: ${e.message}`);
+    throw e;
+  }
 }
 

@@ -1,7 +1,9 @@
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { cephArgs, cephArgsEnv, type CephConn } from '../../ceph/conn.js';
+import { isInside } from '../../mount/checks.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { loopAttach, loopDetachAll, loopFind, unmount } from '../../mount/mounter.js';
 import { run, runAllowFail } from '../../util/exec.js';
@@ -56,8 +58,14 @@ export function fuseCommand(ref: ImageRef, mountPoint: string, conn: CephConn): 
 export class RbdAttacher {
   constructor(private readonly stateDir: string) {}
 
+  /**
+   * Where rbd-fuse serves the image: named by a hash, so that no part of an
+   * id can steer the path out of the state directory, and no two images
+   * (cluster "a.b" pool "c", cluster "a" pool "b.c") share a directory.
+   */
   fuseDir(ref: ImageRef): string {
-    return path.join(this.stateDir, 'rbd-fuse', `${ref.cluster}.${ref.pool}.${ref.image}`);
+    const name = createHash('sha256').update([ref.cluster, ref.pool, ref.image].join('\0')).digest('hex').slice(0, 32);
+    return path.join(this.stateDir, 'rbd-fuse', name);
   }
 
   async attach(m: RbdMounter, ref: ImageRef, conn: CephConn, log: Logger): Promise<string> {
@@ -111,6 +119,7 @@ export class RbdAttacher {
       // rbd-fuse flushes and exits after the unmount; unstage is done only when it has.
       if (pid) await waitExit(pid, 20_000);
     }
+    if (!isInside(this.stateDir, dir)) throw new Error(`rbd-fuse directory ${dir} is outside the state directory`);
     if (existsSync(dir)) rmdirSync(dir);
     for (const m of ['krbd', 'rbd-nbd'] as const) {
       const dev = await this.findMapped(m, ref, log);

@@ -1,4 +1,4 @@
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../../config/config.js';
 import { CephClusters } from '../../ceph/clusters.js';
@@ -6,11 +6,12 @@ import { isReadOnlyMode, isSingleNode, modeOf } from '../../csi/capabilities.js'
 import type { RpcContext } from '../../csi/handler.js';
 import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
-import { failedPrecondition, notFound } from '../../errors.js';
+import { failedPrecondition, invalidArgument, notFound } from '../../errors.js';
 import { findMount } from '../../mount/mountinfo.js';
-import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, loopRefresh, mkfs, mount, pathKind, unmount } from '../../mount/mounter.js';
+import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, loopRefresh, mkfs, mount, pathKind, removeMountPoint, unmount } from '../../mount/mounter.js';
 import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
+import { FS_TYPES, MOUNTERS, type FsType, type RbdMounter } from './params.js';
 import { RbdCli } from './rbd-cli.js';
 
 /**
@@ -40,6 +41,7 @@ export class RbdNode implements NodeBackend {
     const cap = req.volume_capability!;
     const staging = req.staging_target_path;
     const target = cap.block ? path.join(staging, BLOCK_FILE) : staging;
+    const opts = stageOptions(req);
     if (await findMount(target)) return; // already staged
     const ref = this.ref(id);
     const conn = this.clusters.conn(id.cluster, req.secrets);
@@ -54,17 +56,17 @@ export class RbdNode implements NodeBackend {
       if (watchers === undefined) throw notFound(`volume ${req.volume_id} not found`);
       if (watchers.length && isSingleNode(mode)) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
     }
-    const mounter = chooseMounter(req.volume_context.mounter);
-    const device = ours ?? (await this.attacher.attach(mounter, ref, conn, ctx.log));
+    const device = ours ?? (await this.attacher.attach(chooseMounter(opts.mounter), ref, conn, ctx.log));
     try {
       mkdirSync(staging, { recursive: true });
       if (cap.block) {
-        writeFileSync(target, '');
+        // Never truncates: a file already there keeps its bytes (and is not removed at unstage).
+        writeFileSync(target, '', { flag: 'a' });
         await bindMount(device, target, false, [], ctx.log);
         return;
       }
       const readonly = isReadOnlyMode(mode);
-      const wanted = cap.mount?.fs_type || req.volume_context.fsType || 'ext4';
+      const wanted = opts.fsType;
       let fs = await detectFs(device, ctx.log);
       const fresh = !fs;
       if (!fs) {
@@ -91,7 +93,7 @@ export class RbdNode implements NodeBackend {
   async unstage(id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
     const blockFile = path.join(staging, BLOCK_FILE);
     if (await findMount(blockFile)) await unmount(blockFile, ctx.log);
-    rmSync(blockFile, { force: true });
+    await removeMountPoint(blockFile);
     await unmount(staging, ctx.log);
     await this.attacher.detach(this.ref(id), ctx.log);
   }
@@ -110,6 +112,20 @@ export class RbdNode implements NodeBackend {
     }
     return deviceSize(device, ctx.log);
   }
+}
+
+/**
+ * What a stage may choose besides the image, which comes from the id alone:
+ * the attach method and file system, from the volume context (the
+ * StorageClass's choice) or the capability, each one of the known values.
+ */
+export function stageOptions(req: Pick<csi.NodeStageVolumeRequest, 'volume_context' | 'volume_capability'>): { mounter?: RbdMounter; fsType: FsType } {
+  const vc = req.volume_context ?? {};
+  const mounter = vc.mounter || undefined;
+  if (mounter !== undefined && !MOUNTERS.includes(mounter as RbdMounter)) throw invalidArgument(`volume_context.mounter must be one of ${MOUNTERS.join(', ')}`);
+  const fsType = req.volume_capability?.mount?.fs_type || vc.fsType || 'ext4';
+  if (!FS_TYPES.includes(fsType as FsType)) throw invalidArgument(`file-system type ${JSON.stringify(fsType.slice(0, 32))} is not one of ${FS_TYPES.join(', ')}`);
+  return { mounter: mounter as RbdMounter | undefined, fsType: fsType as FsType };
 }
 
 /**

@@ -8,7 +8,7 @@ import type { VolumeUsage } from '../../csi/gen/csi/v1/VolumeUsage.js';
 import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, type ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
-import { failedPrecondition, internal, invalidArgument, notFound } from '../../errors.js';
+import { failedPrecondition, internal, invalidArgument, isCsiError, notFound } from '../../errors.js';
 import { fuseDaemonPid, waitExit } from '../../mount/fuse-process.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { unmount } from '../../mount/mounter.js';
@@ -16,9 +16,9 @@ import { ExecError, run } from '../../util/exec.js';
 import type { NodeBackend } from '../types.js';
 import type { VolumeRecord } from './controller.js';
 import { resolveS3Credentials, s3Of, S3Stores } from './credentials.js';
-import { bucketOf, dataPrefix, locationOf, recordKey } from './layout.js';
+import { bucketOf, dataPrefix, locationOf, recordKey, type Location } from './layout.js';
 import { rcloneCommand, s3fsCommand, type S3MountSpec } from './mount-commands.js';
-import type { S3Mounter } from './params.js';
+import { parseS3Params, type S3Params } from './params.js';
 import type { S3Credentials } from './store.js';
 
 /**
@@ -54,28 +54,29 @@ export class S3Node implements NodeBackend {
 
   async stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void> {
     const staging = req.staging_target_path;
+    const l = this.location(id);
+    const opts = stageOptions(id, l, req);
     if (await findMount(staging)) return;
     const s3 = s3Of(findCluster(this.cfg, id.cluster), id.cluster);
-    const vc = req.volume_context;
-    if (!vc.bucket || !vc.prefix) throw invalidArgument('volume_context.bucket/prefix are missing: the volume was not created by this driver');
-    const mounter = (vc.mounter || 's3fs') as S3Mounter;
-    if (mounter !== 's3fs' && mounter !== 'rclone') throw invalidArgument(`volume_context.mounter "${vc.mounter}" is not s3fs or rclone`);
     const creds = resolveS3Credentials(s3, req.secrets);
+    // A made-up id in a shared bucket would mount an empty prefix: only a volume with a record is staged.
+    if (!(await this.stores.get(s3, creds).getJson<VolumeRecord>(bucketOf(l), recordKey(l)))) throw notFound(`volume ${req.volume_id} not found`);
     const keyFile = this.keyFile(req.volume_id);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     writeFileSync(keyFile, `${creds.accessKeyID}:${creds.secretAccessKey}\n`, { mode: 0o600 });
+    const mounter = opts.mounter;
     const spec: S3MountSpec = {
       mounter,
       endpoint: s3.endpoint,
       region: s3.region,
-      bucket: vc.bucket,
-      prefix: vc.prefix,
+      bucket: bucketOf(l),
+      prefix: dataPrefix(l),
       target: staging,
       readonly: isReadOnlyMode(modeOf(req.volume_capability)),
-      uid: vc.uid ? Number(vc.uid) : undefined,
-      gid: vc.gid ? Number(vc.gid) : undefined,
-      mode: vc.mode ? parseInt(vc.mode, 8) : undefined,
-      options: [...(req.volume_capability?.mount?.mount_flags ?? []), ...(vc.mountOptions ?? '').split(',').filter(Boolean)],
+      uid: opts.uid,
+      gid: opts.gid,
+      mode: opts.mode,
+      options: opts.mountOptions,
     };
     mkdirSync(staging, { recursive: true });
     try {
@@ -91,13 +92,20 @@ export class S3Node implements NodeBackend {
     } catch (e) {
       rmSync(keyFile, { force: true });
       const why = e instanceof ExecError ? /(AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|NoSuchBucket|403 Forbidden|invalid credentials|does not exist)[^\n]*/i.exec(e.stderr) : null;
-      if (why) throw failedPrecondition(`S3 refused the mount of ${vc.bucket}/${vc.prefix}: ${why[0]}`);
+      if (why) throw failedPrecondition(`S3 refused the mount of ${spec.bucket}/${spec.prefix}: ${why[0]}`);
       throw e;
     }
     if (!(await findMount(staging))) throw internal(`${mounter} returned but ${staging} is not mounted`);
   }
 
+  private location(id: ObjectId): Location {
+    const l = locationOf(id);
+    if (!l) throw notFound(`volume ${encodeId(id)} not found`);
+    return l;
+  }
+
   async unstage(id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
+    this.location(id);
     const m = await findMount(staging);
     if (m) {
       const pid = fuseDaemonPid(['s3fs', 'rclone'], staging);
@@ -156,5 +164,28 @@ export class S3Node implements NodeBackend {
     } catch {
       return undefined;
     }
+  }
+}
+
+/**
+ * What a stage mounts comes from the id: the bucket and prefix of its
+ * location. The volume context may repeat them (CreateVolume put them there)
+ * but not change them; it may add the StorageClass's options, read with the
+ * StorageClass's own grammar, as are the capability's mount flags.
+ */
+export function stageOptions(id: ObjectId, l: Location, req: Pick<csi.NodeStageVolumeRequest, 'volume_context' | 'volume_capability'>): Omit<S3Params, 'clusterID' | 'bucket'> {
+  const vc = req.volume_context ?? {};
+  if (vc.bucket !== undefined && vc.bucket !== bucketOf(l)) throw invalidArgument(`volume_context.bucket ${JSON.stringify(vc.bucket.slice(0, 64))} is not the bucket of this volume`);
+  if (vc.prefix !== undefined && vc.prefix !== dataPrefix(l)) throw invalidArgument(`volume_context.prefix ${JSON.stringify(vc.prefix.slice(0, 256))} is not the prefix of this volume`);
+  const given: Record<string, string> = { clusterID: id.cluster };
+  for (const k of ['mounter', 'uid', 'gid', 'mode'] as const) if (vc[k]) given[k] = vc[k];
+  const options = [...(req.volume_capability?.mount?.mount_flags ?? []), ...(vc.mountOptions ? [vc.mountOptions] : [])].join(',');
+  if (options) given.mountOptions = options;
+  try {
+    const { clusterID: _c, bucket: _b, ...opts } = parseS3Params(given);
+    return opts;
+  } catch (e) {
+    if (isCsiError(e)) throw invalidArgument(`volume_context: ${e.message}`);
+    throw e;
   }
 }
