@@ -54,7 +54,8 @@ export interface SanityOptions {
 const SECRET_KEYS = [
   'CreateVolumeSecret', 'DeleteVolumeSecret', 'ControllerPublishVolumeSecret', 'ControllerUnpublishVolumeSecret',
   'ControllerValidateVolumeCapabilitiesSecret', 'NodeStageVolumeSecret', 'NodePublishVolumeSecret', 'CreateSnapshotSecret',
-  'DeleteSnapshotSecret', 'ControllerExpandVolumeSecret', 'NodeExpandVolumeSecret', 'ListSnapshotsSecret',
+  'DeleteSnapshotSecret', 'ControllerExpandVolumeSecret', 'NodeExpandVolumeSecret', 'ListSnapshotsSecret', 'GetSnapshotSecret',
+  'ControllerModifyVolumeSecret',
 ];
 
 function yamlMap(m: Record<string, string>, indent = ''): string {
