@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { fuseDaemonPid, waitExit } from '../../src/mount/fuse-process.js';
+import { fuseDaemonPid, hasExited, waitExit } from '../../src/mount/fuse-process.js';
 
 describe('fuse-process', () => {
   it('finds the process serving a directory by any of several binaries, and waits for its exit', async () => {
@@ -26,5 +26,30 @@ describe('fuse-process', () => {
       child.kill();
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('takes a zombie for exited: one nobody reaps answers kill(pid, 0) but is done', async () => {
+    // The shell backgrounds a short sleep, prints its pid and becomes a long sleep, which never reaps it:
+    // the short sleep stays a zombie, as an orphaned FUSE daemon does under a PID 1 that does not reap.
+    const parent = spawn('sh', ['-c', 'sleep 0.2 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      const pid = Number(await new Promise<string>((res) => parent.stdout.once('data', (b: Buffer) => res(b.toString().trim()))));
+      assert.ok(pid > 0);
+      assert.equal(hasExited(pid), false, 'running');
+      const t0 = Date.now();
+      await waitExit(pid, 10_000);
+      const waited = Date.now() - t0;
+      assert.ok(waited < 1_500, `waited ${waited} ms for a 0.2 s sleep`);
+      assert.match(readFileSync(`/proc/${pid}/stat`, 'utf8'), /\) Z /, 'it is a zombie, not gone');
+      assert.doesNotThrow(() => process.kill(pid, 0), 'which kill(pid, 0) cannot tell from a live process');
+      assert.equal(hasExited(pid), true);
+    } finally {
+      parent.kill('SIGKILL');
+    }
+  });
+
+  it('knows a pid that is gone', () => {
+    assert.equal(hasExited(2 ** 22 + 1), true, 'above the kernel pid limit: never a process');
+    assert.equal(hasExited(process.pid), false);
   });
 });
