@@ -22,6 +22,9 @@ RESIZER_VERSION=v2.3.0
 SNAPSHOTTER_VERSION=v8.6.0
 
 K8S_DIR=$CACHE/kubernetes-$K8S_VERSION
+# kube-proxy routes the kubernetes Service's ClusterIP to the apiserver for pods (the chart's
+# controller pod); kubectl only for debugging by hand (tests never parse its output).
+K8S_COMPONENTS="kube-apiserver kubelet kube-scheduler kube-controller-manager kube-proxy"
 TIMES=$CACHE/build-times.log
 mkdir -p "$CACHE"
 
@@ -69,8 +72,8 @@ install_apt() {
 # k8s.io/kubernetes replaces each k8s.io/<staging> module with ./staging/..., so it cannot be built
 # as a dependency as is: a wrapper module pins every staging module to its published v0.x twin.
 k8s_wrapper() {
-  local w=$K8S_DIR/wrapper
-  [ -f "$w/.ready" ] && return 0
+  local w=$K8S_DIR/wrapper c
+  [ "$(cat "$w/.ready" 2>/dev/null)" = "$K8S_COMPONENTS kubectl" ] && return 0
   rm -rf "$w"; mkdir -p "$w"
   local upstream staging_ver gover
   upstream=$(mod_gomod "k8s.io/kubernetes@$K8S_VERSION")
@@ -87,21 +90,13 @@ k8s_wrapper() {
     sed -n 's/^[[:space:]]*\(k8s\.io\/[^[:space:]]*\) => \.\/staging\/.*$/\1/p' "$upstream" |
       while read -r m; do echo "replace $m => $m $staging_ver"; done
   } > "$w/go.mod"
-  cat > "$w/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubelet"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-EOF
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in $K8S_COMPONENTS kubectl; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+  } > "$w/tools.go"
   (cd "$w" && go mod tidy -e >/dev/null 2>"$w/tidy.log" || { cat "$w/tidy.log" >&2; exit 1; })
-  touch "$w/.ready"
+  echo "$K8S_COMPONENTS kubectl" > "$w/.ready"
 }
 
 k8s_ldflags() {
@@ -147,14 +142,14 @@ build_sidecar() { # name module version cmd...
 }
 
 build_sidecars() {
-  build_sidecar external-snapshotter github.com/kubernetes-csi/external-snapshotter/v8 "$SNAPSHOTTER_VERSION" csi-snapshotter snapshot-controller
   local snap=$CACHE/external-snapshotter-$SNAPSHOTTER_VERSION
-  # The snapshotter replaces client/v8 with ./client, which its module zip leaves out.
+  sidecar_src "github.com/kubernetes-csi/external-snapshotter/v8@$SNAPSHOTTER_VERSION" "$snap/src"
+  # The snapshotter replaces client/v8 with ./client, which its module zip leaves out. Its go.mod
+  # requires an older client (v8.4.0 for v8.6.0) that lacks the volumegroupsnapshot/v1 packages:
+  # ./client is the tree of the same release, published as client/v8 at the same version.
   if ! [ -f "$snap/src/client/go.mod" ]; then
-    local cver
-    cver=$(sed -n 's/^[[:space:]]*github.com\/kubernetes-csi\/external-snapshotter\/client\/v8 \(v[^[:space:]]*\).*$/\1/p' "$snap/src/go.mod" | head -1)
     rm -rf "$snap/src/client"
-    cp -r "$(mod_dir "github.com/kubernetes-csi/external-snapshotter/client/v8@$cver")" "$snap/src/client"
+    cp -r "$(mod_dir "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION")" "$snap/src/client"
     chmod -R u+w "$snap/src/client"
   fi
   if ! [ -f "$snap/crd/.ready" ]; then
@@ -168,14 +163,14 @@ build_sidecars() {
   build_sidecar external-provisioner github.com/kubernetes-csi/external-provisioner/v6 "$PROVISIONER_VERSION" csi-provisioner
 }
 
-# The stand-ins for node-driver-registrar and livenessprobe (test/k8s/standins), keyed by a hash
+# The stand-ins for node-driver-registrar and livenessprobe, and the pause binary (test/k8s/standins), keyed by a hash
 # of their sources so that an edit rebuilds them.
 STANDINS_SRC=$(cd "$(dirname "$0")/standins" && pwd)
 STANDINS_DIR=$CACHE/standins-$(cd "$STANDINS_SRC" && find . -type f \( -name '*.go' -o -name 'go.*' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 build_standins() {
   local cmd
   mkdir -p "$STANDINS_DIR/bin"
-  for cmd in node-driver-registrar livenessprobe; do
+  for cmd in node-driver-registrar livenessprobe pause; do
     [ -x "$STANDINS_DIR/bin/$cmd" ] && continue
     (cd "$STANDINS_SRC" && timed "standin-$cmd" go_build "$STANDINS_DIR/bin/$cmd" "./$cmd")
   done
@@ -194,31 +189,38 @@ SNAPSHOT_CONTROLLER=$CACHE/external-snapshotter-$SNAPSHOTTER_VERSION/bin/snapsho
 SNAPSHOT_CRDS=$CACHE/external-snapshotter-$SNAPSHOTTER_VERSION/crd
 NODE_DRIVER_REGISTRAR=$STANDINS_DIR/bin/node-driver-registrar
 LIVENESSPROBE=$STANDINS_DIR/bin/livenessprobe
+PAUSE=$STANDINS_DIR/bin/pause
 EOF
   mv "$CACHE/paths.env.tmp" "$CACHE/paths.env"
 }
 
-command -v go >/dev/null 2>&1 || { log "Go is needed"; exit 1; }
-GOFLAGS=$(go env GOFLAGS)
-export GOFLAGS
-targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(all)
-write_paths
 # One lock per target: two runs never build the same thing at once, but the stand-ins can be
 # built while Kubernetes builds.
 locked() { # target cmd...
   local t=$1; shift
   ( flock 9; "$@" ) 9>"$CACHE/.lock-$t"
 }
-[ "${targets[*]}" = all ] && targets=(apt standins k8s sidecars)
-for t in "${targets[@]}"; do
-  case $t in
-    apt) locked apt install_apt ;;
-    k8s) locked k8s build_k8s kube-apiserver kubelet kube-scheduler kube-controller-manager ;;
-    kubectl) locked k8s build_k8s kubectl ;;
-    sidecars) locked sidecars build_sidecars ;;
-    standins) locked standins build_standins ;;
-    *) log "unknown target $t"; exit 2 ;;
-  esac
-done
-log "done"
+
+main() {
+  command -v go >/dev/null 2>&1 || { log "Go is needed"; exit 1; }
+  GOFLAGS=$(go env GOFLAGS)
+  export GOFLAGS
+  local targets=("$@") t
+  [ ${#targets[@]} -eq 0 ] && targets=(all)
+  [ "${targets[*]}" = all ] && targets=(apt standins k8s sidecars)
+  write_paths
+  for t in "${targets[@]}"; do
+    case $t in
+      apt) locked apt install_apt ;;
+      k8s) locked k8s build_k8s $K8S_COMPONENTS ;;
+      kubectl) locked k8s build_k8s kubectl ;;
+      sidecars) locked sidecars build_sidecars ;;
+      standins) locked standins build_standins ;;
+      *) log "unknown target $t"; exit 2 ;;
+    esac
+  done
+  log "done"
+}
+# Bash reads a script as it runs: with everything in main, editing this file during a 30-minute
+# build cannot change what the running build does.
+main "$@"; exit $?

@@ -19,6 +19,7 @@ export interface BuiltPaths {
   SNAPSHOT_CRDS: string;
   NODE_DRIVER_REGISTRAR: string;
   LIVENESSPROBE: string;
+  PAUSE: string;
 }
 
 /**

@@ -1,0 +1,594 @@
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { hostname, networkInterfaces, tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseAllDocuments } from 'yaml';
+import { run, runAllowFail } from '../../src/util/exec.js';
+import { KubeApi, type Obj } from './api.js';
+import { buildImage, busyboxImage, pauseImage, PAUSE_IMAGE } from './images.js';
+import { ensureBuilt, type BuiltPaths } from './paths.js';
+
+/**
+ * A throwaway single-node Kubernetes built from the binaries test/k8s/build.sh caches: etcd,
+ * kube-apiserver, kube-controller-manager, kube-scheduler, containerd with the bridge CNI, and
+ * kubelet, all host processes. Choices and pitfalls come from ../shared/k8s-lab/FACTS.md: kubelet
+ * on cgroup v1 with cgroupfs, containerd's restrict_oom_score_adj (root lacks CAP_SYS_RESOURCE),
+ * /var/lib/kubelet made rshared for mount propagation, the node's real address for the
+ * apiserver's kubelet connections (the hostname resolves to 127.0.0.1), local images only.
+ *
+ * The ports are fixed and kubelet owns /var/lib/kubelet: one lab per machine at a time.
+ */
+
+export const KUBELET_DIR = '/var/lib/kubelet';
+const ETCD_PORT = 12379;
+const ETCD_PEER_PORT = 12380;
+export const APISERVER_PORT = 6443;
+const KUBELET_PORT = 10250;
+const SERVICE_CIDR = '10.0.0.0/24';
+const SERVICE_IP = '10.0.0.1';
+const POD_SUBNET = '10.88.0.0/16';
+const BRIDGE = 'strata0';
+const CNI_BIN = '/usr/lib/cni';
+const STATE_FILE = '/run/strata-k8s-lab.json';
+
+export interface KubeLabOptions {
+  log?: (msg: string) => void;
+  /** Install the VolumeSnapshot CRDs and run the snapshot-controller (needs `build.sh sidecars`). */
+  snapshots?: boolean;
+}
+
+interface Proc {
+  name: string;
+  pid: number;
+}
+
+export class KubeLab {
+  readonly dir: string;
+  readonly nodeName: string;
+  readonly nodeIP: string;
+  readonly built: BuiltPaths;
+  /** The admin kubeconfig (system:masters), for a client library or kubectl by hand. */
+  readonly kubeconfig: string;
+  readonly api: KubeApi;
+  readonly containerdSocket: string;
+  /** Seconds each start-up phase took, for the report. */
+  readonly timings: Record<string, number> = {};
+  private readonly procs: Proc[] = [];
+  private readonly say: (msg: string) => void;
+  private readonly opts: KubeLabOptions;
+  private netnsBefore = new Set<string>();
+  private kubeletBound = false;
+
+  private constructor(opts: KubeLabOptions, built: BuiltPaths) {
+    this.opts = opts;
+    this.say = opts.log ?? (() => {});
+    this.built = built;
+    this.dir = mkdtempSync(path.join(tmpdir(), 'strata-k8s-'));
+    this.nodeName = nodeNameOf(hostname());
+    this.nodeIP = hostAddress();
+    this.kubeconfig = this.p('kubeconfig', 'admin.json');
+    this.containerdSocket = this.p('containerd', 'containerd.sock');
+    this.api = new KubeApi({ server: `https://127.0.0.1:${APISERVER_PORT}`, ca: this.p('pki', 'ca.crt'), cert: this.p('pki', 'admin.crt'), key: this.p('pki', 'admin.key') });
+  }
+
+  static async start(opts: KubeLabOptions = {}): Promise<KubeLab> {
+    await refuseIfRunning();
+    const built = ensureBuilt(opts.snapshots ? ['apt', 'standins', 'k8s', 'sidecars'] : ['apt', 'standins', 'k8s']);
+    const lab = new KubeLab(opts, built);
+    try {
+      await lab.boot();
+      return lab;
+    } catch (e) {
+      const tail = lab.logTail();
+      await lab.stop();
+      throw new Error(`Kubernetes lab failed to start: ${(e as Error).message}\n${tail}`);
+    }
+  }
+
+  p(...parts: string[]): string {
+    return path.join(this.dir, ...parts);
+  }
+
+  /** Runs ctr against the lab's containerd, in the CRI namespace. */
+  async ctr(args: string[], timeoutMs = 120_000): Promise<string> {
+    return (await run('ctr', ['--address', this.containerdSocket, '-n', 'k8s.io', ...args], { timeoutMs })).stdout;
+  }
+
+  /** Imports a docker-archive image tar into the CRI's image store. */
+  async importImage(tar: string): Promise<void> {
+    await this.ctr(['images', 'import', tar], 600_000);
+  }
+
+  private async boot(): Promise<void> {
+    const t0 = Date.now();
+    const phase = (name: string, since: number) => {
+      this.timings[name] = (Date.now() - since) / 1000;
+      this.say(`${name}: ${this.timings[name]} s`);
+    };
+    for (const d of ['pki', 'kubeconfig', 'log', 'etcd', 'containerd', 'cni/net.d', 'cni/ipam', 'images', 'pod-logs']) mkdirSync(this.p(d), { recursive: true });
+    this.netnsBefore = new Set(listNetns());
+    writeFileSync(STATE_FILE, JSON.stringify({ dir: this.dir, owner: process.pid, procs: this.procs }));
+
+    let t = Date.now();
+    await this.writePki();
+    this.writeKubeconfigs();
+    phase('certificates', t);
+
+    t = Date.now();
+    this.startEtcd();
+    this.startContainerd();
+    await this.waitFor('etcd', async () => (await fetch(`http://127.0.0.1:${ETCD_PORT}/health`)).ok);
+    this.startApiserver();
+    const images = Promise.all([buildImage(this.p('images'), pauseImage(this.built.PAUSE)), buildImage(this.p('images'), busyboxImage())]);
+    await this.waitFor('containerd', async () => existsSync(this.containerdSocket) && (await runAllowFail('ctr', ['--address', this.containerdSocket, 'version'], { timeoutMs: 5000 })).exitCode === 0);
+    for (const tar of await images) await this.importImage(tar);
+    phase('containerd and images', t);
+    await this.waitFor('kube-apiserver', async () => (await this.api.raw('GET', '/readyz', undefined, { timeoutMs: 5000 })).status === 200, 120_000);
+    phase('kube-apiserver ready', t);
+
+    t = Date.now();
+    this.startControllerManager();
+    this.startScheduler();
+    await this.startKubelet();
+    await this.api.waitFor(
+      `node ${this.nodeName} Ready`,
+      async () => {
+        const node = await this.api.get(`/api/v1/nodes/${this.nodeName}`);
+        return (node.status?.conditions as Obj[] | undefined)?.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
+      },
+      120_000,
+    );
+    // Pods are refused until the controller-manager has made the namespace's default account.
+    await this.api.waitFor('default service account', () => this.api.get('/api/v1/namespaces/default/serviceaccounts/default'), 60_000);
+    phase('node ready', t);
+
+    if (this.opts.snapshots) {
+      t = Date.now();
+      await this.installSnapshotSupport();
+      phase('snapshot CRDs and controller', t);
+    }
+    this.timings.total = (Date.now() - t0) / 1000;
+    this.say(`Kubernetes lab up in ${this.timings.total} s (node ${this.nodeName}, ${this.nodeIP}, ${this.dir})`);
+  }
+
+  // --- certificates and kubeconfigs -------------------------------------------------------
+
+  private async writePki(): Promise<void> {
+    const pki = this.p('pki');
+    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+    await run('openssl', ['req', '-x509', ...ec, '-keyout', `${pki}/ca.key`, '-out', `${pki}/ca.crt`, '-days', '7', '-subj', '/CN=strata-lab-ca']);
+    const leaf = async (name: string, subj: string, ext: string[]) => {
+      await run('openssl', ['req', '-new', ...ec, '-keyout', `${pki}/${name}.key`, '-out', `${pki}/${name}.csr`, '-subj', subj]);
+      writeFileSync(`${pki}/${name}.ext`, ['basicConstraints=CA:FALSE', 'keyUsage=critical,digitalSignature,keyEncipherment', ...ext].join('\n') + '\n');
+      await run('openssl', [
+        'x509', '-req', '-in', `${pki}/${name}.csr`, '-CA', `${pki}/ca.crt`, '-CAkey', `${pki}/ca.key`,
+        '-set_serial', `0x${randomBytes(16).toString('hex')}`, '-days', '7', '-extfile', `${pki}/${name}.ext`, '-out', `${pki}/${name}.crt`,
+      ]);
+    };
+    const client = ['extendedKeyUsage=clientAuth'];
+    const sans = [
+      'DNS:kubernetes', 'DNS:kubernetes.default', 'DNS:kubernetes.default.svc', 'DNS:kubernetes.default.svc.cluster.local', 'DNS:localhost',
+      `DNS:${this.nodeName}`, 'IP:127.0.0.1', `IP:${this.nodeIP}`, `IP:${SERVICE_IP}`,
+    ];
+    await leaf('apiserver', '/CN=kube-apiserver', ['extendedKeyUsage=serverAuth', `subjectAltName=${sans.join(',')}`]);
+    await leaf('admin', '/O=system:masters/CN=strata-lab-admin', client);
+    await leaf('apiserver-kubelet-client', '/O=system:masters/CN=kube-apiserver-kubelet-client', client);
+    await leaf('controller-manager', '/CN=system:kube-controller-manager', client);
+    await leaf('scheduler', '/CN=system:kube-scheduler', client);
+    await leaf('kubelet', `/O=system:nodes/CN=system:node:${this.nodeName}`, client);
+    await leaf('kubelet-serving', `/CN=${this.nodeName}`, ['extendedKeyUsage=serverAuth', `subjectAltName=DNS:${this.nodeName},IP:${this.nodeIP},IP:127.0.0.1`]);
+    // The service-account token signing key.
+    await run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-out', `${pki}/sa.key`]);
+    await run('openssl', ['pkey', '-in', `${pki}/sa.key`, '-pubout', '-out', `${pki}/sa.pub`]);
+  }
+
+  private writeKubeconfigs(): void {
+    for (const user of ['admin', 'controller-manager', 'scheduler', 'kubelet']) {
+      const cfg = {
+        apiVersion: 'v1',
+        kind: 'Config',
+        clusters: [{ name: 'lab', cluster: { server: `https://127.0.0.1:${APISERVER_PORT}`, 'certificate-authority': this.p('pki', 'ca.crt') } }],
+        users: [{ name: user, user: { 'client-certificate': this.p('pki', `${user}.crt`), 'client-key': this.p('pki', `${user}.key`) } }],
+        contexts: [{ name: 'lab', context: { cluster: 'lab', user } }],
+        'current-context': 'lab',
+      };
+      writeFileSync(this.p('kubeconfig', `${user}.json`), JSON.stringify(cfg, null, 1));
+    }
+  }
+
+  // --- processes -------------------------------------------------------------------------
+
+  private spawnProc(name: string, file: string, args: string[]): void {
+    const out = openSync(this.p('log', `${name}.log`), 'a');
+    const child = spawn(file, args, { detached: true, stdio: ['ignore', out, out] });
+    closeSync(out);
+    child.unref();
+    if (!child.pid) throw new Error(`could not start ${name}`);
+    this.procs.push({ name, pid: child.pid });
+    writeFileSync(STATE_FILE, JSON.stringify({ dir: this.dir, owner: process.pid, procs: this.procs }));
+  }
+
+  private bin(name: string): string {
+    return path.join(this.built.K8S_BIN, name);
+  }
+
+  private startEtcd(): void {
+    this.spawnProc('etcd', 'etcd', [
+      '--name', 'lab', '--data-dir', this.p('etcd'),
+      '--listen-client-urls', `http://127.0.0.1:${ETCD_PORT}`, '--advertise-client-urls', `http://127.0.0.1:${ETCD_PORT}`,
+      '--listen-peer-urls', `http://127.0.0.1:${ETCD_PEER_PORT}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${ETCD_PEER_PORT}`,
+      '--initial-cluster', `lab=http://127.0.0.1:${ETCD_PEER_PORT}`,
+      // A lab's etcd needs no fsync per write: it dies with the lab.
+      '--unsafe-no-fsync',
+    ]);
+  }
+
+  private startApiserver(): void {
+    const pki = this.p('pki');
+    this.spawnProc('kube-apiserver', this.bin('kube-apiserver'), [
+      `--etcd-servers=http://127.0.0.1:${ETCD_PORT}`,
+      `--secure-port=${APISERVER_PORT}`, '--bind-address=0.0.0.0', `--advertise-address=${this.nodeIP}`,
+      `--tls-cert-file=${pki}/apiserver.crt`, `--tls-private-key-file=${pki}/apiserver.key`, `--client-ca-file=${pki}/ca.crt`,
+      `--service-account-key-file=${pki}/sa.pub`, `--service-account-signing-key-file=${pki}/sa.key`,
+      '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
+      `--service-cluster-ip-range=${SERVICE_CIDR}`,
+      '--authorization-mode=Node,RBAC', '--enable-admission-plugins=NodeRestriction',
+      `--kubelet-client-certificate=${pki}/apiserver-kubelet-client.crt`, `--kubelet-client-key=${pki}/apiserver-kubelet-client.key`,
+      `--kubelet-certificate-authority=${pki}/ca.crt`,
+      // The hostname resolves to 127.0.0.1, which the node proxy (logs, exec, stats) refuses.
+      '--kubelet-preferred-address-types=InternalIP,Hostname',
+      '--allow-privileged=true', '--profiling=false', '--v=1',
+    ]);
+  }
+
+  private startControllerManager(): void {
+    const kc = this.p('kubeconfig', 'controller-manager.json');
+    const pki = this.p('pki');
+    this.spawnProc('kube-controller-manager', this.bin('kube-controller-manager'), [
+      `--kubeconfig=${kc}`, `--authentication-kubeconfig=${kc}`, `--authorization-kubeconfig=${kc}`,
+      '--bind-address=127.0.0.1', '--leader-elect=false', '--use-service-account-credentials=true',
+      `--service-account-private-key-file=${pki}/sa.key`, `--root-ca-file=${pki}/ca.crt`,
+      `--cluster-signing-cert-file=${pki}/ca.crt`, `--cluster-signing-key-file=${pki}/ca.key`,
+      `--service-cluster-ip-range=${SERVICE_CIDR}`, '--profiling=false', '--v=1',
+    ]);
+  }
+
+  private startScheduler(): void {
+    const kc = this.p('kubeconfig', 'scheduler.json');
+    this.spawnProc('kube-scheduler', this.bin('kube-scheduler'), [
+      `--kubeconfig=${kc}`, `--authentication-kubeconfig=${kc}`, `--authorization-kubeconfig=${kc}`,
+      '--bind-address=127.0.0.1', '--leader-elect=false', '--profiling=false', '--v=1',
+    ]);
+  }
+
+  private startContainerd(): void {
+    const c = this.p('containerd');
+    const cri = 'plugins."io.containerd.grpc.v1.cri"';
+    writeFileSync(
+      path.join(c, 'config.toml'),
+      `version = 2
+root = "${c}/root"
+state = "${c}/state"
+# opt would create /opt/containerd; the others only log that they cannot work here.
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+
+[grpc]
+  address = "${this.containerdSocket}"
+
+[${cri}]
+  sandbox_image = "${PAUSE_IMAGE}"
+  # Root lacks CAP_SYS_RESOURCE here: runc must not raise oom_score_adj (every sandbox fails).
+  restrict_oom_score_adj = true
+  [${cri}.containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [${cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [${cri}.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [${cri}.cni]
+    bin_dir = "${CNI_BIN}"
+    conf_dir = "${this.p('cni', 'net.d')}"
+`,
+    );
+    // No masquerade: pods reach the node's addresses through the bridge, and no iptables rule
+    // outlives the lab.
+    writeFileSync(
+      this.p('cni', 'net.d', '10-strata-lab.conflist'),
+      JSON.stringify({
+        cniVersion: '0.4.0',
+        name: 'strata-lab',
+        plugins: [
+          {
+            type: 'bridge', bridge: BRIDGE, isGateway: true, ipMasq: false, hairpinMode: true,
+            ipam: { type: 'host-local', ranges: [[{ subnet: POD_SUBNET }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: this.p('cni', 'ipam') },
+          },
+          { type: 'loopback' },
+        ],
+      }),
+    );
+    this.spawnProc('containerd', 'containerd', ['--config', path.join(c, 'config.toml')]);
+  }
+
+  private async startKubelet(): Promise<void> {
+    // Bidirectional and HostToContainer propagation need a shared mount; the root namespace
+    // here is private.
+    mkdirSync(KUBELET_DIR, { recursive: true });
+    if (mountPoints().includes(KUBELET_DIR)) throw new Error(`${KUBELET_DIR} is already a mount point: is another lab running?`);
+    await run('mount', ['--bind', KUBELET_DIR, KUBELET_DIR]);
+    this.kubeletBound = true;
+    await run('mount', ['--make-rshared', KUBELET_DIR]);
+    const pki = this.p('pki');
+    const config = {
+      apiVersion: 'kubelet.config.k8s.io/v1beta1',
+      kind: 'KubeletConfiguration',
+      address: '0.0.0.0',
+      port: KUBELET_PORT,
+      readOnlyPort: 0,
+      healthzBindAddress: '127.0.0.1',
+      tlsCertFile: `${pki}/kubelet-serving.crt`,
+      tlsPrivateKeyFile: `${pki}/kubelet-serving.key`,
+      authentication: { anonymous: { enabled: false }, webhook: { enabled: true }, x509: { clientCAFile: `${pki}/ca.crt` } },
+      authorization: { mode: 'Webhook' },
+      // cgroup v1 here: kubelet 1.34 refuses it unless told otherwise.
+      cgroupDriver: 'cgroupfs',
+      failCgroupV1: false,
+      containerRuntimeEndpoint: `unix://${this.containerdSocket}`,
+      clusterDomain: 'cluster.local',
+      failSwapOn: false,
+      resolvConf: '/etc/resolv.conf',
+      // Imported images cannot be pulled again: never collect them, never evict for disk.
+      imageGCHighThresholdPercent: 100,
+      evictionHard: { 'memory.available': '100Mi', 'nodefs.available': '1%', 'imagefs.available': '1%', 'nodefs.inodesFree': '1%' },
+      serializeImagePulls: false,
+      volumePluginDir: path.join(KUBELET_DIR, 'volumeplugins'),
+      podLogsDir: this.p('pod-logs'),
+      registerNode: true,
+    };
+    writeFileSync(this.p('kubelet-config.json'), JSON.stringify(config, null, 1));
+    this.spawnProc('kubelet', this.bin('kubelet'), [
+      `--config=${this.p('kubelet-config.json')}`,
+      `--kubeconfig=${this.p('kubeconfig', 'kubelet.json')}`,
+      `--root-dir=${KUBELET_DIR}`,
+      `--hostname-override=${this.nodeName}`,
+      `--node-ip=${this.nodeIP}`,
+      '--v=1',
+    ]);
+  }
+
+  private async installSnapshotSupport(): Promise<void> {
+    for (const f of readdirSync(this.built.SNAPSHOT_CRDS).filter((n) => n.endsWith('.yaml'))) {
+      for (const doc of parseAllDocuments(readFileSync(path.join(this.built.SNAPSHOT_CRDS, f), 'utf8'))) {
+        const crd = doc.toJSON() as Obj | null;
+        if (crd?.kind === 'CustomResourceDefinition') await this.api.create('/apis/apiextensions.k8s.io/v1/customresourcedefinitions', crd);
+      }
+    }
+    for (const name of ['volumesnapshots', 'volumesnapshotcontents', 'volumesnapshotclasses']) {
+      await this.api.waitFor(`CRD ${name} established`, async () => {
+        const crd = await this.api.get(`/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${name}.snapshot.storage.k8s.io`);
+        return (crd.status?.conditions as Obj[] | undefined)?.some((c) => c.type === 'Established' && c.status === 'True') ? true : undefined;
+      });
+    }
+    // A cluster add-on, not part of the chart: it runs beside the controller-manager.
+    this.spawnProc('snapshot-controller', this.built.SNAPSHOT_CONTROLLER, [`--kubeconfig=${this.kubeconfig}`, '--leader-election=false', '--v=2']);
+  }
+
+  private async waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (await check().catch(() => false)) return;
+      const dead = this.procs.find((p) => !alive(p.pid));
+      if (dead) throw new Error(`${dead.name} exited while waiting for ${what}`);
+      await sleep(100);
+    }
+    throw new Error(`timed out waiting for ${what}`);
+  }
+
+  logTail(lines = 15): string {
+    const out: string[] = [];
+    for (const d of this.procs) {
+      const f = this.p('log', `${d.name}.log`);
+      if (existsSync(f)) out.push(`--- ${d.name}`, ...readFileSync(f, 'utf8').trim().split('\n').slice(-lines));
+    }
+    return out.join('\n');
+  }
+
+  // --- stop ------------------------------------------------------------------------------
+
+  /**
+   * Deletes every pod so that kubelet tears sandboxes and volumes down as in production, then
+   * stops the processes, kills what containerd's shims still run, and unmounts what is left:
+   * nothing of the lab runs or stays mounted afterwards.
+   */
+  async stop(): Promise<void> {
+    const has = (name: string) => this.procs.some((p) => p.name === name && alive(p.pid));
+    if (has('kubelet') && has('kube-apiserver')) {
+      // Without the controllers no DaemonSet or ReplicaSet brings a deleted pod back.
+      await this.kill(['kube-controller-manager', 'kube-scheduler', 'snapshot-controller']);
+      await this.drainPods().catch((e: Error) => this.say(`pod drain: ${e.message}`));
+    }
+    await this.kill(['kubelet', 'kube-controller-manager', 'kube-scheduler', 'snapshot-controller']);
+    await killShims(this.containerdSocket);
+    await this.kill(['containerd']);
+    await this.kill(['kube-apiserver']);
+    await this.kill(['etcd']);
+    await this.kill(this.procs.map((p) => p.name));
+    const leftovers = await this.unmountAll();
+    await runAllowFail('ip', ['link', 'del', BRIDGE]);
+    removeKubepodsCgroups();
+    removeContainerLogLinks(this.dir);
+    if (existsSync(STATE_FILE) && JSON.parse(readFileSync(STATE_FILE, 'utf8')).dir === this.dir) rmSync(STATE_FILE, { force: true });
+    if (leftovers.length) throw new Error(`lab stopped but these stay mounted: ${leftovers.join(', ')}`);
+    // Only now, with nothing mounted below: a FUSE or bind mount would take its data with it.
+    if (this.kubeletBound) rmSync(KUBELET_DIR, { recursive: true, force: true });
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  private async drainPods(): Promise<void> {
+    const pods = (await this.api.get('/api/v1/pods')).items as Obj[];
+    for (const pod of pods) await this.api.delete(`/api/v1/namespaces/${pod.metadata.namespace}/pods/${pod.metadata.name}`, { gracePeriodSeconds: 1 });
+    await this.api.waitFor('pods to be gone', async () => (((await this.api.get('/api/v1/pods')).items as Obj[]).length === 0 ? true : undefined), 90_000, 500);
+  }
+
+  private async kill(names: string[]): Promise<void> {
+    const group = this.procs.filter((p) => names.includes(p.name) && alive(p.pid));
+    for (const p of group) signal(p.pid, 'SIGTERM');
+    const deadline = Date.now() + 10_000;
+    while (group.some((p) => alive(p.pid)) && Date.now() < deadline) await sleep(50);
+    for (const p of group) if (alive(p.pid)) signal(p.pid, 'SIGKILL');
+    for (let i = 0; i < 40 && group.some((p) => alive(p.pid)); i++) await sleep(50);
+  }
+
+  /** Unmounts, deepest first, what is mounted below the lab's directories; returns what stays. */
+  private async unmountAll(): Promise<string[]> {
+    const newNetns = listNetns().filter((n) => !this.netnsBefore.has(n));
+    const ours = (m: string) =>
+      m === this.dir || m.startsWith(this.dir + '/') || (this.kubeletBound && (m === KUBELET_DIR || m.startsWith(KUBELET_DIR + '/'))) || newNetns.includes(m);
+    for (let pass = 0; pass < 3; pass++) {
+      const mounts = mountPoints().filter(ours).sort((a, b) => b.length - a.length);
+      if (!mounts.length) break;
+      for (const m of mounts) if ((await runAllowFail('umount', [m], { timeoutMs: 30_000 })).exitCode !== 0) await runAllowFail('umount', ['-l', m], { timeoutMs: 30_000 });
+    }
+    for (const n of newNetns) rmSync(n, { force: true });
+    return mountPoints().filter(ours);
+  }
+}
+
+// --- host helpers ------------------------------------------------------------------------
+
+/** The Kubernetes node name: the host name if it is a valid one. */
+function nodeNameOf(host: string): string {
+  const h = host.toLowerCase();
+  return /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(h) && h.length <= 253 ? h : 'strata-lab';
+}
+
+/** The node's first real IPv4 address (not loopback, not the lab's own bridge or veths). */
+function hostAddress(): string {
+  for (const [name, addrs] of Object.entries(networkInterfaces())) {
+    if (name === BRIDGE || name.startsWith('veth')) continue;
+    const a = addrs?.find((x) => x.family === 'IPv4' && !x.internal);
+    if (a) return a.address;
+  }
+  throw new Error('no non-loopback IPv4 address: the apiserver needs one to reach kubelet');
+}
+
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+function mountPoints(): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => unescapeMount(l.split(' ')[4]!));
+}
+
+function listNetns(): string[] {
+  const dir = '/run/netns';
+  return existsSync(dir) ? readdirSync(dir).map((n) => path.join(dir, n)) : [];
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* already gone */
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+function procTable(): Array<{ pid: number; ppid: number; cmdline: string }> {
+  const out: Array<{ pid: number; ppid: number; cmdline: string }> = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      out.push({ pid: Number(e), ppid, cmdline: readFileSync(`/proc/${e}/cmdline`, 'utf8').replace(/\0/g, ' ') });
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return out;
+}
+
+/**
+ * containerd's shims outlive containerd, and the containers outlive kubelet: kill every shim of
+ * the lab's containerd (found by its socket on their command line) with all it runs.
+ */
+async function killShims(socket: string): Promise<void> {
+  const table = procTable();
+  const shims = table.filter((p) => p.cmdline.includes('containerd-shim') && p.cmdline.includes(socket));
+  if (!shims.length) return;
+  const doomed = new Set(shims.map((s) => s.pid));
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const p of table) if (!doomed.has(p.pid) && doomed.has(p.ppid)) (doomed.add(p.pid), (grew = true));
+  }
+  for (const pid of doomed) signal(pid, 'SIGKILL');
+  for (let i = 0; i < 100 && [...doomed].some(alive); i++) await sleep(50);
+}
+
+/** Empty pod cgroups kubelet leaves on cgroup v1 (best effort: a busy one stays). */
+function removeKubepodsCgroups(): void {
+  const root = '/sys/fs/cgroup';
+  if (!existsSync(root)) return;
+  const walk = (dir: string) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) walk(path.join(dir, e.name));
+    try {
+      rmdirSync(dir);
+    } catch {
+      /* busy or not empty */
+    }
+  };
+  for (const ctrl of readdirSync(root)) {
+    const dir = path.join(root, ctrl, 'kubepods');
+    try {
+      if (statSync(dir).isDirectory()) walk(dir);
+    } catch {
+      /* not there */
+    }
+  }
+}
+
+/** kubelet links each container's log into /var/log/containers whatever podLogsDir says. */
+function removeContainerLogLinks(labDir: string): void {
+  const dir = '/var/log/containers';
+  if (!existsSync(dir)) return;
+  for (const n of readdirSync(dir)) {
+    try {
+      if (readlinkSync(path.join(dir, n)).startsWith(labDir + '/')) rmSync(path.join(dir, n), { force: true });
+    } catch {
+      /* not a link */
+    }
+  }
+}
+
+/** Refuses to start beside a running lab (fixed ports, one kubelet directory). */
+async function refuseIfRunning(): Promise<void> {
+  if (existsSync(STATE_FILE)) {
+    const st = JSON.parse(readFileSync(STATE_FILE, 'utf8')) as { dir: string; owner: number; procs: Proc[] };
+    const live = st.procs.filter((p) => alive(p.pid));
+    if (live.length) throw new Error(`a Kubernetes lab runs (${st.dir}; pids ${live.map((p) => `${p.name}=${p.pid}`).join(', ')}): one at a time`);
+  }
+  for (const port of [APISERVER_PORT, ETCD_PORT, KUBELET_PORT]) {
+    const busy = await new Promise<boolean>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port });
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+    });
+    if (busy) throw new Error(`port ${port} is in use: a Kubernetes lab (or other cluster) runs here`);
+  }
+}
+
