@@ -132,6 +132,7 @@ export class KubeLab {
     t = Date.now();
     this.startControllerManager();
     this.startScheduler();
+    this.startKubeProxy();
     await this.startKubelet();
     await this.api.waitFor(
       `node ${this.nodeName} Ready`,
@@ -179,6 +180,7 @@ export class KubeLab {
     await leaf('controller-manager', '/CN=system:kube-controller-manager', client);
     await leaf('scheduler', '/CN=system:kube-scheduler', client);
     await leaf('kubelet', `/O=system:nodes/CN=system:node:${this.nodeName}`, client);
+    await leaf('kube-proxy', '/CN=system:kube-proxy', client);
     await leaf('kubelet-serving', `/CN=${this.nodeName}`, ['extendedKeyUsage=serverAuth', `subjectAltName=DNS:${this.nodeName},IP:${this.nodeIP},IP:127.0.0.1`]);
     // The service-account token signing key.
     await run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-out', `${pki}/sa.key`]);
@@ -186,7 +188,7 @@ export class KubeLab {
   }
 
   private writeKubeconfigs(): void {
-    for (const user of ['admin', 'controller-manager', 'scheduler', 'kubelet']) {
+    for (const user of ['admin', 'controller-manager', 'scheduler', 'kubelet', 'kube-proxy']) {
       const cfg = {
         apiVersion: 'v1',
         kind: 'Config',
@@ -261,6 +263,18 @@ export class KubeLab {
     this.spawnProc('kube-scheduler', this.bin('kube-scheduler'), [
       `--kubeconfig=${kc}`, `--authentication-kubeconfig=${kc}`, `--authorization-kubeconfig=${kc}`,
       '--bind-address=127.0.0.1', '--leader-elect=false', '--profiling=false', '--v=1',
+    ]);
+  }
+
+  /** Routes Service IPs, the kubernetes Service's above all: pods reach the apiserver by it. */
+  private startKubeProxy(): void {
+    this.spawnProc('kube-proxy', this.bin('kube-proxy'), [
+      `--kubeconfig=${this.p('kubeconfig', 'kube-proxy.json')}`, `--hostname-override=${this.nodeName}`,
+      '--proxy-mode=iptables', `--cluster-cidr=${POD_SUBNET}`,
+      // Leave the host's conntrack and route_localnet sysctls as they are.
+      '--conntrack-max-per-core=0', '--conntrack-tcp-timeout-established=0', '--conntrack-tcp-timeout-close-wait=0',
+      '--iptables-localhost-nodeports=false',
+      '--metrics-bind-address=127.0.0.1:10249', '--healthz-bind-address=127.0.0.1:10256', '--v=1',
     ]);
   }
 
@@ -410,7 +424,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
       await this.kill(['kube-controller-manager', 'kube-scheduler', 'snapshot-controller']);
       await this.drainPods().catch((e: Error) => this.say(`pod drain: ${e.message}`));
     }
-    await this.kill(['kubelet', 'kube-controller-manager', 'kube-scheduler', 'snapshot-controller']);
+    await this.kill(['kubelet', 'kube-proxy', 'kube-controller-manager', 'kube-scheduler', 'snapshot-controller']);
     await killShims(this.containerdSocket);
     await this.kill(['containerd']);
     await this.kill(['kube-apiserver']);
@@ -420,6 +434,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     await runAllowFail('ip', ['link', 'del', BRIDGE]);
     removeKubepodsCgroups();
     removeContainerLogLinks(this.dir);
+    await removeKubeChains();
     if (existsSync(STATE_FILE) && JSON.parse(readFileSync(STATE_FILE, 'utf8')).dir === this.dir) rmSync(STATE_FILE, { force: true });
     if (leftovers.length) throw new Error(`lab stopped but these stay mounted: ${leftovers.join(', ')}`);
     // Only now, with nothing mounted below: a FUSE or bind mount would take its data with it.
@@ -560,6 +575,34 @@ function removeKubepodsCgroups(): void {
       /* not there */
     }
   }
+}
+
+/**
+ * kubelet (and kube-proxy) leave iptables chains named KUBE-* behind, among them KUBE-FIREWALL,
+ * which drops packets to 127.0.0.0/8 from other sources: remove the jumps to them, then them.
+ */
+export async function removeKubeChains(): Promise<void> {
+  for (const tool of ['iptables', 'ip6tables']) {
+    for (const table of ['filter', 'nat', 'mangle']) {
+      const res = await runAllowFail(tool, ['-w', '5', '-t', table, '-S'], { timeoutMs: 30_000 });
+      if (res.exitCode !== 0) continue;
+      const rules = res.stdout.split('\n');
+      const chains = rules.map((r) => /^-N (KUBE-\S+)$/.exec(r)?.[1]).filter((c): c is string => !!c);
+      if (!chains.length) continue;
+      // Jumps from the built-in chains; the KUBE-* chains' own rules go with -F.
+      for (const r of rules) {
+        const m = /^-A (\S+) (.*-j (KUBE-\S+).*)$/.exec(r);
+        if (m && !m[1]!.startsWith('KUBE-')) await runAllowFail(tool, ['-w', '5', '-t', table, '-D', m[1]!, ...splitRule(m[2]!)], { timeoutMs: 30_000 });
+      }
+      for (const c of chains) await runAllowFail(tool, ['-w', '5', '-t', table, '-F', c], { timeoutMs: 30_000 });
+      for (const c of chains) await runAllowFail(tool, ['-w', '5', '-t', table, '-X', c], { timeoutMs: 30_000 });
+    }
+  }
+}
+
+/** Splits an `iptables -S` rule into arguments (quoted comments stay one argument). */
+function splitRule(rule: string): string[] {
+  return [...rule.matchAll(/"((?:[^"\\]|\\.)*)"|(\S+)/g)].map((m) => (m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : m[2]!));
 }
 
 /** kubelet links each container's log into /var/log/containers whatever podLogsDir says. */

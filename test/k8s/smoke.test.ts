@@ -4,6 +4,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { KubeLab, KUBELET_DIR } from './lab.js';
 import { BUSYBOX_IMAGE } from './images.js';
 import type { Obj } from './api.js';
+import { run } from '../../src/util/exec.js';
 
 /**
  * The Kubernetes lab itself: it starts from the cached binaries, runs a pod from a locally built
@@ -72,6 +73,37 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
     await api.delete(`${ns}/smoke`, { gracePeriodSeconds: 0 });
   });
 
+  it('routes the kubernetes Service to the apiserver for pods (kube-proxy)', async () => {
+    const api = lab!.api;
+    const ns = '/api/v1/namespaces/default/pods';
+    // busybox's wget crashes on the apiserver's TLS (EC key): a TCP connect proves the route, and
+    // an unserved port of the same IP proves the check can fail.
+    await api.create(ns, {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'in-cluster' },
+      spec: {
+        restartPolicy: 'Never',
+        containers: [
+          {
+            name: 'main',
+            image: BUSYBOX_IMAGE,
+            imagePullPolicy: 'Never',
+            command: ['sh', '-c', 'nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null; echo "service=$?"; nc -w 2 $KUBERNETES_SERVICE_HOST 1 </dev/null 2>/dev/null; echo "other=$?"'],
+          },
+        ],
+      },
+    });
+    const phase = await api.waitFor('pod in-cluster to finish', async () => {
+      const p = (await api.get(`${ns}/in-cluster`)).status?.phase as string | undefined;
+      return p === 'Succeeded' || p === 'Failed' ? p : undefined;
+    }, 120_000);
+    const log = (await api.raw('GET', `${ns}/in-cluster/log`)).text;
+    assert.equal(phase, 'Succeeded', log);
+    assert.equal(log.trim(), 'service=0\nother=1');
+    await api.delete(`${ns}/in-cluster`, { gracePeriodSeconds: 0 });
+  });
+
   it('stops leaving no process, mount or directory of its own', async () => {
     const l = lab!;
     lab = undefined;
@@ -93,5 +125,9 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
     assert.deepEqual(survivors, []);
     const links = readdirSync('/var/log/containers').filter((n) => readlinkSync(`/var/log/containers/${n}`).startsWith(dir));
     assert.deepEqual(links, []);
+    for (const table of ['filter', 'nat', 'mangle']) {
+      const { stdout } = await run('iptables', ['-w', '5', '-t', table, '-S']);
+      assert.doesNotMatch(stdout, /KUBE-/, `iptables -t ${table}`);
+    }
   });
 });
