@@ -406,7 +406,7 @@ function badCap(rng: Rng, ctx: FuzzContext, b: Backend, base: Cap): { cap: Cap |
   }
 }
 
-function badCapacity(rng: Rng): { range: Record<string, number>; defect: Defect } {
+function badCapacity(rng: Rng, b?: Backend): { range: Record<string, number>; defect: Defect } {
   const c = rng.int(6);
   const d = (what: string, codes: string[]) => ({ what: `capacity_range: ${what}`, codes });
   switch (c) {
@@ -417,6 +417,8 @@ function badCapacity(rng: Rng): { range: Record<string, number>; defect: Defect 
     case 2:
       return { range: { required_bytes: 64 * MiB, limit_bytes: MiB }, defect: d('limit below required', [OOR, IA]) };
     case 3:
+      // S3 sizes are counted in bytes, so any positive limit fits there; RBD and CephFS round to MiB.
+      if (b === 's3') return { range: { required_bytes: 0, limit_bytes: -rng.pick([1, 4095]) }, defect: d('negative limit_bytes', [IA, OOR]) };
       return { range: { required_bytes: 0, limit_bytes: rng.pick([1, 511, 4095]) }, defect: d('limit below any size the backend can make', [OOR, IA]) };
     case 4:
       return { range: { required_bytes: rng.pick([2 ** 62, 2 ** 63 - 1, 9.2e18]) }, defect: d('more bytes than any volume can hold', [OOR, RE, IA]) };
@@ -666,7 +668,7 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
             break;
           }
           case 3: {
-            const c = badCapacity(rng);
+            const c = badCapacity(rng, b);
             req.capacity_range = c.range;
             add(d, c.defect);
             break;
@@ -974,7 +976,7 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
           delete req.capacity_range;
           add(d, { what: 'capacity_range missing', codes: [IA] });
         } else if (c === 1) {
-          const bc = badCapacity(rng);
+          const bc = badCapacity(rng, b);
           // Growing a pre-made volume to exabytes would be a legitimate (if odd) request: not against it.
           if (p.cls === 'real' && bc.defect.codes!.includes(RE)) {
             req.capacity_range = { required_bytes: -1 };
@@ -1227,7 +1229,7 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
         req.volume_path = freshPath(rng, ctx, 'nothing');
         add(d, { what: 'volume_path that does not exist', codes: [NF] });
       } else if (c === 2) {
-        const bc = badCapacity(rng);
+        const bc = badCapacity(rng, b);
         req.capacity_range = bc.range;
         // The node only reports what the file system holds after the controller grew it: sizes it cannot reach may be answered with that.
         add(d, bc.defect.what.includes('negative') ? bc.defect : { ...bc.defect, codes: [...bc.defect.codes!, OK] });

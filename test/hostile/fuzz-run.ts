@@ -91,12 +91,21 @@ export function sentinelListing(s: Sentinels): Map<string, string> {
   return out;
 }
 
-/** Mounts outside the sandbox: under /tmp only those of the sentinels, as other suites may mount in their own temp dirs. */
+// What the driver mounts: FUSE daemons, loop devices, bind mounts of them.
+const DRIVER_MOUNT = /^fuse\.(ceph-fuse|rbd-fuse|s3fs|rclone)$|^ceph$/;
+
+/**
+ * Mounts outside the sandbox that a driver could have made or removed: those
+ * under the sentinels or on a directory above them, and any mount of the
+ * driver's kinds (FUSE, loop) anywhere. Other mounts come and go with other
+ * suites on the machine (container runtimes, their own temp dirs).
+ */
 export async function outsideMounts(sandbox: string, s: Sentinels): Promise<Set<string>> {
+  const above = (p: string) => p === '/' || s.root.startsWith(p + '/') || sandbox.startsWith(p + '/');
   return new Set(
     (await readMountInfo())
       .filter((m) => !m.mountPoint.startsWith(sandbox + '/') && m.mountPoint !== sandbox)
-      .filter((m) => !m.mountPoint.startsWith('/tmp/') || m.mountPoint.startsWith(s.root))
+      .filter((m) => m.mountPoint.startsWith(s.root) || above(m.mountPoint) || DRIVER_MOUNT.test(m.fsType) || m.source.startsWith('/dev/loop'))
       .map((m) => `${m.mountPoint} ${m.fsType} ${m.source} ${m.root}`),
   );
 }
@@ -308,6 +317,25 @@ export async function runFuzz(socket: string, requests: Iterable<FuzzRequest>, o
   return result;
 }
 
+/**
+ * The failures as a report: how many of each kind (code, RPC, rule), then
+ * examples taken from every kind in turn, so one flood does not hide the rest.
+ */
+export function failureReport(fs: Failure[], examples = 20): string {
+  const groups = new Map<string, Failure[]>();
+  for (const f of fs) {
+    const k = `${f.code} ${f.request.split(' ')[1]} ${f.why.replace(/ for: .*/, '')}`;
+    groups.set(k, [...(groups.get(k) ?? []), f]);
+  }
+  const sorted = [...groups].sort((a, b) => b[1].length - a[1].length);
+  const lines = sorted.map(([k, g]) => `  ${String(g.length).padStart(5)} x ${k}`);
+  const picked: Failure[] = [];
+  for (let i = 0; picked.length < examples && i < examples; i++) for (const [, g] of sorted) if (g[i] && picked.length < examples) picked.push(g[i]!);
+  lines.push(`  first examples:`);
+  for (const f of picked) lines.push(`  ${f.code} ${f.details ? `"${f.details}" ` : ''}<- ${f.request}\n     (${f.why})`);
+  return lines.join('\n');
+}
+
 /** The tallies as printable lines: per RPC the backends and codes, then the codes overall. */
 export function tallies(r: FuzzResult): string[] {
   const lines = [`sent ${r.sent} requests in ${(r.ms / 1000).toFixed(1)} s`];
@@ -333,6 +361,32 @@ export async function undoMade(c: CsiClients, r: FuzzResult, secrets: Record<Bac
   for (const s of r.made.snapshots) await tryIt(`DeleteSnapshot ${s}`, () => c.controller.DeleteSnapshot({ snapshot_id: s, secrets: secrets[backendOf(s)] }));
   for (const v of r.made.volumes) await tryIt(`DeleteVolume ${v}`, () => c.controller.DeleteVolume({ volume_id: v, secrets: secrets[backendOf(v)] }));
   return problems;
+}
+
+/**
+ * Deletes, through the driver, every snapshot and volume it lists but `keep`:
+ * what fuzz requests made although their answer was lost (a deadline, a dropped
+ * connection). Returns what it deleted, so the test can say so.
+ */
+export async function deleteListed(c: CsiClients, keep: Set<string>, secrets: Record<Backend, Record<string, string>>): Promise<string[]> {
+  const backendOf = (id: string): Backend => (id.split(':')[2] as Backend) ?? 'rbd';
+  const done: string[] = [];
+  const snaps = (await c.controller.ListSnapshots({}))!.entries ?? [];
+  for (const e of snaps) {
+    const id = e.snapshot!.snapshot_id!;
+    if (keep.has(id)) continue;
+    await c.controller.DeleteSnapshot({ snapshot_id: id, secrets: secrets[backendOf(id)] });
+    done.push(id);
+  }
+  const vols = (await c.controller.ListVolumes({}))!.entries ?? [];
+  for (const e of vols) {
+    const id = e.volume!.volume_id!;
+    if (keep.has(id)) continue;
+    for (const node of e.status?.published_node_ids ?? []) await c.controller.ControllerUnpublishVolume({ volume_id: id, node_id: node, secrets: secrets[backendOf(id)] });
+    await c.controller.DeleteVolume({ volume_id: id, secrets: secrets[backendOf(id)] });
+    done.push(id);
+  }
+  return done;
 }
 
 // ---------------------------------------------------------------------------
