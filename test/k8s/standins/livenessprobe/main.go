@@ -25,7 +25,12 @@ func main() {
 	httpEndpoint := flag.String("http-endpoint", "", "address of /healthz, e.g. :9808")
 	flag.String("metrics-address", "", "accepted for the real sidecar's flags")
 	flag.Int("v", 0, "log verbosity (accepted for the real sidecar's flags)")
+	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
+	if *showVersion {
+		fmt.Println("livenessprobe stand-in (Strata Kubernetes lab)")
+		return
+	}
 
 	conn, err := csiconn.Dial(*csiAddress)
 	if err != nil {

@@ -57,7 +57,12 @@ func main() {
 	connTimeout := flag.Duration("connection-timeout", 0, "give up waiting for the driver after this long (0: never)")
 	httpEndpoint := flag.String("http-endpoint", "", "address of a /healthz that checks the registration socket")
 	flag.Int("v", 0, "log verbosity (accepted for the real sidecar's flags)")
+	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
+	if *showVersion {
+		fmt.Println("node-driver-registrar stand-in (Strata Kubernetes lab)")
+		return
+	}
 	_ = timeout
 	if *endpoint == "" {
 		log.Fatal("--kubelet-registration-path is required")
