@@ -214,6 +214,25 @@ function hostileNodeIds(): string[] {
 // ---------------------------------------------------------------------------
 
 type IdClass = 'empty' | 'hostile' | 'overlong' | 'nonexistent' | 'wrongKind' | 'real';
+
+// The id grammar of issue 16 (written out here again, so the test does not take the driver's word for it).
+const CLUSTER = '[A-Za-z0-9][A-Za-z0-9_.-]{0,31}';
+const NAME = '[A-Za-z0-9][A-Za-z0-9_.-]{0,62}';
+const HEX = '[0-9a-f]{32}';
+const isBucket = (b: string) => /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(b) && !/\.\.|\.-|-\./.test(b) && !/^\d+\.\d+\.\d+\.\d+$/.test(b);
+const ID_FORMS: Record<'v' | 's', RegExp[]> = {
+  v: [new RegExp(`^s1:v:rbd:${CLUSTER}:${NAME}:csi-vol-${HEX}$`), new RegExp(`^s1:v:cephfs:${CLUSTER}:${NAME}:${NAME}:csi-vol-${HEX}$`), new RegExp(`^s1:v:s3:${CLUSTER}:([^:]+):${HEX}$`)],
+  s: [new RegExp(`^s1:s:rbd:${CLUSTER}:${NAME}:csi-snap-${HEX}$`), new RegExp(`^s1:s:cephfs:${CLUSTER}:${NAME}:${NAME}:csi-vol-${HEX}:csi-snap-${HEX}$`), new RegExp(`^s1:s:s3:${CLUSTER}:([^:]+):${HEX}$`)],
+};
+
+/** True when `id` has the form of one of ours (it may still name nothing). */
+export function wellFormedId(id: string, kind: 'v' | 's'): boolean {
+  if (Buffer.byteLength(id) > 128) return false;
+  return ID_FORMS[kind].some((re) => {
+    const m = re.exec(id);
+    return !!m && (m[1] === undefined || m[1] === '_' || isBucket(m[1]));
+  });
+}
 interface IdPick {
   id: string;
   cls: IdClass;
@@ -303,7 +322,9 @@ function hostileId(rng: Rng, ctx: FuzzContext, b: Backend, kind: 'v' | 's'): IdP
       what = 'several parts replaced';
   }
   if (id === base) id = base + '\n';
-  return { id, cls: Buffer.byteLength(id) > 128 ? 'overlong' : id ? 'hostile' : 'empty', what };
+  // Some replacements are well-formed after all (a pool named "UPPER"): those are ids of nothing.
+  const cls: IdClass = Buffer.byteLength(id) > 128 ? 'overlong' : !id ? 'empty' : wellFormedId(id, kind) ? 'nonexistent' : 'hostile';
+  return { id, cls, what };
 }
 
 /** A volume (kind v) or snapshot (kind s) id for a field, of any class. */

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { BACKENDS, RPCS, describeRequest, goodCap, hostileRequests, seedFrom, type Backend, type FuzzContext, type FuzzRequest } from '../hostile/fuzz-gen.js';
+import { BACKENDS, RPCS, describeRequest, goodCap, hostileRequests, seedFrom, wellFormedId, type Backend, type FuzzContext, type FuzzRequest } from '../hostile/fuzz-gen.js';
 
 /**
  * The fuzz generator (test/hostile/fuzz-gen.ts): a seed gives one sequence,
@@ -98,6 +98,25 @@ describe('fuzz request generator', () => {
         const range = field(r, 'capacity_range') as { required_bytes?: number } | undefined;
         assert.ok(!range || (range.required_bytes ?? 0) <= b.capacity, `${why}: never grows a pre-made volume`);
       }
+    }
+  });
+
+  it('classes ids by the grammar of issue 16', () => {
+    for (const b of BACKENDS) {
+      assert.ok(wellFormedId(ctx.volumes[b]!.id, 'v'), b);
+      assert.ok(wellFormedId(ctx.volumes[b]!.snapshotId, 's'), b);
+      assert.ok(!wellFormedId(ctx.volumes[b]!.snapshotId, 'v'), b);
+      assert.ok(!wellFormedId(ctx.volumes[b]!.id + '\n', 'v'), b);
+    }
+    assert.ok(!wellFormedId(`s1:v:rbd:lab:--pool:csi-vol-${hex('a')}`, 'v'));
+    assert.ok(!wellFormedId(`s1:v:rbd:lab:../x:csi-vol-${hex('a')}`, 'v'));
+    assert.ok(!wellFormedId(`s1:v:s3:lab:192.168.1.1:${hex('a')}`, 'v'));
+    assert.ok(wellFormedId(`s1:v:s3:lab:team-shared:${hex('a')}`, 'v'));
+    assert.ok(wellFormedId(`s1:v:rbd:lab:UPPER:csi-vol-${hex('a')}`, 'v'));
+    for (const r of take(3, 5000)) {
+      if (r.rpc !== 'ControllerGetVolume') continue;
+      const d = r.defects.join(' ');
+      if (d.includes('volume_id: hostile')) assert.ok(!wellFormedId(String(field(r, 'volume_id')), 'v'), describeRequest(r));
     }
   });
 
