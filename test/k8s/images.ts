@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, createReadStream, existsSync, mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { run } from '../../src/util/exec.js';
 
@@ -21,11 +21,21 @@ export interface ImageSpec {
 export const PAUSE_IMAGE = 'strata.local/pause:lab';
 export const BUSYBOX_IMAGE = 'strata.local/busybox:lab';
 
-const sha256 = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
+async function sha256(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
 
-/** Builds the image under workDir and returns the docker-archive tar's path. */
-export async function buildImage(workDir: string, spec: ImageSpec): Promise<string> {
+/**
+ * Builds the image under workDir and returns the docker-archive tar's path. With `reuse`, a tar
+ * built before is taken as it is (for refs whose tag names their content, such as a version).
+ */
+export async function buildImage(workDir: string, spec: ImageSpec, opts: { reuse?: boolean } = {}): Promise<string> {
   const base = path.join(workDir, spec.ref.replace(/[^A-Za-z0-9.-]/g, '_'));
+  const tar = `${base}.tar`;
+  if (opts.reuse && existsSync(tar)) return tar;
+  rmSync(base, { recursive: true, force: true });
   const rootfs = path.join(base, 'rootfs');
   const archive = path.join(base, 'archive');
   mkdirSync(rootfs, { recursive: true });
@@ -44,14 +54,29 @@ export async function buildImage(workDir: string, spec: ImageSpec): Promise<stri
       ...(spec.cmd ? { Cmd: spec.cmd } : {}),
       WorkingDir: '/',
     },
-    rootfs: { type: 'layers', diff_ids: [`sha256:${sha256(layer)}`] },
+    rootfs: { type: 'layers', diff_ids: [`sha256:${await sha256(layer)}`] },
     history: [{ created: '1970-01-01T00:00:00Z', created_by: 'strata test/k8s/images.ts' }],
   };
   writeFileSync(path.join(archive, 'config.json'), JSON.stringify(config));
   writeFileSync(path.join(archive, 'manifest.json'), JSON.stringify([{ Config: 'config.json', RepoTags: [spec.ref], Layers: ['layer.tar'] }]));
-  const tar = `${base}.tar`;
-  await run('tar', ['--numeric-owner', '--owner=0', '--group=0', '-C', archive, '-cf', tar, 'manifest.json', 'config.json', 'layer.tar'], { timeoutMs: 60_000 });
+  await run('tar', ['--numeric-owner', '--owner=0', '--group=0', '-C', archive, '-cf', `${tar}.tmp`, 'manifest.json', 'config.json', 'layer.tar'], { timeoutMs: 60_000 });
+  renameSync(`${tar}.tmp`, tar);
+  rmSync(base, { recursive: true, force: true });
   return tar;
+}
+
+/** An image of one static binary at /<name>, its entrypoint (the CSI sidecars, the stand-ins). */
+export function binaryImage(ref: string, binary: string): ImageSpec {
+  const name = path.basename(binary);
+  return {
+    ref,
+    populate: (rootfs) => {
+      mkdirSync(path.join(rootfs, 'tmp'), { mode: 0o1777 });
+      copyFileSync(binary, path.join(rootfs, name));
+      chmodSync(path.join(rootfs, name), 0o755);
+    },
+    entrypoint: [`/${name}`],
+  };
 }
 
 /** The pod sandbox image: the static pause binary built by build.sh. */

@@ -8,8 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseAllDocuments } from 'yaml';
 import { run, runAllowFail } from '../../src/util/exec.js';
 import { KubeApi, type Obj } from './api.js';
-import { buildImage, busyboxImage, pauseImage, PAUSE_IMAGE } from './images.js';
-import { ensureBuilt, type BuiltPaths } from './paths.js';
+import { binaryImage, buildImage, busyboxImage, pauseImage, PAUSE_IMAGE } from './images.js';
+import { ensureBuilt, K8S_CACHE, readBuiltPaths, type BuiltPaths } from './paths.js';
 
 /**
  * A throwaway single-node Kubernetes built from the binaries test/k8s/build.sh caches: etcd,
@@ -36,13 +36,25 @@ const STATE_FILE = '/run/strata-k8s-lab.json';
 
 export interface KubeLabOptions {
   log?: (msg: string) => void;
-  /** Install the VolumeSnapshot CRDs and run the snapshot-controller (needs `build.sh sidecars`). */
-  snapshots?: boolean;
+  /**
+   * What a CSI driver's chart needs (`build.sh sidecars`): the VolumeSnapshot CRDs, the
+   * snapshot-controller, and images of the CSI sidecars and the two stand-ins (see sidecarImages).
+   */
+  csi?: boolean;
 }
 
 interface Proc {
   name: string;
   pid: number;
+}
+
+/** What stop() needs, kept in STATE_FILE so that a later run can stop a lab left running. */
+interface LabState {
+  dir: string;
+  owner: number;
+  procs: Proc[];
+  netnsBefore: string[];
+  kubeletBound: boolean;
 }
 
 export class KubeLab {
@@ -62,11 +74,16 @@ export class KubeLab {
   private netnsBefore = new Set<string>();
   private kubeletBound = false;
 
-  private constructor(opts: KubeLabOptions, built: BuiltPaths) {
+  private constructor(opts: KubeLabOptions, built: BuiltPaths, stale?: LabState) {
     this.opts = opts;
     this.say = opts.log ?? (() => {});
     this.built = built;
-    this.dir = mkdtempSync(path.join(tmpdir(), 'strata-k8s-'));
+    this.dir = stale?.dir ?? mkdtempSync(path.join(tmpdir(), 'strata-k8s-'));
+    if (stale) {
+      this.procs.push(...stale.procs);
+      this.netnsBefore = new Set(stale.netnsBefore);
+      this.kubeletBound = stale.kubeletBound;
+    }
     this.nodeName = nodeNameOf(hostname());
     this.nodeIP = hostAddress();
     this.kubeconfig = this.p('kubeconfig', 'admin.json');
@@ -75,8 +92,9 @@ export class KubeLab {
   }
 
   static async start(opts: KubeLabOptions = {}): Promise<KubeLab> {
+    await KubeLab.stopStale(opts.log);
     await refuseIfRunning();
-    const built = ensureBuilt(opts.snapshots ? ['apt', 'standins', 'k8s', 'sidecars'] : ['apt', 'standins', 'k8s']);
+    const built = ensureBuilt(opts.csi ? ['apt', 'standins', 'k8s', 'sidecars'] : ['apt', 'standins', 'k8s']);
     const lab = new KubeLab(opts, built);
     try {
       await lab.boot();
@@ -86,6 +104,24 @@ export class KubeLab {
       await lab.stop();
       throw new Error(`Kubernetes lab failed to start: ${(e as Error).message}\n${tail}`);
     }
+  }
+
+  /**
+   * Stops a lab whose test process died without stopping it (kill -9, a crash): its state file
+   * names it, and its owner is gone. A lab whose owner lives is left alone.
+   */
+  static async stopStale(log?: (msg: string) => void): Promise<boolean> {
+    if (!existsSync(STATE_FILE)) return false;
+    const st = JSON.parse(readFileSync(STATE_FILE, 'utf8')) as LabState;
+    if (st.owner !== process.pid && alive(st.owner)) return false;
+    log?.(`stopping a stale Kubernetes lab (${st.dir}, owner ${st.owner} gone)`);
+    await new KubeLab({ log }, readBuiltPaths(), st).stop();
+    return true;
+  }
+
+  private saveState(): void {
+    const st: LabState = { dir: this.dir, owner: process.pid, procs: this.procs, netnsBefore: [...this.netnsBefore], kubeletBound: this.kubeletBound };
+    writeFileSync(STATE_FILE, JSON.stringify(st));
   }
 
   p(...parts: string[]): string {
@@ -110,7 +146,7 @@ export class KubeLab {
     };
     for (const d of ['pki', 'kubeconfig', 'log', 'etcd', 'containerd', 'cni/net.d', 'cni/ipam', 'images', 'pod-logs']) mkdirSync(this.p(d), { recursive: true });
     this.netnsBefore = new Set(listNetns());
-    writeFileSync(STATE_FILE, JSON.stringify({ dir: this.dir, owner: process.pid, procs: this.procs }));
+    this.saveState();
 
     let t = Date.now();
     await this.writePki();
@@ -146,10 +182,11 @@ export class KubeLab {
     await this.api.waitFor('default service account', () => this.api.get('/api/v1/namespaces/default/serviceaccounts/default'), 60_000);
     phase('node ready', t);
 
-    if (this.opts.snapshots) {
+    if (this.opts.csi) {
       t = Date.now();
       await this.installSnapshotSupport();
-      phase('snapshot CRDs and controller', t);
+      for (const [ref, bin] of this.sidecarBinaries()) await this.importImage(await buildImage(path.join(K8S_CACHE, 'images'), binaryImage(ref, bin), { reuse: true }));
+      phase('snapshot CRDs, snapshot-controller, sidecar images', t);
     }
     this.timings.total = (Date.now() - t0) / 1000;
     this.say(`Kubernetes lab up in ${this.timings.total} s (node ${this.nodeName}, ${this.nodeIP}, ${this.dir})`);
@@ -210,7 +247,7 @@ export class KubeLab {
     child.unref();
     if (!child.pid) throw new Error(`could not start ${name}`);
     this.procs.push({ name, pid: child.pid });
-    writeFileSync(STATE_FILE, JSON.stringify({ dir: this.dir, owner: process.pid, procs: this.procs }));
+    this.saveState();
   }
 
   private bin(name: string): string {
@@ -334,6 +371,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     if (mountPoints().includes(KUBELET_DIR)) throw new Error(`${KUBELET_DIR} is already a mount point: is another lab running?`);
     await run('mount', ['--bind', KUBELET_DIR, KUBELET_DIR]);
     this.kubeletBound = true;
+    this.saveState();
     await run('mount', ['--make-rshared', KUBELET_DIR]);
     const pki = this.p('pki');
     const config = {
@@ -371,6 +409,36 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
       `--node-ip=${this.nodeIP}`,
       '--v=1',
     ]);
+  }
+
+  /**
+   * The sidecar images imported with `csi: true`, keyed as the chart's `sidecars` values. The
+   * stand-ins' tag is their build's content hash.
+   */
+  get sidecarImages(): Record<'provisioner' | 'attacher' | 'resizer' | 'snapshotter' | 'livenessprobe' | 'nodeDriverRegistrar', string> {
+    const b = this.built;
+    const standins = path.basename(path.dirname(path.dirname(b.LIVENESSPROBE)));
+    return {
+      provisioner: `strata.local/csi-provisioner:${b.PROVISIONER_VERSION}`,
+      attacher: `strata.local/csi-attacher:${b.ATTACHER_VERSION}`,
+      resizer: `strata.local/csi-resizer:${b.RESIZER_VERSION}`,
+      snapshotter: `strata.local/csi-snapshotter:${b.SNAPSHOTTER_VERSION}`,
+      livenessprobe: `strata.local/livenessprobe:${standins}`,
+      nodeDriverRegistrar: `strata.local/csi-node-driver-registrar:${standins}`,
+    };
+  }
+
+  private sidecarBinaries(): Array<[string, string]> {
+    const i = this.sidecarImages;
+    const b = this.built;
+    return [
+      [i.provisioner, b.CSI_PROVISIONER],
+      [i.attacher, b.CSI_ATTACHER],
+      [i.resizer, b.CSI_RESIZER],
+      [i.snapshotter, b.CSI_SNAPSHOTTER],
+      [i.livenessprobe, b.LIVENESSPROBE],
+      [i.nodeDriverRegistrar, b.NODE_DRIVER_REGISTRAR],
+    ];
   }
 
   private async installSnapshotSupport(): Promise<void> {
@@ -621,7 +689,7 @@ function removeContainerLogLinks(labDir: string): void {
 /** Refuses to start beside a running lab (fixed ports, one kubelet directory). */
 async function refuseIfRunning(): Promise<void> {
   if (existsSync(STATE_FILE)) {
-    const st = JSON.parse(readFileSync(STATE_FILE, 'utf8')) as { dir: string; owner: number; procs: Proc[] };
+    const st = JSON.parse(readFileSync(STATE_FILE, 'utf8')) as LabState;
     const live = st.procs.filter((p) => alive(p.pid));
     if (live.length) throw new Error(`a Kubernetes lab runs (${st.dir}; pids ${live.map((p) => `${p.name}=${p.pid}`).join(', ')}): one at a time`);
   }

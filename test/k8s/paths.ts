@@ -11,6 +11,10 @@ export const K8S_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url))
 export interface BuiltPaths {
   K8S_VERSION: string;
   K8S_BIN: string;
+  PROVISIONER_VERSION: string;
+  ATTACHER_VERSION: string;
+  RESIZER_VERSION: string;
+  SNAPSHOTTER_VERSION: string;
   CSI_PROVISIONER: string;
   CSI_ATTACHER: string;
   CSI_RESIZER: string;
@@ -29,6 +33,11 @@ export interface BuiltPaths {
  */
 export function ensureBuilt(targets: string[]): BuiltPaths {
   execFileSync('bash', [path.join(K8S_DIR, 'build.sh'), ...targets], { stdio: ['ignore', 'inherit', 'inherit'] });
+  return readBuiltPaths();
+}
+
+/** The paths of the last build, without building. */
+export function readBuiltPaths(): BuiltPaths {
   const env: Record<string, string> = {};
   for (const line of readFileSync(path.join(K8S_CACHE, 'paths.env'), 'utf8').split('\n')) {
     const m = /^([A-Z0-9_]+)=(.*)$/.exec(line);

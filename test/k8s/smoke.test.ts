@@ -18,7 +18,7 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
   let containerdSocket = '';
 
   before(async () => {
-    lab = await KubeLab.start({ log: (m) => console.log(`[k8s-lab] ${m}`) });
+    lab = await KubeLab.start({ csi: true, log: (m) => console.log(`[k8s-lab] ${m}`) });
     dir = lab.dir;
     containerdSocket = lab.containerdSocket;
   });
@@ -102,6 +102,30 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
     assert.equal(phase, 'Succeeded', log);
     assert.equal(log.trim(), 'service=0\nother=1');
     await api.delete(`${ns}/in-cluster`, { gracePeriodSeconds: 0 });
+  });
+
+  it('serves the VolumeSnapshot kinds and runs the CSI sidecars from their local images', async () => {
+    const api = lab!.api;
+    const cls = '/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses';
+    await api.create(cls, { apiVersion: 'snapshot.storage.k8s.io/v1', kind: 'VolumeSnapshotClass', metadata: { name: 'smoke' }, driver: 'smoke.csi.dev', deletionPolicy: 'Delete' });
+    assert.equal((await api.get(`${cls}/smoke`)).driver, 'smoke.csi.dev');
+    await api.delete(`${cls}/smoke`);
+
+    const ns = '/api/v1/namespaces/default/pods';
+    const images = lab!.sidecarImages;
+    const containers = Object.entries(images).map(([name, image]) => ({ name: name.toLowerCase(), image, imagePullPolicy: 'Never', args: ['--version'] }));
+    await api.create(ns, { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sidecars' }, spec: { restartPolicy: 'Never', containers } });
+    const pod = await api.waitFor('pod sidecars to finish', async () => {
+      const p = await api.get(`${ns}/sidecars`);
+      return p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed' ? p : undefined;
+    }, 120_000);
+    const logs: Record<string, string> = {};
+    for (const c of containers) logs[c.name] = (await api.raw('GET', `${ns}/sidecars/log?container=${c.name}`)).text;
+    assert.equal(pod.status.phase, 'Succeeded', JSON.stringify(logs));
+    const b = lab!.built;
+    assert.match(logs.provisioner!, new RegExp(b.PROVISIONER_VERSION.replace(/\./g, '\\.')));
+    assert.match(logs.attacher!, new RegExp(b.ATTACHER_VERSION.replace(/\./g, '\\.')));
+    await api.delete(`${ns}/sidecars`, { gracePeriodSeconds: 0 });
   });
 
   it('stops leaving no process, mount or directory of its own', async () => {
