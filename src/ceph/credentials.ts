@@ -1,16 +1,23 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { tmpdir } from 'node:os';
 import type { ClusterConfig } from '../config/config.js';
 import { failedPrecondition, invalidArgument } from '../errors.js';
+import { currentCall } from '../util/call-context.js';
 
 /**
  * Ceph identities reach Ceph tools as --id plus --keyfile, never --key, so a
  * key never shows in `ps`. Request secrets (userID/userKey) override the
- * cluster's default identity from config. Key files live in a private 0700
- * directory (tmpfs when the host has /dev/shm), one per distinct identity,
- * and are removed when the process exits.
+ * cluster's default identity from config.
+ *
+ * A request's key is written to a 0600 file in a private 0700 directory
+ * (tmpfs when the host has /dev/shm) only while something needs it: each
+ * fileFor() holds the file until its gRPC call has settled (ceph-fuse and
+ * rbd-fuse read it while the stage call runs, and keep the key in memory
+ * once connected), or for HOLD_MS outside a call (the healer). The directory
+ * is named after the process (pid and start time), so a driver that starts
+ * removes the directories of dead ones, whatever killed them.
  */
 
 export interface CephIdentity {
@@ -20,35 +27,104 @@ export interface CephIdentity {
 
 const userIdPattern = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const keyPattern = /^[A-Za-z0-9+/=]{16,128}$/;
+const DIR_PREFIX = 'strata-keys-';
+/** How long a key file made outside any call stays (longer than any command it is for). */
+export const HOLD_MS = 120_000;
+
+export const keyBaseDir = (): string => (existsSync('/dev/shm') ? '/dev/shm' : tmpdir());
+
+/** A process's start time (clock ticks since boot), which tells it from a later process with the same pid; undefined once it is gone. */
+export function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 22, counted after the command name, which may itself hold spaces and parentheses.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return f[0] === 'Z' ? undefined : f[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The directory name part that names the owning process. */
+const ownerTag = (pid: number, start: string) => `${DIR_PREFIX}${pid}-${start}-`;
+
+/** Removes key directories in `base` whose owning process is gone; returns the names removed. */
+export function sweepKeyDirs(base = keyBaseDir()): string[] {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(base);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    const m = /^strata-keys-(\d+)-(\d+)-/.exec(name);
+    if (!m || processStart(Number(m[1])) === m[2]) continue;
+    rmSync(path.join(base, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+/** Key files of this process: one directory, files counted by holder, shared by every KeyFiles. */
+const shared = {
+  dir: undefined as string | undefined,
+  holders: new Map<string, number>(),
+  swept: false,
+};
+
+function keyDir(): string {
+  if (!shared.dir) {
+    const start = processStart(process.pid) ?? '0';
+    shared.dir = mkdtempSync(path.join(keyBaseDir(), ownerTag(process.pid, start)));
+    process.once('exit', () => disposeKeyFiles());
+  }
+  return shared.dir;
+}
+
+/** Removes every key file of this process (exit, tests). */
+export function disposeKeyFiles(): void {
+  if (shared.dir) rmSync(shared.dir, { recursive: true, force: true });
+  shared.dir = undefined;
+  shared.holders.clear();
+}
 
 export class KeyFiles {
-  private dir: string | undefined;
-  private readonly written = new Set<string>();
-
-  private ensureDir(): string {
-    if (!this.dir) {
-      const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
-      this.dir = mkdtempSync(path.join(base, 'strata-keys-'));
-      process.once('exit', () => this.dispose());
+  constructor() {
+    // The first use in a process is its start-up: what killed processes left goes now.
+    if (!shared.swept) {
+      shared.swept = true;
+      sweepKeyDirs();
     }
-    return this.dir;
   }
 
-  /** Returns the path of a 0600 file holding `key`, writing it once. */
+  /** Returns the path of a 0600 file holding `key`, kept while the current call (or HOLD_MS) needs it. */
   fileFor(id: string, key: string): string {
     const name = createHash('sha256').update(id).update('\0').update(key).digest('hex').slice(0, 24);
-    const file = path.join(this.ensureDir(), name);
-    if (!this.written.has(file) || !existsSync(file)) {
-      writeFileSync(file, key + '\n', { mode: 0o600 });
-      this.written.add(file);
-    }
+    const file = path.join(keyDir(), name);
+    const n = shared.holders.get(file) ?? 0;
+    if (!n || !existsSync(file)) writeFileSync(file, key + '\n', { mode: 0o600 });
+    shared.holders.set(file, n + 1);
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      const left = (shared.holders.get(file) ?? 1) - 1;
+      if (left > 0) shared.holders.set(file, left);
+      else {
+        shared.holders.delete(file);
+        rmSync(file, { force: true });
+      }
+    };
+    const call = currentCall();
+    if (call) call.onSettled(release);
+    else setTimeout(release, HOLD_MS).unref();
     return file;
   }
 
-  dispose(): void {
-    if (this.dir) rmSync(this.dir, { recursive: true, force: true });
-    this.dir = undefined;
-    this.written.clear();
+  /** Key files held now (tests). */
+  static held(): number {
+    return shared.holders.size;
   }
 }
 

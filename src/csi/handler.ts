@@ -3,19 +3,26 @@ import { status, type ServerUnaryCall, type sendUnaryData, type handleUnaryCall 
 import type { Logger } from 'pino';
 import { CsiError, aborted } from '../errors.js';
 import { ExecError } from '../util/exec.js';
+import { CallScope } from '../util/call-context.js';
 import { observeRpc } from '../metrics.js';
 import type { KeyedTryLock } from './locks.js';
 
 /**
  * The single wrapper every RPC goes through: it gives each call a request id
  * and a child logger, logs the request with secrets censored, takes the
- * per-volume try-lock (ABORTED when busy), maps typed errors to gRPC status
- * codes, and logs timing. Handlers themselves stay small and only throw.
+ * per-volume try-lock (ABORTED when busy), runs the handler in a call scope
+ * that follows the client's deadline and cancellation (commands, Ceph and S3
+ * requests stop with it), maps errors to gRPC status codes, and logs timing.
+ * Handlers themselves stay small and only throw.
  */
 
 export interface RpcContext {
   reqId: string;
   log: Logger;
+  /** Aborts when the call's deadline (less a margin) passes or its client cancels; none outside a call (the healer). */
+  signal?: AbortSignal;
+  /** Epoch ms of the client's deadline; undefined when it set none. */
+  deadline?: number;
 }
 
 export interface RpcRuntime {
@@ -51,11 +58,36 @@ export function redact(value: unknown): unknown {
   return value;
 }
 
-function toStatus(e: unknown): { code: status; details: string } {
+// Errnos (as a Ceph tool's exit code, or from the rados client) that say the cluster could not be reached.
+const UNREACHABLE_ERRNOS = new Set([101, 103, 104, 107, 108, 111, 113]); // ENETUNREACH ECONNABORTED ECONNRESET ENOTCONN ESHUTDOWN ECONNREFUSED EHOSTUNREACH
+const ETIMEDOUT = 110;
+// Errnos of an operation that is busy or still in progress: the CO's retry is the answer.
+const BUSY_ERRNOS = new Set([11, 16]); // EAGAIN EBUSY
+const CEPH_TOOL = /^(ceph|rbd|rados)\b/;
+const UNREACHABLE_TEXT = /error connecting to the cluster|couldn't connect to the cluster|authenticate timed out|failed to fetch mon config|no monitors? (?:reachable|specified)/i;
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT']);
+
+/** The gRPC status for an error that reached the edge; INTERNAL only for what nothing here recognises. */
+export function toStatus(e: unknown): { code: status; details: string } {
   if (e instanceof CsiError) return { code: e.code, details: e.message };
-  if (e instanceof ExecError) return { code: e.timedOut ? status.DEADLINE_EXCEEDED : status.INTERNAL, details: e.message };
+  if (e instanceof ExecError) {
+    const ceph = CEPH_TOOL.test(e.cmd);
+    if (e.timedOut || (ceph && e.exitCode === ETIMEDOUT && !UNREACHABLE_TEXT.test(e.stderr))) return { code: status.DEADLINE_EXCEEDED, details: e.message };
+    if (e.unavailable || (ceph && (UNREACHABLE_ERRNOS.has(e.exitCode ?? 0) || e.exitCode === ETIMEDOUT || UNREACHABLE_TEXT.test(e.stderr)))) {
+      return { code: status.UNAVAILABLE, details: e.message };
+    }
+    if (ceph && BUSY_ERRNOS.has(e.exitCode ?? 0)) return { code: status.ABORTED, details: `${e.message} (busy; retry)` };
+    return { code: status.INTERNAL, details: e.message };
+  }
+  // Only a truncated or garbled answer from a tool or the storage makes a parse fail: retrying reads it again.
+  if (e instanceof SyntaxError) return { code: status.UNAVAILABLE, details: `an answer from the storage could not be read (${e.message}); retry` };
+  const netCode = (e as { code?: unknown })?.code;
+  if (typeof netCode === 'string' && NETWORK_CODES.has(netCode)) return { code: status.UNAVAILABLE, details: `storage unreachable: ${netCode}` };
   return { code: status.INTERNAL, details: `internal error: ${(e as Error)?.message ?? String(e)}` };
 }
+
+// After its deadline passed, a handler gets this long to stop before its lock is taken back anyway.
+export const STOP_GRACE_MS = 5000;
 
 export function wrap<Req, Res>(
   rt: RpcRuntime,
@@ -98,9 +130,40 @@ export function wrap<Req, Res>(
         return;
       }
     }
-    fn(req, { reqId, log }).then(
-      (res) => finish(null, res),
-      (e) => finish(toStatus(e)),
-    );
+    const scope = new CallScope(deadlineOf(call));
+    call.on?.('cancelled', () => scope.cancel());
+    let answered = false;
+    const answer = (err: { code: status; details: string } | null, res?: Res) => {
+      if (answered) return;
+      answered = true;
+      finish(err, res);
+    };
+    // Last resort: a handler still running long after its call stopped must not hold the volume's lock for ever.
+    let straggler: NodeJS.Timeout | undefined;
+    scope.signal.addEventListener('abort', () => {
+      straggler = setTimeout(() => {
+        log.warn({ graceMs: STOP_GRACE_MS }, 'handler still running after its call stopped: lock released, answering now');
+        answer(toStatus(scope.signal.reason));
+      }, STOP_GRACE_MS);
+      straggler.unref();
+    });
+    scope
+      .run(() => fn(req, { reqId, log, signal: scope.signal, deadline: scope.deadline }))
+      .then(
+        (res) => answer(null, res),
+        (e) => answer(toStatus(scope.signal.aborted && !(e instanceof CsiError && e.code !== status.INTERNAL) ? scope.signal.reason : e)),
+      )
+      .finally(() => {
+        if (straggler) clearTimeout(straggler);
+        scope.settle();
+      });
   };
+}
+
+/** The client's deadline in epoch ms, or undefined when it set none. */
+function deadlineOf(call: ServerUnaryCall<unknown, unknown>): number | undefined {
+  const d = call.getDeadline?.();
+  if (d === undefined || d === Infinity) return undefined;
+  const ms = d instanceof Date ? d.getTime() : Number(d);
+  return Number.isFinite(ms) ? ms : undefined;
 }

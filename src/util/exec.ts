@@ -1,11 +1,13 @@
 import { execa, type Options } from 'execa';
 import type { Logger } from 'pino';
-import { deadlineExceeded, internal } from '../errors.js';
+import { boundedTimeout, currentCall, stopReason } from './call-context.js';
 
 /**
  * The one place Strata spawns processes. Arguments are always an array (no
  * shell), every call has a timeout well under kubelet's 2-minute RPC deadline,
- * and secrets travel by file or environment, never argv. Callers get a typed
+ * cut to what is left of the gRPC call's deadline, and is killed when the call
+ * stops (deadline passed or client gone). Secrets travel by file or
+ * environment, never argv. Callers get a typed
  * ExecError carrying the exit code and stderr so they can map known failures
  * (ENOENT, EBUSY...) to CSI codes.
  */
@@ -42,15 +44,26 @@ function summarize(stderr: string): string {
 }
 
 export class ExecError extends Error {
+  /**
+   * `timedOut`: the command ran out of time (its own timeout or the call's
+   * deadline). `unavailable`: the tool could not reach the storage or died
+   * (the rados client process), so a retry may well succeed.
+   */
   constructor(
     readonly cmd: string,
     readonly exitCode: number | undefined,
     readonly stderr: string,
     readonly timedOut: boolean,
+    readonly unavailable = false,
   ) {
-    super(`${cmd} failed${timedOut ? ' (timed out)' : ` with exit code ${exitCode}`}: ${summarize(stderr)}`);
+    super(`${cmd} failed${timedOut ? ' (timed out)' : exitCode === undefined ? '' : ` with exit code ${exitCode}`}: ${summarize(stderr)}`);
     this.name = 'ExecError';
   }
+}
+
+/** The error for a command not started, or killed, because its call's deadline passed or its client left. */
+export function stoppedError(cmd: string, why: string): ExecError {
+  return new ExecError(cmd, undefined, why, true);
 }
 
 /** Runs a command and returns its output; throws ExecError on non-zero exit. */
@@ -68,10 +81,14 @@ function withoutKeys(env: NodeJS.ProcessEnv, keys: string[]): Record<string, str
 
 /** Runs a command and returns its output whatever the exit code. */
 export async function runAllowFail(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
-  const timeout = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const why = stopReason();
+  if (why) throw stoppedError(file, why.message);
+  const timeout = boundedTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  if (timeout <= 0) throw stoppedError(file, 'no time left before the call\'s deadline');
   const started = Date.now();
   const options: Options = {
     timeout,
+    cancelSignal: currentCall()?.signal,
     reject: false,
     stripFinalNewline: true,
     env: opts.unsetEnv ? { ...withoutKeys(process.env, opts.unsetEnv), ...opts.env } : opts.env,
@@ -82,18 +99,11 @@ export async function runAllowFail(file: string, args: readonly string[], opts: 
   };
   const r = await execa(file, args, options);
   opts.log?.debug({ cmd: file, args: args.slice(0, 3), exitCode: r.exitCode, ms: Date.now() - started }, 'exec');
-  if (r.timedOut) throw new ExecError(file, undefined, String(r.stderr ?? ''), true);
+  if (r.timedOut) throw new ExecError(file, undefined, `no answer within ${timeout} ms; ${String(r.stderr ?? '')}`, true);
+  if (r.isCanceled) throw stoppedError(file, stopReason()?.message ?? 'the call stopped');
   if (r.failed && r.exitCode === undefined) {
     // Spawn failures (binary missing, EACCES) never got an exit code.
     throw new ExecError(file, undefined, r.message ?? 'spawn failed', false);
   }
   return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), exitCode: r.exitCode ?? -1 };
-}
-
-/** Maps an ExecError that timed out to DEADLINE_EXCEEDED, anything else to INTERNAL. */
-export function toCsi(e: unknown, what: string): Error {
-  if (e instanceof ExecError) {
-    return e.timedOut ? deadlineExceeded(`${what}: timed out`) : internal(`${what}: ${e.stderr.trim().split('\n').slice(-2).join(' ')}`);
-  }
-  return e instanceof Error ? e : internal(String(e));
 }
