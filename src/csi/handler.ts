@@ -145,7 +145,6 @@ export function wrap<Req, Res>(
         log.warn({ graceMs: STOP_GRACE_MS }, 'handler still running after its call stopped: lock released, answering now');
         answer(toStatus(scope.signal.reason));
       }, STOP_GRACE_MS);
-      straggler.unref();
     });
     scope
       .run(() => fn(req, { reqId, log, signal: scope.signal, deadline: scope.deadline }))

@@ -33,7 +33,6 @@ export class CallScope {
       // Timers cannot wait longer than 2^31-1 ms; such a deadline is as good as none.
       if (ms <= MAX_TIMER_MS) {
         this.timer = setTimeout(() => this.abort(deadlineExceeded("the call's deadline passed; its work was stopped")), ms);
-        this.timer.unref();
       }
     }
   }
@@ -100,4 +99,9 @@ export function boundedSignal(ownMs: number): AbortSignal {
   const t = AbortSignal.timeout(Math.max(1, ownMs));
   const c = als.getStore();
   return c ? AbortSignal.any([c.signal, t]) : t;
+}
+
+/** Runs fn outside any call: work meant to outlive the call that starts it (background copies) keeps only its own timeouts. */
+export function outsideCall<T>(fn: () => T): T {
+  return als.exit(fn);
 }

@@ -3,7 +3,9 @@ import { describe, it } from 'node:test';
 import { status } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { Writable } from 'node:stream';
-import { redact, wrap, type RpcRuntime } from '../../src/csi/handler.js';
+import { EventEmitter } from 'node:events';
+import { STOP_GRACE_MS, redact, wrap, type RpcRuntime } from '../../src/csi/handler.js';
+import { run } from '../../src/util/exec.js';
 import { KeyedTryLock } from '../../src/csi/locks.js';
 import { notFound } from '../../src/errors.js';
 import { REDACT_PATHS } from '../../src/log.js';
@@ -15,6 +17,16 @@ function runtime(lines: string[]): RpcRuntime {
 
 function call<Req, Res>(h: ReturnType<typeof wrap<Req, Res>>, request: Req): Promise<{ err: { code: number; details: string } | null; res?: Res }> {
   return new Promise((resolve) => h({ request } as never, ((err: never, res: Res) => resolve({ err, res })) as never));
+}
+
+/** A call as grpc-js gives it: with a deadline and a 'cancelled' event. */
+function callWithin<Req, Res>(h: ReturnType<typeof wrap<Req, Res>>, request: Req, deadlineMs: number) {
+  const call = Object.assign(new EventEmitter(), { request, getDeadline: () => new Date(Date.now() + deadlineMs) });
+  const answer = new Promise<{ err: { code: number; details: string } | null; ms: number }>((resolve) => {
+    const t0 = Date.now();
+    h(call as never, ((err: never) => resolve({ err, ms: Date.now() - t0 })) as never);
+  });
+  return { call, answer };
 }
 
 describe('the RPC wrapper', () => {
@@ -56,5 +68,41 @@ describe('the RPC wrapper', () => {
       throw new TypeError('x is undefined');
     });
     assert.equal((await call(h, {})).err?.code, status.INTERNAL);
+  });
+
+  it('stops a call\'s command at its deadline, answers DEADLINE_EXCEEDED in time and frees the lock', async () => {
+    const rt = runtime([]);
+    const h = wrap(rt, 'Slow', async () => (await run('sleep', ['30']), {}), { lockKeys: (q: { volume_id: string }) => [q.volume_id] });
+    const { answer } = callWithin(h, { volume_id: 'v1' }, 2000);
+    const { err, ms } = await answer;
+    assert.equal(err?.code, status.DEADLINE_EXCEEDED);
+    assert.ok(ms < 2000, `answered after ${ms} ms`);
+    assert.equal(rt.locks.size, 0);
+  });
+
+  it('stops a call\'s command when the client cancels', async () => {
+    const rt = runtime([]);
+    const h = wrap(rt, 'Slow', async () => (await run('sleep', ['30']), {}), { lockKeys: (q: { volume_id: string }) => [q.volume_id] });
+    const { call, answer } = callWithin(h, { volume_id: 'v1' }, 60_000);
+    setTimeout(() => call.emit('cancelled'), 200);
+    const { err, ms } = await answer;
+    assert.equal(err?.code, status.CANCELLED);
+    assert.ok(ms < 2000);
+    assert.equal(rt.locks.size, 0);
+  });
+
+  it('takes the lock back from a handler that ignores its deadline, with a warning', async () => {
+    const lines: string[] = [];
+    const rt = runtime(lines);
+    let finish: () => void = () => {};
+    const h = wrap(rt, 'Stuck', () => new Promise<object>((r) => (finish = () => r({}))), { lockKeys: (q: { volume_id: string }) => [q.volume_id] });
+    const { answer } = callWithin(h, { volume_id: 'v1' }, 500);
+    const { err, ms } = await answer;
+    assert.equal(err?.code, status.DEADLINE_EXCEEDED);
+    assert.ok(ms >= STOP_GRACE_MS && ms < STOP_GRACE_MS + 2000, `answered after ${ms} ms`);
+    assert.equal(rt.locks.size, 0, 'a retry must not get ABORTED for ever');
+    assert.ok(lines.some((l) => l.includes('"level":40') && l.includes('lock released')));
+    assert.equal(rt.inflight.count, 0);
+    finish();
   });
 });

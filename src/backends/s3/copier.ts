@@ -1,6 +1,7 @@
 import pLimit from 'p-limit';
 import type { Logger } from 'pino';
 import { aborted } from '../../errors.js';
+import { outsideCall } from '../../util/call-context.js';
 import { isNoSuchKey, type S3Store } from './store.js';
 
 /**
@@ -77,7 +78,8 @@ export class CopyJobs {
     let job = this.jobs.get(key);
     if (!job) {
       const j: Job = { cancelled: false, done: Promise.resolve() };
-      j.done = work(() => j.cancelled).catch((e: Error) => {
+      // The job outlives the call that starts it: that call's deadline must not stop it.
+      j.done = outsideCall(() => work(() => j.cancelled)).catch((e: Error) => {
         j.error = e;
         if (!j.cancelled) this.log.warn({ key, err: e.message }, 'copy stopped; the next request resumes it');
       });

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config/config.js';
 import { findCluster } from '../../config/config.js';
 import { isCsiError, unavailable } from '../../errors.js';
+import { boundedSignal, stopReason, throwIfStopped } from '../../util/call-context.js';
 import { bucketOf, type Location } from './layout.js';
 import { readKey, type S3ClusterConfig } from './credentials.js';
 
@@ -44,13 +45,16 @@ export class RgwQuota {
       body,
     });
     const qs = Object.entries(query).map(([k, v]) => (v === '' ? encodeURIComponent(k) : `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)).join('&');
+    throwIfStopped();
     let r: Response;
+    let text: string;
     try {
-      r = await fetch(`${url.origin}${url.pathname}?${qs}`, { method, headers: signed.headers, body, signal: AbortSignal.timeout(TIMEOUT_MS) });
+      // Bounded by the call's deadline too; the body is read under the same signal.
+      r = await fetch(`${url.origin}${url.pathname}?${qs}`, { method, headers: signed.headers, body, signal: boundedSignal(TIMEOUT_MS) });
+      text = await r.text();
     } catch (e) {
-      throw unavailable(`RGW admin API unreachable: ${(e as Error).name}`);
+      throw stopReason() ?? unavailable(`RGW admin API unreachable: ${(e as Error).name}`);
     }
-    const text = await r.text();
     if (!r.ok) throw unavailable(`RGW admin API refused ${method} bucket ${query.bucket}: HTTP ${r.status} ${/"Code":"(\w+)"/.exec(text)?.[1] ?? ''}`);
     return text;
   }

@@ -20,12 +20,17 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { Agent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import { failedPrecondition, notFound, resourceExhausted, unavailable } from '../../errors.js';
+import { CsiError, failedPrecondition, notFound, resourceExhausted, unavailable } from '../../errors.js';
+import { boundedSignal, throwIfStopped } from '../../util/call-context.js';
 
 /**
  * The few S3 operations Strata needs, on one client per endpoint and
  * identity. Errors the CO should see differently (missing bucket, refused
  * credentials, store down) become CsiErrors here; the rest pass through.
+ *
+ * Every request is bounded: a store that accepts connections but never
+ * answers (RGW in front of a stopped OSD) fails it within REQUEST_TIMEOUT_MS,
+ * one retry at most, and the gRPC call's deadline aborts it sooner.
  */
 
 export interface S3Credentials {
@@ -46,9 +51,17 @@ export interface ObjectInfo {
 // One CopyObject is limited to 5 GiB and serial; above this, parts are copied side by side.
 export const MULTIPART_COPY_THRESHOLD = 32 * 1024 * 1024;
 export const COPY_PART_SIZE = 32 * 1024 * 1024;
-const REQUEST_TIMEOUT_MS = 30_000;
+const CONNECT_TIMEOUT_MS = 3_000;
+// Whole request, body included; RGW copies up to MULTIPART_COPY_THRESHOLD in one request in well under a second.
+const REQUEST_TIMEOUT_MS = 15_000;
+const SOCKET_IDLE_MS = 10_000;
+// Cleanup after a failed multipart copy runs even once the call has stopped, briefly.
+const CLEANUP_TIMEOUT_MS = 5_000;
+// An AbortError's cause is why the call stopped (its deadline or its client), set by the call scope.
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'TimeoutError', 'RequestTimeout']);
 
 const code = (e: unknown) => (e instanceof S3ServiceException ? e.name : (e as { Code?: string; name?: string })?.Code ?? (e as Error)?.name);
+const sysCode = (e: unknown) => (e as { code?: unknown })?.code;
 const httpStatus = (e: unknown) => (e as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
 
 export const isNoSuchBucket = (e: unknown) => code(e) === 'NoSuchBucket';
@@ -62,8 +75,13 @@ export function mapS3Error(e: unknown, what: string): Error {
     return failedPrecondition(`S3 refused ${what}: ${c ?? 'access denied'} (check the credentials)`);
   }
   if (c === 'NoSuchBucket') return notFound(`S3 bucket for ${what} does not exist`);
-  if (c === 'ECONNREFUSED' || c === 'TimeoutError' || c === 'ETIMEDOUT' || c === 'ECONNRESET' || (httpStatus(e) ?? 0) >= 500) {
-    return unavailable(`S3 endpoint unavailable during ${what}: ${c ?? httpStatus(e)}`);
+  if (c === 'AbortError') {
+    const why = (e as Error).cause;
+    return why instanceof CsiError ? why : unavailable(`S3 endpoint gave no answer during ${what} within ${REQUEST_TIMEOUT_MS} ms`);
+  }
+  const sc = sysCode(e);
+  if (NETWORK_CODES.has(c ?? '') || (typeof sc === 'string' && NETWORK_CODES.has(sc)) || (httpStatus(e) ?? 0) >= 500) {
+    return unavailable(`S3 endpoint unavailable during ${what}: ${typeof sc === 'string' ? sc : c ?? httpStatus(e)}`);
   }
   return e as Error;
 }
@@ -82,15 +100,29 @@ export class S3Store {
       // RGW 16 rejects the SDK's default trailing checksums (MissingContentLength).
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
-      maxAttempts: 3,
-      requestHandler: new NodeHttpHandler({ httpAgent: new Agent(keepAlive), httpsAgent: new HttpsAgent(keepAlive), requestTimeout: REQUEST_TIMEOUT_MS, connectionTimeout: 5_000 }),
+      maxAttempts: 2,
+      requestHandler: new NodeHttpHandler({
+        httpAgent: new Agent(keepAlive),
+        httpsAgent: new HttpsAgent(keepAlive),
+        connectionTimeout: CONNECT_TIMEOUT_MS,
+        requestTimeout: REQUEST_TIMEOUT_MS,
+        // Without it the handler only logs a warning when requestTimeout passes, and waits on.
+        throwOnRequestTimeout: true,
+        socketTimeout: SOCKET_IDLE_MS,
+      }),
     });
+  }
+
+  /** Options for one request: aborted when the current gRPC call stops (and it is not sent when it already has). */
+  private opts(): { abortSignal: AbortSignal } {
+    throwIfStopped();
+    return { abortSignal: boundedSignal(2 * REQUEST_TIMEOUT_MS + CONNECT_TIMEOUT_MS) };
   }
 
   /** Creates a bucket; one that is already ours is fine. */
   async createBucket(bucket: string): Promise<void> {
     try {
-      await this.client.send(new CreateBucketCommand({ Bucket: bucket }));
+      await this.client.send(new CreateBucketCommand({ Bucket: bucket }), this.opts());
     } catch (e) {
       if (code(e) === 'BucketAlreadyOwnedByYou') return;
       if (code(e) === 'BucketAlreadyExists') throw failedPrecondition(`bucket ${bucket} exists and belongs to someone else`);
@@ -100,7 +132,7 @@ export class S3Store {
 
   async bucketExists(bucket: string): Promise<boolean> {
     try {
-      await this.client.send(new HeadBucketCommand({ Bucket: bucket }));
+      await this.client.send(new HeadBucketCommand({ Bucket: bucket }), this.opts());
       return true;
     } catch (e) {
       if (isNoSuchBucket(e) || httpStatus(e) === 404) return false;
@@ -111,7 +143,7 @@ export class S3Store {
   /** Removes an empty bucket; a missing one is fine. */
   async deleteBucket(bucket: string): Promise<void> {
     try {
-      await this.client.send(new DeleteBucketCommand({ Bucket: bucket }));
+      await this.client.send(new DeleteBucketCommand({ Bucket: bucket }), this.opts());
     } catch (e) {
       if (isNoSuchBucket(e) || httpStatus(e) === 404) return;
       throw mapS3Error(e, `removing bucket ${bucket}`);
@@ -120,7 +152,7 @@ export class S3Store {
 
   async listBuckets(): Promise<string[]> {
     try {
-      const r = await this.client.send(new ListBucketsCommand({}));
+      const r = await this.client.send(new ListBucketsCommand({}), this.opts());
       return (r.Buckets ?? []).map((b) => b.Name!).filter(Boolean);
     } catch (e) {
       throw mapS3Error(e, 'listing buckets');
@@ -133,7 +165,7 @@ export class S3Store {
     do {
       let r;
       try {
-        r = await this.client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, Delimiter: delimiter, ContinuationToken: token }));
+        r = await this.client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, Delimiter: delimiter, ContinuationToken: token }), this.opts());
       } catch (e) {
         if (isNoSuchBucket(e)) return;
         throw mapS3Error(e, `listing ${bucket}/${prefix}`);
@@ -157,7 +189,7 @@ export class S3Store {
 
   async getJson<T>(bucket: string, key: string): Promise<T | undefined> {
     try {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      const r = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), this.opts());
       return JSON.parse(await r.Body!.transformToString()) as T;
     } catch (e) {
       if (isNoSuchKey(e) || isNoSuchBucket(e)) return undefined;
@@ -171,7 +203,7 @@ export class S3Store {
 
   async put(bucket: string, key: string, body: string | Buffer, contentType?: string): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: typeof body === 'string' ? Buffer.from(body) : body, ContentType: contentType }));
+      await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: typeof body === 'string' ? Buffer.from(body) : body, ContentType: contentType }), this.opts());
     } catch (e) {
       throw mapS3Error(e, `writing ${bucket}/${key}`);
     }
@@ -179,7 +211,7 @@ export class S3Store {
 
   async deleteKey(bucket: string, key: string): Promise<void> {
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+      await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }), this.opts());
     } catch (e) {
       if (isNoSuchKey(e) || isNoSuchBucket(e)) return;
       throw mapS3Error(e, `removing ${bucket}/${key}`);
@@ -191,7 +223,7 @@ export class S3Store {
     if (!keys.length) return;
     let r;
     try {
-      r = await this.client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }));
+      r = await this.client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }), this.opts());
     } catch (e) {
       if (isNoSuchBucket(e)) return;
       throw mapS3Error(e, `removing objects in ${bucket}`);
@@ -218,7 +250,7 @@ export class S3Store {
     const source = `${src.bucket}/${encodeURIComponent(src.key).replace(/%2F/g, '/')}`;
     try {
       if (src.size <= MULTIPART_COPY_THRESHOLD) {
-        await this.client.send(new CopyObjectCommand({ Bucket: dst.bucket, Key: dst.key, CopySource: source, MetadataDirective: 'COPY' }));
+        await this.client.send(new CopyObjectCommand({ Bucket: dst.bucket, Key: dst.key, CopySource: source, MetadataDirective: 'COPY' }), this.opts());
         return;
       }
       await this.multipartCopy(source, src.size, dst, parts);
@@ -228,7 +260,7 @@ export class S3Store {
   }
 
   private async multipartCopy(source: string, size: number, dst: { bucket: string; key: string }, parts: <T>(f: () => Promise<T>) => Promise<T>): Promise<void> {
-    const { UploadId } = await this.client.send(new CreateMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key }));
+    const { UploadId } = await this.client.send(new CreateMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key }), this.opts());
     try {
       const count = Math.ceil(size / COPY_PART_SIZE);
       const done = await Promise.all(
@@ -238,14 +270,15 @@ export class S3Store {
             const last = Math.min(size, first + COPY_PART_SIZE) - 1;
             const r = await this.client.send(
               new UploadPartCopyCommand({ Bucket: dst.bucket, Key: dst.key, UploadId, PartNumber: i + 1, CopySource: source, CopySourceRange: `bytes=${first}-${last}` }),
+              this.opts(),
             );
             return { PartNumber: i + 1, ETag: r.CopyPartResult!.ETag };
           }),
         ),
       );
-      await this.client.send(new CompleteMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId, MultipartUpload: { Parts: done } }));
+      await this.client.send(new CompleteMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId, MultipartUpload: { Parts: done } }), this.opts());
     } catch (e) {
-      await this.client.send(new AbortMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId })).catch(() => undefined);
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId }), { abortSignal: AbortSignal.timeout(CLEANUP_TIMEOUT_MS) }).catch(() => undefined);
       throw e;
     }
   }
