@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -71,6 +71,7 @@ export class CephLab {
     if (missing.length) {
       throw new Error(`Ceph lab needs ${missing.join(', ')}: run test/install-deps.sh (or the README's test command) first`);
     }
+    await reapStaleLabs();
     const lab = new CephLab(opts);
     try {
       await lab.boot();
@@ -315,12 +316,22 @@ rgw_data = ${L}/rgw
     return out.join('\n');
   }
 
+  /** Signals the lab's daemons whose name starts with `prefix` (SIGSTOP makes one unresponsive, SIGCONT resumes it); returns how many. */
+  signalDaemons(prefix: string, sig: NodeJS.Signals): number {
+    const group = this.daemons.filter((d) => d.name.startsWith(prefix));
+    for (const d of group) signal(d.pid, sig);
+    return group.length;
+  }
+
   /** Stops daemons in the safe order (mon last, FACTS pitfall 4) and removes the lab. */
   async stop(): Promise<void> {
     const order = ['rgw', 'mds', 'osd', 'mgr', 'mon'];
     for (const prefix of order) {
       const group = this.daemons.filter((d) => d.name.startsWith(prefix));
-      for (const d of group) signal(d.pid, 'SIGTERM');
+      for (const d of group) {
+        signal(d.pid, 'SIGCONT'); // a daemon a test paused would ignore SIGTERM
+        signal(d.pid, 'SIGTERM');
+      }
       const deadline = Date.now() + 8_000;
       while (group.some((d) => alive(d.pid)) && Date.now() < deadline) await sleep(50);
       for (const d of group) if (alive(d.pid)) signal(d.pid, 'SIGKILL');
@@ -348,3 +359,26 @@ function alive(pid: number): boolean {
     return false;
   }
 }
+
+/**
+ * Daemons of a lab whose test process died without stopping it (a timeout, a
+ * kill) hold the fixed ports, and every later lab would fail to bind. Only
+ * one lab runs at a time, so any other lab's daemons are stale: kill them
+ * and wait for the monitor port to be free.
+ */
+async function reapStaleLabs(): Promise<void> {
+  const stale: number[] = [];
+  for (const ent of readdirSync('/proc')) {
+    if (!/^\d+$/.test(ent)) continue;
+    try {
+      const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
+      if (/(^|\/)(ceph-mon|ceph-mgr|ceph-osd|ceph-mds|radosgw)$/.test(argv[0] ?? '') && argv.some((a) => /\/strata-lab-[^/]+\/ceph\.conf$/.test(a))) stale.push(Number(ent));
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  for (const pid of stale) signal(pid, 'SIGKILL');
+  const deadline = Date.now() + 10_000;
+  while (stale.some(alive) && Date.now() < deadline) await sleep(50);
+}
+

@@ -4,11 +4,11 @@ import path from 'node:path';
 import { CephLab } from '../lab/ceph-lab.js';
 import { startDriver, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
-import { MIN_PASSED, runSanity, withoutDefaultIdentity, type SanityResult } from './sanity-runner.js';
+import { MIN_PASSED, runSanity, withoutDefaultIdentity } from './sanity-runner.js';
 
 /**
  * csi-sanity against the RBD backend on a real Ceph lab, for file-system and
- * raw block volumes. Zero failures are required; what is skipped, and why,
+ * raw block volumes, and with request secrets only. Zero failures are required; what is skipped, and why,
  * is listed in sanity-runner.ts.
  */
 
@@ -26,38 +26,29 @@ describe('csi-sanity: rbd', { timeout: 900_000 }, () => {
     await lab?.stop();
   });
 
-  const check = (r: SanityResult, what: string, min = MIN_PASSED.withIdentity) => {
-    assert.equal(r.failed, 0, `${what}: csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
-    assert.ok(r.passed >= min, `${what}: only ${r.passed} specs passed`);
+  const passes = async (d: { socket: string; dir: string }, workName: string, accessType: 'mount' | 'block', minPassed: number) => {
+    const workDir = path.join(d.dir, workName);
+    const r = await runSanity({
+      socket: d.socket,
+      workDir,
+      accessType,
+      params: { backend: 'rbd', clusterID: 'lab', pool: 'rbd' },
+      secrets: { userID: 'admin', userKey: lab.adminKey },
+    });
+    assert.equal(r.failed, 0, `${workName}: csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
+    assert.ok(r.passed >= minPassed, `${workName}: only ${r.passed} specs passed`);
+    assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
+    const images = (await lab.rbd(['ls', 'rbd'])).split('\n').filter(Boolean);
+    assert.deepEqual(images, [], 'csi-sanity deleted every volume and snapshot, so no image may remain');
   };
 
-  it('case 11: passes every spec with credentials only in request secrets', async () => {
-    await withoutDefaultIdentity(
-      () => startDriver({ config: lab.writeDriverConfig({ defaultIdentity: false }), nodeId: 'sanity-node' }),
-      async (d) => {
-        const workDir = path.join(d.dir, 'sanity-secrets-only');
-        const params = { backend: 'rbd', clusterID: 'lab', pool: 'rbd' };
-        const r = await runSanity({ socket: d.socket, workDir, accessType: 'mount', params, secrets: { userID: 'admin', userKey: lab.adminKey } });
-        check(r, 'secrets only', MIN_PASSED.secretsOnly);
-        assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
-      },
-    );
-  });
-
   for (const accessType of ['mount', 'block'] as const) {
-    it(`passes every spec with ${accessType} volumes`, async () => {
-      const workDir = path.join(driver.dir, `sanity-${accessType}`);
-      const r = await runSanity({
-        socket: driver.socket,
-        workDir,
-        accessType,
-        params: { backend: 'rbd', clusterID: 'lab', pool: 'rbd' },
-        secrets: { userID: 'admin', userKey: lab.adminKey },
-      });
-      check(r, accessType);
-      assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
-      const images = (await lab.rbd(['ls', 'rbd'])).split('\n').filter(Boolean);
-      assert.deepEqual(images, [], 'csi-sanity deleted every volume and snapshot, so no image may remain');
-    });
+    it(`passes every spec with ${accessType} volumes`, () => passes(driver, `sanity-${accessType}`, accessType, MIN_PASSED.withIdentity));
   }
+
+  it('case 11: passes every spec with credentials only in request secrets', () =>
+    withoutDefaultIdentity(
+      () => startDriver({ config: lab.writeDriverConfig({ defaultIdentity: false }), nodeId: 'sanity-node' }),
+      (d) => passes(d, 'sanity-secrets-only', 'mount', MIN_PASSED.secretsOnly),
+    ));
 });

@@ -10,8 +10,9 @@ import { MIN_PASSED, runSanity, withoutDefaultIdentity } from './sanity-runner.j
 
 /**
  * csi-sanity against the S3 backend (s3fs mounts), once with a bucket per
- * volume and once with a shared bucket (a prefix per volume). Zero failures
- * required; skips are listed in sanity-runner.ts.
+ * volume and once with a shared bucket (a prefix per volume), and once with
+ * request secrets only. Zero failures required; skips are listed in
+ * sanity-runner.ts.
  */
 
 describe('csi-sanity: s3', { timeout: 900_000 }, () => {
@@ -33,38 +34,27 @@ describe('csi-sanity: s3', { timeout: 900_000 }, () => {
 
   const secrets = { accessKeyID: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey };
 
-  it('passes every spec with a bucket per volume', async () => {
-    const workDir = path.join(driver.dir, 'sanity-s3-own');
-    const r = await runSanity({ socket: driver.socket, workDir, accessType: 'mount', params: { backend: 's3', clusterID: 'lab' }, secrets });
+  const passes = async (d: { socket: string; dir: string }, workName: string, params: Record<string, string>, minPassed: number) => {
+    const workDir = path.join(d.dir, workName);
+    const r = await runSanity({ socket: d.socket, workDir, accessType: 'mount', params: { backend: 's3', clusterID: 'lab', ...params }, secrets });
     assert.equal(r.failed, 0, `csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
-    assert.ok(r.passed >= 60, `only ${r.passed} specs passed`);
+    assert.ok(r.passed >= minPassed, `only ${r.passed} specs passed`);
     assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
-    const buckets = ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((b) => b.Name);
-    assert.deepEqual(buckets.filter((b) => b?.startsWith('csi-')), [], 'every volume and snapshot bucket is gone');
-  });
+    if (params.bucket) {
+      assert.deepEqual(await listKeys(s3, params.bucket, ''), [], 'every volume and snapshot prefix is gone from the shared bucket');
+    } else {
+      const buckets = ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((b) => b.Name);
+      assert.deepEqual(buckets.filter((b) => b?.startsWith('csi-')), [], 'every volume and snapshot bucket is gone');
+    }
+  };
 
-  it('passes every spec with a shared bucket', async () => {
-    const workDir = path.join(driver.dir, 'sanity-s3-shared');
-    const r = await runSanity({ socket: driver.socket, workDir, accessType: 'mount', params: { backend: 's3', clusterID: 'lab', bucket: 'sanity-shared' }, secrets });
-    assert.equal(r.failed, 0, `csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
-    assert.ok(r.passed >= 60, `only ${r.passed} specs passed`);
-    assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
-    assert.deepEqual(await listKeys(s3, 'sanity-shared', ''), [], 'every volume and snapshot prefix is gone from the shared bucket');
-  });
+  it('passes every spec with a bucket per volume', () => passes(driver, 'sanity-s3-own', {}, MIN_PASSED.withIdentity));
 
-  it('case 11: passes every spec with credentials only in request secrets', async () => {
-    await withoutDefaultIdentity(
+  it('passes every spec with a shared bucket', () => passes(driver, 'sanity-s3-shared', { bucket: 'sanity-shared' }, MIN_PASSED.withIdentity));
+
+  it('case 11: passes every spec with credentials only in request secrets', () =>
+    withoutDefaultIdentity(
       () => startDriver({ config: lab.writeDriverConfig({ defaultIdentity: false }), nodeId: 'sanity-node' }),
-      async (d) => {
-        const workDir = path.join(d.dir, 'sanity-secrets-only');
-        const r = await runSanity({ socket: d.socket, workDir, accessType: 'mount', params: { backend: 's3', clusterID: 'lab' }, secrets });
-        assert.equal(r.failed, 0, `csi-sanity failures:\n${r.failures.join('\n')}\n${r.output.slice(-4000)}`);
-        assert.ok(r.passed >= MIN_PASSED.secretsOnly, `only ${r.passed} specs passed`);
-        assert.deepEqual(await leftovers(workDir), [], 'mounts or FUSE processes left behind');
-        const buckets = ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((b) => b.Name);
-        assert.deepEqual(buckets.filter((b) => b?.startsWith('csi-')), [], 'every volume and snapshot bucket is gone');
-      },
-    );
-  });
+      (d) => passes(d, 'sanity-secrets-only', {}, MIN_PASSED.secretsOnly),
+    ));
 });
-

@@ -291,9 +291,9 @@ export class S3Controller implements ControllerBackend {
     };
   }
 
-  /** Names of kind `kind` in every bucket the config's identity sees: own buckets, and prefixes of shared ones. */
-  private async scan(cluster: string, kind: 'v' | 's', ctx: RpcContext): Promise<{ store?: S3Store; locations: Location[] }> {
-    const store = this.listingStore(cluster, ctx);
+  /** Names of kind `kind` in every bucket the identity sees (the request's, else the config's): own buckets, and prefixes of shared ones. */
+  private async scan(cluster: string, kind: 'v' | 's', secrets: Record<string, string>, ctx: RpcContext): Promise<{ store?: S3Store; locations: Location[] }> {
+    const store = this.readStore(cluster, secrets, ctx);
     if (!store) return { locations: [] };
     const match = kind === 'v' ? isVolumeName : isSnapshotName;
     const hashOf = (n: string) => n.slice(n.lastIndexOf('-') + 1);
@@ -311,7 +311,7 @@ export class S3Controller implements ControllerBackend {
   }
 
   async listVolumeIds(cluster: string, ctx: RpcContext): Promise<string[]> {
-    return (await this.scan(cluster, 'v', ctx)).locations.map(idOf).sort();
+    return (await this.scan(cluster, 'v', {}, ctx)).locations.map(idOf).sort();
   }
 
   async getCapacity(): Promise<number> {
@@ -394,8 +394,8 @@ export class S3Controller implements ControllerBackend {
     return toSnapshot(idOf(l), rec, rec.state === 'ready');
   }
 
-  async listSnapshotIds(cluster: string, source: ObjectId | undefined, _secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
-    const { store, locations } = await this.scan(cluster, 's', ctx);
+  async listSnapshotIds(cluster: string, source: ObjectId | undefined, secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
+    const { store, locations } = await this.scan(cluster, 's', secrets, ctx);
     if (!source || !store) return locations.map(idOf).sort();
     const want = locationOf(source) && idOf(locationOf(source)!);
     const ids: string[] = [];
