@@ -10,7 +10,7 @@ import { codeOf, connect, startDriver, type CsiClients, type DriverProcess } fro
 import { labS3Client } from '../helpers/s3.js';
 import type { Volume } from '../../src/csi/gen/csi/v1/Volume.js';
 import { BACKENDS, goodCap, hostileRequests, type Backend } from './fuzz-gen.js';
-import { PARAMS, checkFiles, detachPremade, failureReport, labSecrets, makeSentinels, mgrPid, premade, removeSentinels, runFuzz, type Premade, type Sentinels } from './fuzz-run.js';
+import { PARAMS, checkFiles, deleteListed, detachPremade, failureReport, labSecrets, undoMade, makeSentinels, mgrPid, premade, removeSentinels, runFuzz, type Premade, type Sentinels } from './fuzz-run.js';
 import type { VolumeCapability } from '../../src/csi/gen/csi/v1/VolumeCapability.js';
 
 /**
@@ -163,18 +163,16 @@ describe('hostile controller input (issue 16)', { timeout: 900_000 }, () => {
       assert.deepEqual(checkFiles(p), [], 'data intact');
       const status = (await c.controller.ControllerGetVolume({ volume_id: p.id }))!.status!;
       assert.deepEqual(status.published_node_ids, [NODE_ID]);
-      assert.equal(r.failures.length, 0, `${r.failures.length} answers of ${r.sent} break the rules (seed 6):\n${failureReport(r.failures)}`);
-
       await detachPremade(c, NODE_ID, p, secrets.cephfs);
       // What the sample itself made (odd-named snapshots and volumes) goes first.
-      for (const s of r.made.snapshots) await c.controller.DeleteSnapshot({ snapshot_id: s, secrets: secrets.cephfs });
-      for (const pub of r.made.publishes) await c.controller.ControllerUnpublishVolume({ volume_id: pub.volumeId, node_id: pub.nodeId, secrets: secrets.cephfs });
-      for (const v of r.made.volumes) await c.controller.DeleteVolume({ volume_id: v, secrets: secrets.cephfs });
+      assert.deepEqual(await undoMade(c, r, secrets), []);
+      await deleteListed(c, new Set([p.id, p.snapshotId, ...BACKENDS.map((b) => vols[b]!.volume_id!)]), secrets);
       await c.controller.DeleteSnapshot({ snapshot_id: p.snapshotId, secrets: secrets.cephfs });
       await c.controller.DeleteVolume({ volume_id: p.id, secrets: secrets.cephfs });
       p = undefined;
       assert.notEqual((await lab.cephAllowFail(['fs', 'subvolume', 'info', 'cephfs', subvolume, '--group_name', 'csi'])).exitCode, 0, 'the subvolume is gone');
       assert.notEqual((await lab.cephAllowFail(['auth', 'get', user])).exitCode, 0, `${user} is gone`);
+      assert.equal(r.failures.length, 0, `${r.failures.length} answers of ${r.sent} break the rules (seed 6):\n${failureReport(r.failures)}`);
     } finally {
       if (p) await detachPremade(c, NODE_ID, p, secrets.cephfs).catch(() => {});
       removeSentinels(sentinels);

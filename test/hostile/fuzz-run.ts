@@ -322,13 +322,16 @@ export async function runFuzz(socket: string, requests: Iterable<FuzzRequest>, o
  * examples taken from every kind in turn, so one flood does not hide the rest.
  */
 export function failureReport(fs: Failure[], examples = 20): string {
+  // Kinds: the code and the gist of the answer (ids, paths and numbers blurred), or of the rule when the answer says nothing.
+  const gist = (f: Failure) => (f.details || f.why.replace(/ for: .*/, '')).replace(/s1:[^ "]*/g, '<id>').replace(/\/[^ "']*/g, '<path>').replace(/\d+/g, 'N').slice(0, 70);
   const groups = new Map<string, Failure[]>();
   for (const f of fs) {
-    const k = `${f.code} ${f.request.split(' ')[1]} ${f.why.replace(/ for: .*/, '')}`;
+    const k = `${f.code} ${gist(f)}`;
     groups.set(k, [...(groups.get(k) ?? []), f]);
   }
   const sorted = [...groups].sort((a, b) => b[1].length - a[1].length);
-  const lines = sorted.map(([k, g]) => `  ${String(g.length).padStart(5)} x ${k}`);
+  const rpcs = (g: Failure[]) => [...new Set(g.map((f) => f.request.split(' ')[1]!.replace(/^\w+\./, '')))].slice(0, 6).join(',');
+  const lines = sorted.map(([k, g]) => `  ${String(g.length).padStart(5)} x ${k} [${rpcs(g)}]`);
   const picked: Failure[] = [];
   for (let i = 0; picked.length < examples && i < examples; i++) for (const [, g] of sorted) if (g[i] && picked.length < examples) picked.push(g[i]!);
   lines.push(`  first examples:`);
