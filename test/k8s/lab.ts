@@ -234,7 +234,7 @@ export class KubeLab {
         contexts: [{ name: 'lab', context: { cluster: 'lab', user } }],
         'current-context': 'lab',
       };
-      writeFileSync(this.p('kubeconfig', `${user}.json`), JSON.stringify(cfg, null, 1));
+      writeFileSync(this.p('kubeconfig', `${user}.json`), JSON.stringify(cfg, null, 1), { mode: 0o600 });
     }
   }
 
