@@ -6,7 +6,7 @@ import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
 import { GiB, MiB, isBlock, isMultiNodeWriter, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
 import type * as csi from '../../csi/types.js';
-import { alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
 import { toCsiVolume } from '../volume.js';
 import { parseRecord } from '../../util/json.js';
@@ -30,6 +30,8 @@ const META_VOLUME = 'strata.volume';
 const META_SNAPSHOT = 'strata.snapshot';
 const META_ATTACH = ATTACH_PREFIX;
 const SNAP_NAME = 'csi';
+// Temporary snapshots on a source, named after the clone or snapshot image being made from it.
+const TEMP_SNAPSHOT = /^csi-(vol|snap)-[0-9a-f]{32}$/;
 const DEFAULT_SIZE = GiB;
 // Snapshot images are never written or mapped: layering is all they need.
 const SNAPSHOT_FEATURES = ['layering'];
@@ -94,44 +96,44 @@ export class RbdController implements ControllerBackend {
       }
     }
     let existing = await rbd.info(params.pool, image);
+    let prev = existing ? await this.volumeMeta(rbd, params.pool, image) : undefined;
+    // Image names are hashes of volume names: a record under another name was
+    // inherited from a clone source by a create that crashed before stripping it.
+    if (prev && prev.name !== req.name) prev = undefined;
+    if (existing && !prev && (src || existing.parent)) {
+      // A restore or clone without its record was cut short by a crash, maybe
+      // before librbd linked it to its parent snapshot (whose removal would then
+      // take the data): it is made again, never finished.
+      await this.removeUnfinished(rbd, params.pool, image);
+      existing = undefined;
+    }
     if (!existing) {
-      if (src?.snapshot) {
-        meta.source = { snapshot: src.snapshot.snapshot_id };
-        await this.cloneFromSnapshot(rbd, params, src.snapshot.snapshot_id, image, size, create);
-      } else if (src?.volume) {
-        meta.source = { volume: src.volume.volume_id };
-        await this.cloneFromVolume(rbd, params, src.volume.volume_id, image, size, create);
-      } else {
-        try {
-          await rbd.create(params.pool, image, size, create);
-        } catch (e) {
-          // A concurrent retry may have won the race; fall through to the existing-image path.
-          if (!isErrno(e, EEXIST)) throw e;
-        }
+      const make = async () => {
+        if (src?.snapshot) await this.cloneFromSnapshot(rbd, params, src.snapshot.snapshot_id, image, size, create);
+        else if (src?.volume) await this.cloneFromVolume(rbd, params, src.volume.volume_id, image, size, create);
+        else await rbd.create(params.pool, image, size, create);
+      };
+      try {
+        await make();
+      } catch (e) {
+        if (!isErrno(e, EEXIST)) throw e;
+        // The name is taken, yet no image opens under it: a create cut short by a crash.
+        await this.removeUnfinished(rbd, params.pool, image);
+        await make();
       }
       existing = await rbd.info(params.pool, image);
-      if (!existing) throw failedPrecondition(`image ${params.pool}/${image} vanished while being created`);
+      if (!existing) throw aborted(`image ${params.pool}/${image} vanished while being created; retry`);
+      if (src?.snapshot) meta.source = { snapshot: src.snapshot.snapshot_id };
+      else if (src?.volume) meta.source = { volume: src.volume.volume_id };
     } else {
-      let prev = await this.volumeMeta(rbd, params.pool, image);
-      if (prev && prev.name !== req.name) {
-        // Image names are hashes of volume names: another name here was inherited
-        // from a clone source by a create that crashed before stripping it.
-        await rbd.metaStrip(params.pool, image, META_PREFIX);
-        prev = undefined;
-      }
       const prevSrc = prev?.source?.snapshot ?? prev?.source?.volume;
       const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
       if (prev && prevSrc !== wantSrc) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
-      if (!prev && existing.size < size) {
-        // An unfinished create (crashed between clone and resize): finish it.
-        await rbd.resize(params.pool, image, size);
-        existing = { ...existing, size };
-      }
       if (!sizeFits(existing.size, req.capacity_range) || (!req.capacity_range && existing.size !== DEFAULT_SIZE && !wantSrc)) {
         throw alreadyExists(`volume "${req.name}" exists with size ${existing.size}, which does not match the request`);
       }
+      // Complete, or a blank image whose create stopped before its record: that is all it lacks.
       if (prev) return this.toVolume(id, params.clusterID, params.pool, image, existing.size, prev);
-      meta.source = wantSrc ? (src?.snapshot ? { snapshot: wantSrc } : { volume: wantSrc }) : undefined;
     }
     // Written last: its presence marks the volume complete, so a retry after a crash finishes the job.
     await rbd.metaSet(params.pool, image, META_VOLUME, asciiJson(meta));
@@ -182,6 +184,16 @@ export class RbdController implements ControllerBackend {
     return parseRecord<VolumeMeta>(all[META_VOLUME]);
   }
 
+  /** Removes an image no one was ever handed (it has no record). A killed command's watch holds `rbd rm` up to 30 s. */
+  private async removeUnfinished(rbd: RbdCli, pool: string, image: string): Promise<void> {
+    try {
+      await rbd.remove(pool, image);
+    } catch (e) {
+      if (isErrno(e, EBUSY)) throw aborted(`unfinished image ${pool}/${image} is still open by a killed command; retry`);
+      throw e;
+    }
+  }
+
   async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
     await this.removeImage(this.cli(id.cluster, secrets, ctx.log), id.cluster, pool, image, ctx);
@@ -193,9 +205,21 @@ export class RbdController implements ControllerBackend {
    * the background, so the caller waits for one command only.
    */
   private async removeImage(rbd: RbdCli, clusterId: string, pool: string, image: string, ctx: RpcContext): Promise<void> {
-    let result;
+    let result: 'removed' | 'has-snapshots' | 'trashed' | 'missing';
     try {
       result = await rbd.remove(pool, image);
+      if (result === 'has-snapshots') {
+        // Our images' only user snapshots are the temporary sources of clones and
+        // snapshots; one still here was left by a crash (a clone that still
+        // needs it keeps it in the trash namespace after removal).
+        const leftovers = (await rbd.snapList(pool, image)).filter((s) => (s.namespace?.type ?? 'user') === 'user' && TEMP_SNAPSHOT.test(s.name));
+        for (const s of leftovers) await rbd.snapRemove(pool, image, s.name);
+        if (leftovers.length) result = await rbd.remove(pool, image);
+      }
+      if (result === 'has-snapshots') {
+        await rbd.trashMove(pool, image);
+        result = 'trashed';
+      }
     } catch (e) {
       if (isErrno(e, EBUSY)) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
       throw e;
@@ -309,6 +333,11 @@ export class RbdController implements ControllerBackend {
         await rbd.snapRemove(pool, srcImage, snapImage);
         return done;
       }
+      // A snapshot image without its record was cut short by a crash, maybe
+      // before librbd linked it to the source's snapshot: it is made again.
+      await rbd.snapRemove(pool, snapImage, SNAP_NAME);
+      await this.removeUnfinished(rbd, pool, snapImage);
+      await rbd.clone(pool, srcImage, snapImage, snapImage, { features: SNAPSHOT_FEATURES });
     }
     const [info] = await Promise.all([rbd.info(pool, snapImage), rbd.snapCreate(pool, snapImage, SNAP_NAME)]);
     if (!info) throw failedPrecondition(`snapshot image ${pool}/${snapImage} vanished while being created`);

@@ -148,20 +148,21 @@ export class RbdCli {
   }
 
   /**
-   * Removes an image. An image whose (trashed) snapshots still have clones
-   * cannot be removed; it moves to the RBD trash instead and is collected
-   * once its last clone is gone (see collectTrashedParents).
-   * Returns false when the image did not exist.
+   * Removes an image. One with snapshots (trashed ones that clones still
+   * need, or temporary ones a crash left) is not removed: the caller decides
+   * (see trashMove).
    */
-  async remove(pool: string, image: string): Promise<'removed' | 'trashed' | 'missing'> {
+  async remove(pool: string, image: string): Promise<'removed' | 'has-snapshots' | 'missing'> {
     const r = await runAllowFail('rbd', [...cephArgs(this.conn), 'rm', '--no-progress', `${pool}/${image}`], { timeoutMs: TIMEOUT_MS, log: this.log });
     if (r.exitCode === 0) return 'removed';
     if (r.exitCode === ENOENT) return 'missing';
-    if (r.exitCode === ENOTEMPTY) {
-      await this.rbd(['trash', 'mv', `${pool}/${image}`]);
-      return 'trashed';
-    }
+    if (r.exitCode === ENOTEMPTY) return 'has-snapshots';
     throw new ExecError('rbd rm', r.exitCode, r.stderr, false);
+  }
+
+  /** Moves an image to the RBD trash, where it waits until its last clone is gone (see purgeTrash). */
+  async trashMove(pool: string, image: string): Promise<void> {
+    await this.rbd(['trash', 'mv', `${pool}/${image}`]);
   }
 
   async trashList(pool: string): Promise<Array<{ id: string; name: string }>> {
