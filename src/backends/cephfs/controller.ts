@@ -195,12 +195,19 @@ export class CephfsController implements ControllerBackend {
       return;
     }
     await fs.deauthorize(name, volumeUser(name));
-    const snaps = await fs.snapList(name);
-    for (const snap of snaps) {
+    const kept: string[] = [];
+    for (const snap of await fs.snapList(name)) {
       const m = await fs.snapMetaList(name, snap);
-      if (m?.[META_SNAPSHOT]) await fs.retainedSet(name, snap, m[META_SNAPSHOT]);
+      if (m?.[META_SNAPSHOT]) {
+        await fs.retainedSet(name, snap, m[META_SNAPSHOT]);
+        kept.push(snap);
+      } else {
+        // No record: the temporary source of a clone, or a snapshot whose create a
+        // crash cut short and no one retried. Nothing refers to it; retained, it would leak.
+        await fs.snapRemove(name, snap);
+      }
     }
-    await fs.remove(name, snaps.length > 0);
+    await fs.remove(name, kept.length > 0);
   }
 
   async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
