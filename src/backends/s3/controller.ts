@@ -168,9 +168,11 @@ export class S3Controller implements ControllerBackend {
         params: { mounter: p.mounter, uid: p.uid, gid: p.gid, mode: p.mode, mountOptions: p.mountOptions },
         createdAt: new Date().toISOString(),
       };
-      await store.putJson(bucket, recordKey(l), rec);
+      // The quota before the record, which marks the volume made: a crash between
+      // the two must not leave a volume that retries answer without its quota.
       // A restore or clone gets its quota once its data is in: copies never run into it.
       if (!from) await this.quota.apply(l, rec.capacity, ctx.log);
+      await store.putJson(bucket, recordKey(l), rec);
     }
     if (rec.state === 'copying') rec = await this.fill(store, l, rec, ctx);
     return this.toVolume(l, rec);
@@ -228,7 +230,15 @@ export class S3Controller implements ControllerBackend {
     const rec = await store.getJson<VolumeRecord>(bucket, recordKey(l));
     if (rec) {
       for await (const page of store.list(bucket, copyingPrefix(l))) {
-        if (page.length) throw failedPrecondition(`snapshot ${page[0]!.key.slice(copyingPrefix(l).length)} is still being copied from this volume; delete it or retry when it is ready`);
+        for (const o of page) {
+          const name = o.key.slice(copyingPrefix(l).length);
+          const hash = /^csi-snap-([0-9a-f]{32})$/.exec(name)?.[1];
+          const snap: Location | undefined = hash ? { kind: 's', cluster: l.cluster, hash, shared: l.shared } : undefined;
+          const srec = snap && (await store.getJson<SnapshotRecord>(bucketOf(snap), recordKey(snap)));
+          if (srec?.state === 'copying' && srec.source === idOf(l)) throw failedPrecondition(`snapshot ${name} is still being copied from this volume; delete it or retry when it is ready`);
+          // A marker whose copy finished, or whose snapshot was never recorded, was left by a crash.
+          await store.deleteKey(bucket, o.key);
+        }
       }
       if (rec.state !== 'deleting') await this.putRecord(store, l, rec.capacity, recordKey(l), { ...rec, state: 'deleting' }, ctx);
     }
