@@ -37,6 +37,22 @@ async function subvolumes(lab: CephLab): Promise<string[]> {
   return out.sort();
 }
 
+/** Trashed images with the snapshots that keep them there, to say why a purge could not take them. */
+async function rbdTrash(lab: CephLab): Promise<string[]> {
+  const out: string[] = [];
+  for (const t of JSON.parse((await lab.rbd(['trash', 'ls', '--all', 'rbd', '--format', 'json'])) || '[]') as Array<{ id: string; name: string }>) {
+    let snaps = '?';
+    try {
+      const list = JSON.parse((await lab.rbd(['snap', 'ls', '--all', '--pool', 'rbd', '--image-id', t.id, '--format', 'json'])) || '[]') as Array<{ name: string; namespace?: { type: string } }>;
+      snaps = list.map((x) => `${x.name}(${x.namespace?.type ?? 'user'})`).join(' ');
+    } catch (e) {
+      snaps = (e as Error).message.slice(0, 80);
+    }
+    out.push(`${t.name} snapshots: ${snaps}`);
+  }
+  return out.sort();
+}
+
 function loopDevices(): string[] {
   const out: string[] = [];
   for (const loop of readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
@@ -54,7 +70,7 @@ export async function clusterState(lab: CephLab, driverDir: string): Promise<Clu
   try {
     return {
       rbdImages: lines(await lab.rbd(['ls', 'rbd'])),
-      rbdTrash: (JSON.parse((await lab.rbd(['trash', 'ls', '--all', 'rbd', '--format', 'json'])) || '[]') as Array<{ name: string }>).map((t) => t.name).sort(),
+      rbdTrash: await rbdTrash(lab),
       subvolumes: lab.hasCephFS ? await subvolumes(lab) : [],
       cephUsers: (JSON.parse(await lab.ceph(['auth', 'ls', '--format', 'json'])) as { auth_dump: Array<{ entity: string }> }).auth_dump.map((a) => a.entity).filter((e) => e.startsWith('client.strata-')).sort(),
       configKeys: (JSON.parse(await lab.ceph(['config-key', 'ls'])) as string[]).filter((k) => k.startsWith('strata/')).sort(),

@@ -131,13 +131,12 @@ describe('crash test: kill -9 inside every mutating RPC converges on retry', { t
       const staged: Array<{ v: Volume; who: string }> = [];
       const staging = (who: string) => path.join(work, who, 'staging');
       const target = (who: string) => path.join(work, who, 'target');
-      const createVol = (name: string, extra: Record<string, unknown> = {}) => async (c: CsiClients) =>
-        (await c.controller.CreateVolume({ name: `${b.name}-${round}-${name}`, capacity_range: { required_bytes: SIZE }, volume_capabilities: [b.cap], parameters: b.params, secrets, ...extra }))!.volume! as Volume;
-      const made = async (name: string, extra: Record<string, unknown> = {}) => {
-        const v = (await retry(() => createVol(name, extra)(d.c))).value;
-        volumes.push(v);
+      const createVol = (name: string, extra: Record<string, unknown> = {}) => async (c: CsiClients) => {
+        const v = (await c.controller.CreateVolume({ name: `${b.name}-${round}-${name}`, capacity_range: { required_bytes: SIZE }, volume_capabilities: [b.cap], parameters: b.params, secrets, ...extra }))!.volume! as Volume;
+        if (!volumes.some((x) => x.volume_id === v.volume_id)) volumes.push(v);
         return v;
       };
+      const made = async (name: string, extra: Record<string, unknown> = {}) => (await retry(() => createVol(name, extra)(d.c))).value;
       const getVol = async (id: string) => (await retry(() => d.c.controller.ControllerGetVolume({ volume_id: id }))).value!;
       const healthy = async (id: string) => {
         const s = (await getVol(id)).status?.volume_condition;
@@ -158,7 +157,6 @@ describe('crash test: kill -9 inside every mutating RPC converges on retry', { t
       try {
         // 1. CreateVolume, blank.
         const cvol = await kill('CreateVolume', createVol('m-vol'), createVol('c-vol'));
-        volumes.push(cvol);
         const mvol = await made('m-vol');
         assert.equal(Number(cvol.capacity_bytes), SIZE);
         assert.equal((await made('c-vol')).volume_id, cvol.volume_id, 'a retry after convergence answers the same volume');
@@ -193,12 +191,12 @@ describe('crash test: kill -9 inside every mutating RPC converges on retry', { t
         // 5. CreateSnapshot, polled until ready as the snapshotter does.
         const snapshot = (name: string) => async (c: CsiClients) => {
           const s = (await c.controller.CreateSnapshot({ source_volume_id: cvol.volume_id!, name: `${b.name}-${round}-${name}`, secrets }))!.snapshot! as Snapshot;
+          if (!snapshots.some((x) => x.snapshot_id === s.snapshot_id)) snapshots.push(s);
           if (!s.ready_to_use) throw notReady(`snapshot ${name}`);
           return s;
         };
         const csnap = await kill('CreateSnapshot', snapshot('m-snap'), snapshot('c-snap'));
         const msnap = (await retry(() => snapshot('m-snap')(d.c))).value;
-        snapshots.push(msnap, csnap);
         assert.equal(csnap.source_volume_id, cvol.volume_id);
         assert.equal(Number(csnap.size_bytes), SIZE);
         assert.equal((await retry(() => snapshot('c-snap')(d.c))).value.snapshot_id, csnap.snapshot_id);
@@ -214,7 +212,6 @@ describe('crash test: kill -9 inside every mutating RPC converges on retry', { t
         };
         const fromSnap = { volume_content_source: { snapshot: { snapshot_id: csnap.snapshot_id! } } };
         const crestore = await kill('CreateVolume from snapshot', createVol('m-restore', fromSnap), createVol('c-restore', fromSnap));
-        volumes.push(crestore);
         const mrestore = await made('m-restore', fromSnap);
         assert.equal(Number(crestore.capacity_bytes), SIZE);
         await healthy(crestore.volume_id!);
@@ -222,7 +219,6 @@ describe('crash test: kill -9 inside every mutating RPC converges on retry', { t
 
         const fromVol = { volume_content_source: { volume: { volume_id: cvol.volume_id! } } };
         const cclone = await kill('CreateVolume clone', createVol('m-clone', fromVol), createVol('c-clone', fromVol));
-        volumes.push(cclone);
         await made('m-clone', fromVol);
         assert.equal(Number(cclone.capacity_bytes), SIZE);
         await healthy(cclone.volume_id!);
