@@ -21,7 +21,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { Agent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { CsiError, failedPrecondition, notFound, resourceExhausted, unavailable } from '../../errors.js';
-import { boundedSignal, throwIfStopped } from '../../util/call-context.js';
+import { boundedSignal, stopReason, throwIfStopped } from '../../util/call-context.js';
 
 /**
  * The few S3 operations Strata needs, on one client per endpoint and
@@ -77,7 +77,7 @@ export function mapS3Error(e: unknown, what: string): Error {
   if (c === 'NoSuchBucket') return notFound(`S3 bucket for ${what} does not exist`);
   if (c === 'AbortError') {
     const why = (e as Error).cause;
-    return why instanceof CsiError ? why : unavailable(`S3 endpoint gave no answer during ${what} within ${REQUEST_TIMEOUT_MS} ms`);
+    return why instanceof CsiError ? why : stopReason() ?? unavailable(`S3 endpoint gave no answer during ${what} within ${REQUEST_TIMEOUT_MS} ms`);
   }
   const sc = sysCode(e);
   if (NETWORK_CODES.has(c ?? '') || (typeof sc === 'string' && NETWORK_CODES.has(sc)) || (httpStatus(e) ?? 0) >= 500) {
