@@ -510,10 +510,17 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     rmSync(this.dir, { recursive: true, force: true });
   }
 
+  /**
+   * App pods first, DaemonSet pods (a CSI node plugin) last: kubelet needs the node plugin to
+   * unmount the app pods' volumes.
+   */
   private async drainPods(): Promise<void> {
-    const pods = (await this.api.get('/api/v1/pods')).items as Obj[];
-    for (const pod of pods) await this.api.delete(`/api/v1/namespaces/${pod.metadata.namespace}/pods/${pod.metadata.name}`, { gracePeriodSeconds: 1 });
-    await this.api.waitFor('pods to be gone', async () => (((await this.api.get('/api/v1/pods')).items as Obj[]).length === 0 ? true : undefined), 90_000, 500);
+    const list = async () => (await this.api.get('/api/v1/pods')).items as Obj[];
+    const daemon = (p: Obj) => ((p.metadata.ownerReferences ?? []) as Obj[]).some((o) => o.kind === 'DaemonSet');
+    for (const wave of [(p: Obj) => !daemon(p), daemon]) {
+      for (const pod of (await list()).filter(wave)) await this.api.delete(`/api/v1/namespaces/${pod.metadata.namespace}/pods/${pod.metadata.name}`, { gracePeriodSeconds: 1 });
+      await this.api.waitFor('pods to be gone', async () => ((await list()).some(wave) ? undefined : true), 90_000, 500);
+    }
   }
 
   private async kill(names: string[]): Promise<void> {
