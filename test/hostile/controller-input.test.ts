@@ -175,7 +175,7 @@ describe('hostile controller input (issue 16)', { timeout: 900_000 }, () => {
       assert.equal(r.failures.length, 0, `${r.failures.length} answers of ${r.sent} break the rules (seed 6):\n${failureReport(r.failures)}`);
     } finally {
       if (p) await detachPremade(c, NODE_ID, p, secrets.cephfs).catch(() => {});
-      removeSentinels(sentinels);
+      await removeSentinels(sentinels);
     }
   });
 

@@ -64,9 +64,17 @@ export function makeSentinels(sandbox: string): Sentinels {
   return s;
 }
 
-export function removeSentinels(s: Sentinels | undefined): void {
+/**
+ * Unmounts whatever is mounted under the sentinels (deepest first: a driver
+ * bug may have mounted a volume there) and removes them, but never recurses
+ * into a mount: if one cannot be detached the sentinels stay, named in the error.
+ */
+export async function removeSentinels(s: Sentinels | undefined): Promise<void> {
   if (!s) return;
-  spawnSync('umount', ['-l', s.mount]);
+  const under = async () => (await readMountInfo()).map((m) => m.mountPoint).filter((p) => p === s.root || p.startsWith(s.root + '/'));
+  for (const p of (await under()).sort((a, b) => b.length - a.length)) spawnSync('umount', ['-l', p], { timeout: 10_000 });
+  const left = await under();
+  if (left.length) throw new Error(`mounts left under the sentinels, not removing them: ${left.join(', ')}`);
   rmSync(s.root, { recursive: true, force: true });
 }
 

@@ -81,7 +81,7 @@ describe(`fuzz: ${COUNT} hostile requests over every RPC and backend (seed ${SEE
   after(async () => {
     c?.close();
     await drv?.stop();
-    removeSentinels(sentinels);
+    await removeSentinels(sentinels);
     await lab?.stop();
   });
 
