@@ -396,6 +396,9 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
       imageGCHighThresholdPercent: 100,
       evictionHard: { 'memory.available': '100Mi', 'nodefs.available': '1%', 'imagefs.available': '1%', 'nodefs.inodesFree': '1%' },
       serializeImagePulls: false,
+      // Volume stats (NodeGetVolumeStats for CSI volumes) every 5 s instead of every minute: the
+      // tests wait for a resize to show.
+      volumeStatsAggPeriod: '5s',
       volumePluginDir: path.join(KUBELET_DIR, 'volumeplugins'),
       podLogsDir: this.p('pod-logs'),
       registerNode: true,

@@ -1,24 +1,26 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { KubeLab, KUBELET_DIR } from './lab.js';
-import { BUSYBOX_IMAGE } from './images.js';
-import type { Obj } from './api.js';
 import { run } from '../../src/util/exec.js';
+import { KubeLab, KUBELET_DIR } from './lab.js';
+import type { Obj } from './api.js';
+import { busyboxPod, createAndWait, deletePod, podLog, runToCompletion, volumeStats } from './pods.js';
 
 /**
- * The Kubernetes lab itself: it starts from the cached binaries, runs a pod from a locally built
- * image to completion with its output readable through the apiserver (the node proxy to kubelet),
- * and stops leaving no process or mount behind.
+ * The Kubernetes lab itself: it starts from the cached binaries, runs pods from locally built
+ * images with their output and volume stats readable through the apiserver (the node proxy to
+ * kubelet), routes the kubernetes Service for pods, serves the VolumeSnapshot kinds, runs the
+ * sidecar images, and stops leaving no process, mount or iptables chain behind.
  */
 
 describe('Kubernetes lab', { timeout: 600_000 }, () => {
   let lab: KubeLab | undefined;
   let dir = '';
   let containerdSocket = '';
+  const say = (m: string) => console.log(`[k8s-lab] ${m}`);
 
   before(async () => {
-    lab = await KubeLab.start({ csi: true, log: (m) => console.log(`[k8s-lab] ${m}`) });
+    lab = await KubeLab.start({ csi: true, log: say });
     dir = lab.dir;
     containerdSocket = lab.containerdSocket;
   });
@@ -36,72 +38,45 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
   });
 
   it('runs a busybox pod as a non-root user to completion and serves its log', async () => {
-    const api = lab!.api;
-    const ns = '/api/v1/namespaces/default/pods';
-    const started = Date.now();
-    await api.create(ns, {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { name: 'smoke' },
-      spec: {
-        restartPolicy: 'Never',
-        securityContext: { runAsUser: 1000, runAsGroup: 1000, fsGroup: 1000 },
-        volumes: [{ name: 'scratch', emptyDir: {} }],
-        containers: [
-          {
-            name: 'main',
-            image: BUSYBOX_IMAGE,
-            imagePullPolicy: 'Never',
-            command: ['sh', '-c', 'echo hello > /scratch/f && sync && echo "uid=$(id -u) $(cat /scratch/f) $(hostname)"'],
-            volumeMounts: [{ name: 'scratch', mountPath: '/scratch' }],
-          },
-        ],
-      },
+    const pod = busyboxPod('smoke', 'echo hello > /scratch/f && sync && echo "uid=$(id -u) $(cat /scratch/f) $(hostname)"', {
+      securityContext: { runAsUser: 1000, runAsGroup: 1000, fsGroup: 1000 },
+      volumes: [{ name: 'scratch', emptyDir: {} }],
     });
-    const phase = await api.waitFor(
-      'pod smoke to finish',
-      async () => {
-        const p = (await api.get(`${ns}/smoke`)).status?.phase as string | undefined;
-        return p === 'Succeeded' || p === 'Failed' ? p : undefined;
-      },
-      120_000,
-    );
-    console.log(`[k8s-lab] pod ran to completion in ${(Date.now() - started) / 1000} s`);
-    const log = (await api.raw('GET', `${ns}/smoke/log`)).text;
-    assert.equal(phase, 'Succeeded', log);
-    assert.equal(log.trim(), 'uid=1000 hello smoke');
-    await api.delete(`${ns}/smoke`, { gracePeriodSeconds: 0 });
+    const r = await runToCompletion(lab!.api, pod);
+    say(`pod ran to completion in ${r.seconds} s`);
+    assert.equal(r.phase, 'Succeeded', r.log);
+    assert.equal(r.log.trim(), 'uid=1000 hello smoke');
+    await deletePod(lab!.api, pod);
+  });
+
+  it("reports a running pod's volume usage in kubelet's stats within seconds", async () => {
+    const pod = busyboxPod('stats', 'dd if=/dev/zero of=/scratch/f bs=1M count=3 2>/dev/null && sync && echo written && sleep 600', {
+      restartPolicy: 'Always',
+      volumes: [{ name: 'scratch', emptyDir: {} }],
+    });
+    await createAndWait(lab!.api, pod, ['Running']);
+    const t = Date.now();
+    const stats = await lab!.api.waitFor('3 MiB used in the volume stats', async () => {
+      const v = await volumeStats(lab!.api, lab!.nodeName, pod, 'scratch');
+      return v && v.usedBytes >= 3 * 2 ** 20 ? v : undefined;
+    }, 60_000, 500);
+    say(`volume stats showed the write after ${(Date.now() - t) / 1000} s`);
+    assert.ok(stats.capacityBytes > stats.usedBytes, JSON.stringify(stats));
+    assert.equal((await podLog(lab!.api, pod)).trim(), 'written');
+    await deletePod(lab!.api, pod);
   });
 
   it('routes the kubernetes Service to the apiserver for pods (kube-proxy)', async () => {
-    const api = lab!.api;
-    const ns = '/api/v1/namespaces/default/pods';
     // busybox's wget crashes on the apiserver's TLS (EC key): a TCP connect proves the route, and
     // an unserved port of the same IP proves the check can fail.
-    await api.create(ns, {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { name: 'in-cluster' },
-      spec: {
-        restartPolicy: 'Never',
-        containers: [
-          {
-            name: 'main',
-            image: BUSYBOX_IMAGE,
-            imagePullPolicy: 'Never',
-            command: ['sh', '-c', 'nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null; echo "service=$?"; nc -w 2 $KUBERNETES_SERVICE_HOST 1 </dev/null 2>/dev/null; echo "other=$?"'],
-          },
-        ],
-      },
-    });
-    const phase = await api.waitFor('pod in-cluster to finish', async () => {
-      const p = (await api.get(`${ns}/in-cluster`)).status?.phase as string | undefined;
-      return p === 'Succeeded' || p === 'Failed' ? p : undefined;
-    }, 120_000);
-    const log = (await api.raw('GET', `${ns}/in-cluster/log`)).text;
-    assert.equal(phase, 'Succeeded', log);
-    assert.equal(log.trim(), 'service=0\nother=1');
-    await api.delete(`${ns}/in-cluster`, { gracePeriodSeconds: 0 });
+    const pod = busyboxPod(
+      'in-cluster',
+      'nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null; echo "service=$?"; nc -w 2 $KUBERNETES_SERVICE_HOST 1 </dev/null 2>/dev/null; echo "other=$?"',
+    );
+    const r = await runToCompletion(lab!.api, pod);
+    assert.equal(r.phase, 'Succeeded', r.log);
+    assert.equal(r.log.trim(), 'service=0\nother=1');
+    await deletePod(lab!.api, pod);
   });
 
   it('serves the VolumeSnapshot kinds and runs the CSI sidecars from their local images', async () => {
@@ -111,24 +86,19 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
     assert.equal((await api.get(`${cls}/smoke`)).driver, 'smoke.csi.dev');
     await api.delete(`${cls}/smoke`);
 
-    const ns = '/api/v1/namespaces/default/pods';
-    const images = lab!.sidecarImages;
-    const containers = Object.entries(images).map(([name, image]) => ({ name: name.toLowerCase(), image, imagePullPolicy: 'Never', args: ['--version'] }));
-    await api.create(ns, { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sidecars' }, spec: { restartPolicy: 'Never', containers } });
-    const pod = await api.waitFor('pod sidecars to finish', async () => {
-      const p = await api.get(`${ns}/sidecars`);
-      return p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed' ? p : undefined;
-    }, 120_000);
+    const containers = Object.entries(lab!.sidecarImages).map(([name, image]) => ({ name: name.toLowerCase(), image, imagePullPolicy: 'Never', args: ['--version'] }));
+    const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sidecars', namespace: 'default' }, spec: { restartPolicy: 'Never', containers } };
+    const { pod: done } = await createAndWait(api, pod, ['Succeeded', 'Failed']);
     const logs: Record<string, string> = {};
-    for (const c of containers) logs[c.name] = (await api.raw('GET', `${ns}/sidecars/log?container=${c.name}`)).text;
-    assert.equal(pod.status.phase, 'Succeeded', JSON.stringify(logs));
+    for (const c of containers) logs[c.name] = await podLog(api, pod, c.name);
+    assert.equal(done.status.phase, 'Succeeded', JSON.stringify(logs));
     const b = lab!.built;
-    assert.match(logs.provisioner!, new RegExp(b.PROVISIONER_VERSION.replace(/\./g, '\\.')));
-    assert.match(logs.attacher!, new RegExp(b.ATTACHER_VERSION.replace(/\./g, '\\.')));
-    await api.delete(`${ns}/sidecars`, { gracePeriodSeconds: 0 });
+    assert.ok(logs.provisioner!.includes(b.PROVISIONER_VERSION), logs.provisioner);
+    assert.ok(logs.attacher!.includes(b.ATTACHER_VERSION), logs.attacher);
+    await deletePod(api, pod);
   });
 
-  it('stops leaving no process, mount or directory of its own', async () => {
+  it('stops leaving no process, mount, directory or iptables chain of its own', async () => {
     const l = lab!;
     lab = undefined;
     await l.stop();
