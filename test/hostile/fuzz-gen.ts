@@ -1064,7 +1064,10 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
         volume_context: { ...(v?.volumeContext ?? {}) },
       };
       const d = draft('NodeStageVolume', 'Node', b, req, [OK], [p.id, `path:${req.staging_target_path}`]);
-      add(d, idDefect('volume_id', p, 'lookup'));
+      const idd = idDefect('volume_id', p, 'lookup');
+      // A well-formed id of nothing carries the context of the pre-made volume: refusing the mismatch is as right as not finding it.
+      if (idd && p.cls === 'nonexistent') idd.codes = [NF, IA];
+      add(d, idd);
       // The real volume is staged again only where it is staged (idempotent), never at a second path.
       const c = rng.int(real ? 5 : 7);
       if (c === 0) {
