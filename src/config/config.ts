@@ -106,3 +106,13 @@ export function findCluster(cfg: Config, id: string): ClusterConfig | undefined 
 export function hasDefaultIdentities(cfg: Config): boolean {
   return cfg.clusters.every((c) => (!c.ceph || !!c.ceph.userID) && (!c.s3 || !!c.s3.accessKeyIDFile));
 }
+
+/**
+ * Whether a call can reach a cluster's Ceph or S3 store: the request's secrets carry that store's
+ * credentials, or the config names a default identity for it. A listing across every store asks
+ * only those it can reach (Ceph secrets say nothing to S3, and the other way round).
+ */
+export function canReach(cluster: ClusterConfig, store: 'ceph' | 's3', secrets: Record<string, string> = {}): boolean {
+  if (store === 'ceph') return !!cluster.ceph && ('userID' in secrets || !!cluster.ceph.userID);
+  return !!cluster.s3 && ('accessKeyID' in secrets || !!cluster.s3.accessKeyIDFile);
+}

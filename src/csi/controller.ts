@@ -1,6 +1,6 @@
 import pLimit from 'p-limit';
 import type { Config } from '../config/config.js';
-import { findCluster, hasDefaultIdentities } from '../config/config.js';
+import { canReach, findCluster, hasDefaultIdentities } from '../config/config.js';
 import type { ControllerBackend } from '../backends/types.js';
 import { aborted, failedPrecondition, invalidArgument, notFound, unimplemented } from '../errors.js';
 import { requireCapabilities, requireCapability } from './capabilities.js';
@@ -83,15 +83,16 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
   };
 
   /** Every (cluster, backend) pair, for the listing RPCs that carry no parameters. */
-  const everywhere = (): Array<{ cluster: string; backend: ControllerBackend }> =>
+  /** Every (cluster, backend) pair the call's credentials (or the config's) can reach, for the RPCs that name no volume. */
+  const everywhere = (secrets: Record<string, string> = {}): Array<{ cluster: string; backend: ControllerBackend }> =>
     cfg.clusters.flatMap((c) =>
-      ([...(c.ceph ? (['rbd', 'cephfs'] as const) : []), ...(c.s3 ? (['s3'] as const) : [])] as Backend[]).flatMap((b) =>
-        backends[b] ? [{ cluster: c.id, backend: backends[b]! }] : [],
+      (['rbd', 'cephfs', 's3'] as const).flatMap((b) =>
+        backends[b] && canReach(c, b === 's3' ? 's3' : 'ceph', secrets) ? [{ cluster: c.id, backend: backends[b]! }] : [],
       ),
     );
 
-  const listAll = async (f: (b: ControllerBackend, cluster: string) => Promise<string[]>): Promise<string[]> =>
-    (await Promise.all(everywhere().map(({ cluster, backend }) => f(backend, cluster)))).flat().sort();
+  const listAll = async (f: (b: ControllerBackend, cluster: string) => Promise<string[]>, secrets?: Record<string, string>): Promise<string[]> =>
+    (await Promise.all(everywhere(secrets).map(({ cluster, backend }) => f(backend, cluster)))).flat().sort();
 
   return {
     CreateVolume: wrap(
@@ -229,7 +230,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
         const t = maybeId(backends, req.source_volume_id, 'v');
         all = t ? await t.backend.listSnapshotIds(t.id.cluster, t.id, req.secrets, ctx) : [];
       } else {
-        all = await listAll((b, c) => b.listSnapshotIds(c, undefined, req.secrets, ctx));
+        all = await listAll((b, c) => b.listSnapshotIds(c, undefined, req.secrets, ctx), req.secrets);
       }
       const { items, next } = page(all, req.max_entries, req.starting_token);
       const snaps = await Promise.all(

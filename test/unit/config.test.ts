@@ -26,3 +26,21 @@ describe('config', () => {
     });
   }
 });
+
+describe('which stores a call can reach', () => {
+  it('uses request secrets of the store\'s own kind, else the config\'s default identity', async () => {
+    const { canReach, hasDefaultIdentities } = await import('../../src/config/config.js');
+    const bare = parseConfig('clusters:\n  - id: c\n    ceph: { monitors: ["m:6789"] }\n    s3: { endpoint: "http://s3:7480" }\n');
+    const c = bare.clusters[0]!;
+    assert.equal(hasDefaultIdentities(bare), false);
+    assert.equal(canReach(c, 'ceph', {}), false);
+    assert.equal(canReach(c, 'ceph', { accessKeyID: 'a', secretAccessKey: 'b' }), false, 'S3 secrets say nothing to Ceph');
+    assert.equal(canReach(c, 'ceph', { userID: 'u', userKey: 'k' }), true);
+    assert.equal(canReach(c, 's3', { userID: 'u', userKey: 'k' }), false, 'Ceph secrets say nothing to S3');
+    assert.equal(canReach(c, 's3', { accessKeyID: 'a', secretAccessKey: 'b' }), true);
+    const full = parseConfig('clusters:\n  - id: c\n    ceph: { monitors: ["m:6789"], userID: u, userKeyFile: /k }\n    s3: { endpoint: "http://s3:7480", accessKeyIDFile: /a, secretAccessKeyFile: /s }\n');
+    assert.equal(hasDefaultIdentities(full), true);
+    assert.equal(canReach(full.clusters[0]!, 'ceph'), true);
+    assert.equal(canReach(full.clusters[0]!, 's3'), true);
+  });
+});
