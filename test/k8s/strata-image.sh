@@ -90,6 +90,9 @@ build_strata() {
   mv "$OUT.tmp" "$OUT"
 }
 
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock-strata-image"
+flock 9
 install_tools
 timed "base image $BASE_REF" build_base
 timed "strata image $IMAGE_REF" build_strata
