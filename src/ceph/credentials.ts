@@ -58,8 +58,10 @@ export function sweepKeyDirs(base = keyBaseDir()): string[] {
     return removed;
   }
   for (const name of names) {
+    // Directories of versions before this naming (strata-keys-XXXXXX) name no owner: only a killed process leaves them.
+    const legacy = /^strata-keys-[A-Za-z0-9]{6}$/.test(name);
     const m = /^strata-keys-(\d+)-(\d+)-/.exec(name);
-    if (!m || processStart(Number(m[1])) === m[2]) continue;
+    if (!legacy && (!m || processStart(Number(m[1])) === m[2])) continue;
     rmSync(path.join(base, name), { recursive: true, force: true });
     removed.push(name);
   }
@@ -117,7 +119,8 @@ export class KeyFiles {
       }
     };
     const call = currentCall();
-    if (call) call.onSettled(release);
+    // Work a call left running after it settled is held like work outside any call.
+    if (call && !call.settled) call.onSettled(release);
     else setTimeout(release, HOLD_MS).unref();
     return file;
   }

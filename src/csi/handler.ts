@@ -147,7 +147,7 @@ export function wrap<Req, Res>(
       }, STOP_GRACE_MS);
     });
     scope
-      .run(() => fn(req, { reqId, log, signal: scope.signal, deadline: scope.deadline }))
+      .run(async () => fn(req, { reqId, log, signal: scope.signal, deadline: scope.deadline }))
       .then(
         (res) => answer(null, res),
         (e) => answer(toStatus(scope.signal.aborted && !(e instanceof CsiError && e.code !== status.INTERNAL) ? scope.signal.reason : e)),

@@ -18,7 +18,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class CallScope {
   private readonly controller = new AbortController();
-  private readonly settled: Array<() => void> = [];
+  private readonly waiting: Array<() => void> = [];
   private readonly timer: NodeJS.Timeout | undefined;
   private done = false;
   /** Epoch ms at which the work stops: the deadline less the margin; undefined without a deadline. */
@@ -50,10 +50,15 @@ export class CallScope {
     this.abort(new CsiError(status.CANCELLED, 'the client cancelled the call'));
   }
 
+  /** Whether the call's handler has returned or thrown (work it left running still sees this scope). */
+  get settled(): boolean {
+    return this.done;
+  }
+
   /** Runs fn once the call's work has settled (now if it already has). */
   onSettled(fn: () => void): void {
     if (this.done) fn();
-    else this.settled.push(fn);
+    else this.waiting.push(fn);
   }
 
   /** The call's handler returned or threw: run what waited for it. */
@@ -61,7 +66,7 @@ export class CallScope {
     if (this.done) return;
     this.done = true;
     if (this.timer) clearTimeout(this.timer);
-    for (const fn of this.settled.splice(0)) fn();
+    for (const fn of this.waiting.splice(0)) fn();
   }
 
   run<T>(fn: () => T): T {

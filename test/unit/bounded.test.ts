@@ -187,14 +187,24 @@ describe('key files', () => {
     assert.equal(existsSync(fc), false);
   });
 
+  it('work a settled call left running holds its key file for a while, as work outside any call does', () => {
+    const s = new CallScope(undefined);
+    s.settle();
+    const f = s.run(() => new KeyFiles().fileFor('u2', KEY));
+    assert.ok(existsSync(f), 'not removed the moment it was written');
+    const outside = new KeyFiles().fileFor('u3', KEY);
+    assert.ok(existsSync(outside));
+  });
+
   it('a dead process\'s directory is swept; a live one\'s (or one of a pid now used by another process) is judged by start time', () => {
     const base = mkdtempSync(path.join(tmpdir(), 'strata-shm-'));
     const mine = `strata-keys-${process.pid}-${processStart(process.pid)}-abc123`;
     const reused = `strata-keys-${process.pid}-1-abc123`; // same pid, another start: an earlier process
     const dead = 'strata-keys-999999999-5-abc123';
+    const legacy = 'strata-keys-Ab12Cd'; // an earlier version's name, with no owner
     const other = 'not-ours';
-    for (const d of [mine, reused, dead, other]) mkdirSync(path.join(base, d));
-    assert.deepEqual(sweepKeyDirs(base).sort(), [dead, reused].sort());
+    for (const d of [mine, reused, dead, legacy, other]) mkdirSync(path.join(base, d));
+    assert.deepEqual(sweepKeyDirs(base).sort(), [dead, legacy, reused].sort());
     assert.deepEqual(readdirSync(base).sort(), [mine, other].sort());
     rmSync(base, { recursive: true });
   });
