@@ -9,7 +9,7 @@ import type { _csi_v1_ControllerServiceCapability_RPC_Type as ControllerServiceC
 import type { _csi_v1_ListVolumesResponse_Entry as ListVolumesEntry } from './gen/csi/v1/ListVolumesResponse.js';
 import type { ListSnapshotsResponse } from './gen/csi/v1/ListSnapshotsResponse.js';
 import { wrap, type RpcContext, type RpcRuntime } from './handler.js';
-import { parseId, type Backend, type ObjectId } from './ids.js';
+import { parseId, shown, type Backend, type ObjectId } from './ids.js';
 import { requireName, requireNodeId } from './grammar.js';
 
 /**
@@ -37,27 +37,37 @@ const required = (v: string | undefined, field: string): string => {
   return v;
 };
 
-/** Parses an id whose absence is an error: unknown or malformed ids are NOT_FOUND. */
-function knownId(backends: ControllerBackends, s: string, kind: 'v' | 's'): { id: ObjectId; backend: ControllerBackend } {
-  const id = parseId(s, kind);
-  const backend = id && backends[id.backend];
-  if (!id || !backend) throw notFound(`${kind === 'v' ? 'volume' : 'snapshot'} ${s} not found`);
-  return { id, backend };
+/** Parses an id whose absence is an error: unknown or malformed ids, and ids of clusters this driver does not serve, are NOT_FOUND. */
+function knownId(backends: ControllerBackends, cfg: Config, s: string, kind: 'v' | 's'): { id: ObjectId; backend: ControllerBackend } {
+  const t = maybeId(backends, cfg, s, kind);
+  if (!t) throw notFound(`${kind === 'v' ? 'volume' : 'snapshot'} ${shown(s)} not found`);
+  return t;
 }
 
 /** Parses an id for an idempotent removal: undefined means "nothing of ours, nothing to do". */
-function maybeId(backends: ControllerBackends, s: string, kind: 'v' | 's') {
+function maybeId(backends: ControllerBackends, cfg: Config, s: string, kind: 'v' | 's') {
   const id = parseId(s, kind);
   const backend = id && backends[id.backend];
-  return id && backend ? { id, backend } : undefined;
+  const cluster = id && findCluster(cfg, id.cluster);
+  // A cluster missing from the config (or without this backend's store) holds nothing this driver could find or remove.
+  const served = !!cluster && (id!.backend === 's3' ? !!cluster.s3 : !!cluster.ceph);
+  return id && backend && served ? { id, backend } : undefined;
+}
+
+// Page tokens are offsets this driver handed out: digits only, checked before any listing is paid for.
+const PAGE_TOKEN = /^\d{1,9}$/;
+
+function checkPaging(maxEntries: number, token: string): void {
+  if (maxEntries < 0) throw invalidArgument('max_entries must not be negative');
+  if (token && !PAGE_TOKEN.test(token)) throw aborted(`starting_token ${shown(token)} is not one this driver gave out`);
 }
 
 /** Offsets as page tokens: ids are listed sorted, so an offset is stable enough between pages. */
 function page<T>(all: T[], maxEntries: number, token: string): { items: T[]; next: string } {
-  if (maxEntries < 0) throw invalidArgument('max_entries must not be negative');
+  checkPaging(maxEntries, token);
   let start = 0;
   if (token) {
-    if (!/^\d+$/.test(token) || Number(token) > all.length) throw aborted(`starting_token "${token}" is not valid`);
+    if (Number(token) > all.length) throw aborted(`starting_token ${shown(token)} is past the end of the listing`);
     start = Number(token);
   }
   const end = maxEntries ? Math.min(all.length, start + maxEntries) : all.length;
@@ -115,7 +125,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       rt,
       'DeleteVolume',
       async (req, ctx) => {
-        const t = maybeId(backends, required(req.volume_id, 'volume_id'), 'v');
+        const t = maybeId(backends, cfg, required(req.volume_id, 'volume_id'), 'v');
         if (t) await t.backend.deleteVolume(t.id, req.secrets, ctx);
         return {};
       },
@@ -129,7 +139,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
         required(req.volume_id, 'volume_id');
         requireNodeId(required(req.node_id, 'node_id'));
         requireCapability(req.volume_capability);
-        const { id, backend } = knownId(backends, req.volume_id, 'v');
+        const { id, backend } = knownId(backends, cfg, req.volume_id, 'v');
         const why = backend.validateCapabilities([req.volume_capability!]);
         if (why) throw invalidArgument(why);
         return { publish_context: await backend.publish(id, req, ctx) };
@@ -141,7 +151,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       rt,
       'ControllerUnpublishVolume',
       async (req, ctx) => {
-        const t = maybeId(backends, required(req.volume_id, 'volume_id'), 'v');
+        const t = maybeId(backends, cfg, required(req.volume_id, 'volume_id'), 'v');
         // An empty node id means every node; any other must be one a publish could have recorded.
         if (req.node_id) requireNodeId(req.node_id);
         if (t) await t.backend.unpublish(t.id, req.node_id, req.secrets, ctx);
@@ -153,7 +163,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
     ValidateVolumeCapabilities: wrap(rt, 'ValidateVolumeCapabilities', async (req, ctx) => {
       required(req.volume_id, 'volume_id');
       const caps = requireCapabilities(req.volume_capabilities);
-      const { id, backend } = knownId(backends, req.volume_id, 'v');
+      const { id, backend } = knownId(backends, cfg, req.volume_id, 'v');
       if (!(await backend.getVolume(id, req.secrets, ctx))) throw notFound(`volume ${req.volume_id} not found`);
       const why = backend.validateCapabilities(caps);
       if (why) return { message: why };
@@ -162,15 +172,16 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
 
     ListVolumes: wrap(rt, 'ListVolumes', async (req, ctx) => {
       needsConfigIdentity('ListVolumes');
+      checkPaging(req.max_entries, req.starting_token);
       const all = await listAll((b, c) => b.listVolumeIds(c, ctx));
       const { items, next } = page(all, req.max_entries, req.starting_token);
-      const entries = await Promise.all(items.map((vid) => limit(() => volumeEntry(backends, vid, ctx))));
+      const entries = await Promise.all(items.map((vid) => limit(() => volumeEntry(backends, cfg, vid, ctx))));
       return { entries: entries.filter((e): e is NonNullable<typeof e> => !!e) as ListVolumesEntry[], next_token: next };
     }),
 
     ControllerGetVolume: wrap(rt, 'ControllerGetVolume', async (req, ctx) => {
       needsConfigIdentity('ControllerGetVolume');
-      const { id, backend } = knownId(backends, required(req.volume_id, 'volume_id'), 'v');
+      const { id, backend } = knownId(backends, cfg, required(req.volume_id, 'volume_id'), 'v');
       const v = await backend.getVolume(id, {}, ctx);
       if (!v) throw notFound(`volume ${req.volume_id} not found`);
       return {
@@ -200,7 +211,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       'CreateSnapshot',
       async (req, ctx) => {
         requireName(req.name);
-        const { id, backend } = knownId(backends, required(req.source_volume_id, 'source_volume_id'), 'v');
+        const { id, backend } = knownId(backends, cfg, required(req.source_volume_id, 'source_volume_id'), 'v');
         return { snapshot: await backend.createSnapshot(id, req, ctx) };
       },
       { lockKeys: (r) => [`snap:${r.name}`, r.source_volume_id] },
@@ -210,7 +221,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       rt,
       'DeleteSnapshot',
       async (req, ctx) => {
-        const t = maybeId(backends, required(req.snapshot_id, 'snapshot_id'), 's');
+        const t = maybeId(backends, cfg, required(req.snapshot_id, 'snapshot_id'), 's');
         if (t) await t.backend.deleteSnapshot(t.id, req.secrets, ctx);
         return {};
       },
@@ -220,14 +231,15 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
     ListSnapshots: wrap(rt, 'ListSnapshots', async (req, ctx) => {
       type Entry = NonNullable<ListSnapshotsResponse['entries']>[number];
       if (req.snapshot_id) {
-        const t = maybeId(backends, req.snapshot_id, 's');
+        const t = maybeId(backends, cfg, req.snapshot_id, 's');
         const s = t && (await t.backend.getSnapshot(t.id, req.secrets, ctx));
         const match = s && (!req.source_volume_id || s.source_volume_id === req.source_volume_id);
         return { entries: match ? [{ snapshot: s }] : [], next_token: '' };
       }
+      checkPaging(req.max_entries, req.starting_token);
       let all: string[];
       if (req.source_volume_id) {
-        const t = maybeId(backends, req.source_volume_id, 'v');
+        const t = maybeId(backends, cfg, req.source_volume_id, 'v');
         all = t ? await t.backend.listSnapshotIds(t.id.cluster, t.id, req.secrets, ctx) : [];
       } else {
         all = await listAll((b, c) => b.listSnapshotIds(c, undefined, req.secrets, ctx), req.secrets);
@@ -236,7 +248,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       const snaps = await Promise.all(
         items.map((sid) =>
           limit(async () => {
-            const t = maybeId(backends, sid, 's');
+            const t = maybeId(backends, cfg, sid, 's');
             return t && t.backend.getSnapshot(t.id, req.secrets, ctx);
           }),
         ),
@@ -245,7 +257,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
     }),
 
     GetSnapshot: wrap(rt, 'GetSnapshot', async (req, ctx) => {
-      const { id, backend } = knownId(backends, required(req.snapshot_id, 'snapshot_id'), 's');
+      const { id, backend } = knownId(backends, cfg, required(req.snapshot_id, 'snapshot_id'), 's');
       const s = await backend.getSnapshot(id, req.secrets, ctx);
       if (!s) throw notFound(`snapshot ${req.snapshot_id} not found`);
       return { snapshot: s };
@@ -257,7 +269,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       async (req, ctx) => {
         required(req.volume_id, 'volume_id');
         if (!req.capacity_range) throw invalidArgument('capacity_range is required');
-        const { id, backend } = knownId(backends, req.volume_id, 'v');
+        const { id, backend } = knownId(backends, cfg, req.volume_id, 'v');
         return backend.expand(id, req, ctx);
       },
       { lockKeys: byVolume },
@@ -269,8 +281,8 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
   };
 }
 
-async function volumeEntry(backends: ControllerBackends, vid: string, ctx: RpcContext) {
-  const t = maybeId(backends, vid, 'v');
+async function volumeEntry(backends: ControllerBackends, cfg: Config, vid: string, ctx: RpcContext) {
+  const t = maybeId(backends, cfg, vid, 'v');
   const v = t && (await t.backend.getVolume(t.id, {}, ctx));
   if (!v) return undefined; // deleted between listing and reading
   return {

@@ -66,6 +66,16 @@ export function parseId(s: string, kind: IdKind): ObjectId | undefined {
 }
 
 /**
+ * A string from a request as it may appear in an answer or a log line:
+ * quoted with control characters escaped, and cut short. A hostile id can be
+ * megabytes, and a gRPC status message that size never reaches the client
+ * and wedges its connection.
+ */
+export function shown(s: string, max = 80): string {
+  return JSON.stringify(s.length > max ? `${s.slice(0, max)}…` : s);
+}
+
+/**
  * A stable, storage-safe name derived from the CO's request name. Using a hash
  * makes CreateVolume idempotent by construction: a retry with the same name
  * lands on the same image, which then records the original name to confirm.
