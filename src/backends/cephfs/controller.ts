@@ -266,7 +266,9 @@ export class CephfsController implements ControllerBackend {
   }
 
   async getCapacity(clusterId: string, params: Record<string, string>, ctx: RpcContext): Promise<number> {
-    const p = params.fsName ? parseCephfsParams(params) : undefined;
+    // A StorageClass's parameters are checked as CreateVolume checks them; with none beyond backend and clusterID there is no file system to ask.
+    const named = Object.keys(params).some((k) => k !== 'backend' && k !== 'clusterID' && !k.startsWith('csi.storage.k8s.io/'));
+    const p = named ? parseCephfsParams(params) : undefined;
     const fs = this.cli(clusterId, p?.fsName ?? '', p?.subvolumeGroup ?? 'csi', {}, ctx.log);
     if (!p) return 0;
     const pool = p.pool ?? (await fs.dataPools())[0];

@@ -280,8 +280,11 @@ export class RbdController implements ControllerBackend {
   }
 
   async getCapacity(clusterId: string, params: Record<string, string>, ctx: RpcContext): Promise<number> {
+    // A StorageClass's parameters are checked as CreateVolume checks them; with none beyond backend and clusterID, every pool counts.
+    const named = Object.keys(params).some((k) => k !== 'backend' && k !== 'clusterID' && !k.startsWith('csi.storage.k8s.io/'));
+    const pool = named ? parseRbdParams(params).pool : undefined;
     const rbd = this.cli(clusterId, {}, ctx.log);
-    if (params.pool) return (await rbd.poolAvailable(params.pool)) ?? 0;
+    if (pool) return (await rbd.poolAvailable(pool)) ?? 0;
     // No pool named: the largest any RBD pool can take (pools share OSDs, so a sum would overstate).
     return Math.max(0, ...(await rbd.rbdPools()).map((p) => p.maxAvail));
   }

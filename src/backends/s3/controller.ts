@@ -324,8 +324,9 @@ export class S3Controller implements ControllerBackend {
     return (await this.scan(cluster, 'v', {}, ctx)).locations.map(idOf).sort();
   }
 
-  async getCapacity(): Promise<number> {
-    // An S3 store reports no free space; capacity is what each volume records.
+  async getCapacity(_clusterId: string, params: Record<string, string>): Promise<number> {
+    // Parameters are checked as CreateVolume checks them, though an S3 store reports no free space: capacity is what each volume records.
+    parseS3Params(params);
     return 0;
   }
 
