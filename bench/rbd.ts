@@ -9,20 +9,26 @@ import { DEFAULT_FEATURES } from '../src/backends/rbd/params.js';
 import { mkfsCommand } from '../src/mount/mounter.js';
 import { run, runAllowFail } from '../src/util/exec.js';
 import { measure, rssMb, type Sample } from './stats.js';
+import { CephBaseline } from './ceph-baseline.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
 
 /**
- * RBD benchmark: each CSI call against the bare commands that do the same
- * work, side by side in one run on one lab, at concurrency 1 and 16; then 100
- * concurrent CreateVolume calls, and the RSS of the controller and node
- * processes. Prints figures; asserts nothing (targets are in the README).
+ * RBD benchmark: each CSI call against a baseline doing the same work, side by
+ * side in one run on one lab, at concurrency 1 and 16; then 100 concurrent
+ * CreateVolume calls, and the RSS of the controller and node processes.
+ * Prints figures; asserts nothing (targets are in the README).
  *
- * "The same work" per row:
- *   CreateVolume          rbd create; rbd image-meta set (the name record)
- *   NodeStage+Publish     rbd-fuse; losetup; blkid; mkfs.ext4; mount; mount --bind
- *   NodeUnpublish+Unstage umount x2; losetup -d; umount the FUSE dir; wait for rbd-fuse to exit
- *   CreateSnapshot        rbd snap create; rbd clone; rbd snap create; rbd snap rm; rbd image-meta set
- *   DeleteVolume          rbd rm
+ * Controller rows are measured against librbd: the same operations in one
+ * long-lived process on python3-rbd (ceph-baseline.py), the practical floor.
+ * Node rows are measured against the bare commands.
+ *   CreateVolume              create; metadata_set (the name record)
+ *   ControllerExpandVolume    resize
+ *   CreateSnapshot            snap create; clone; snap create; snap rm; metadata_set
+ *   CreateVolume from snap    clone; metadata_set
+ *   DeleteSnapshot            snap rm; rm
+ *   DeleteVolume              rm
+ *   NodeStage+Publish         rbd-fuse; losetup; blkid; mkfs.ext4; mount; mount --bind
+ *   NodeUnpublish+Unstage     umount x2; losetup -d; umount the FUSE dir; wait for rbd-fuse to exit
  */
 
 const POOL = 'rbd';
@@ -38,6 +44,8 @@ const secrets = { userID: 'admin', userKey: lab.adminKey };
 const ceph = ['-c', '/dev/null', '-m', lab.monitors.join(','), '--id', 'admin', '--keyfile', lab.adminKeyFile, ...CEPH_TIMEOUTS];
 const rbd = (args: string[]) => run('rbd', [...ceph, ...args], { timeoutMs: 60_000 });
 const work = path.join(node.dir, 'bench');
+const lib = new CephBaseline({ monitors: lab.monitors, id: 'admin', keyFile: lab.adminKeyFile });
+await lib.ready;
 
 await sleep(1000);
 const idle = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
@@ -48,6 +56,7 @@ interface Row {
   n: number;
   driver: Sample;
   bare: Sample;
+  baseline: 'librbd' | 'cli';
 }
 const rows: Row[] = [];
 const cap = mountCap('ext4');
@@ -59,12 +68,14 @@ async function round(conc: number, n: number): Promise<void> {
   const bareImg = (i: number) => `bare-${conc}-${i}`;
   const dirs = (kind: string, i: number) => ({ staging: path.join(work, `${kind}-${conc}-${i}`, 'staging'), target: path.join(work, `${kind}-${conc}-${i}`, 'target'), fuse: path.join(work, `${kind}-${conc}-${i}`, 'fuse') });
 
-  const row = async (op: string, driver: (i: number) => Promise<unknown>, bare: (i: number) => Promise<unknown>) => {
+  const row = async (op: string, driver: (i: number) => Promise<unknown>, bare: (i: number) => Promise<unknown>, baseline: Row['baseline'] = 'librbd') => {
     const d = await measure(n, conc, driver);
     const b = await measure(n, conc, bare);
-    rows.push({ op, conc, n, driver: d, bare: b });
+    rows.push({ op, conc, n, driver: d, bare: b, baseline });
     printRow(rows[rows.length - 1]!);
   };
+  const record = (name: string) => JSON.stringify({ v: 1, name, createdAt: new Date().toISOString() });
+  const restores: string[] = [];
 
   await row(
     'CreateVolume',
@@ -72,10 +83,17 @@ async function round(conc: number, n: number): Promise<void> {
       const r = await c.controller.CreateVolume({ name: vname(i), capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: PARAMS, secrets });
       ids[i] = r!.volume!.volume_id!;
     },
-    async (i) => {
-      await rbd(['create', `${POOL}/${bareImg(i)}`, '--size', `${SIZE}B`, '--image-feature', DEFAULT_FEATURES.join(',')]);
-      await rbd(['image-meta', 'set', `${POOL}/${bareImg(i)}`, 'strata.volume', JSON.stringify({ v: 1, name: bareImg(i) })]);
-    },
+    (i) =>
+      lib.run([
+        { op: 'create', pool: POOL, image: bareImg(i), size: SIZE, features: DEFAULT_FEATURES },
+        { op: 'meta_set', pool: POOL, image: bareImg(i), key: 'strata.volume', value: record(bareImg(i)) },
+      ]),
+  );
+
+  await row(
+    'ControllerExpandVolume',
+    (i) => c.controller.ControllerExpandVolume({ volume_id: ids[i]!, capacity_range: { required_bytes: 2 * SIZE }, secrets }),
+    (i) => lib.run([{ op: 'resize', pool: POOL, image: bareImg(i), size: 2 * SIZE }]),
   );
   for (const id of ids) await c.controller.ControllerPublishVolume({ volume_id: id, node_id: 'bench-node', volume_capability: cap, secrets });
 
@@ -102,6 +120,7 @@ async function round(conc: number, n: number): Promise<void> {
       await run('mount', ['-t', 'ext4', dev, d.staging], { timeoutMs: 30_000 });
       await run('mount', ['--bind', d.staging, d.target], { timeoutMs: 30_000 });
     },
+    'cli',
   );
 
   await row(
@@ -110,15 +129,36 @@ async function round(conc: number, n: number): Promise<void> {
       const r = await c.controller.CreateSnapshot({ source_volume_id: ids[i]!, name: `s${conc}-${i}`, secrets });
       snaps[i] = r!.snapshot!.snapshot_id!;
     },
-    async (i) => {
-      const src = `${POOL}/${bareImg(i)}`;
+    (i) => {
       const snap = `bare-snap-${conc}-${i}`;
-      await rbd(['snap', 'create', `${src}@${snap}`]);
-      await rbd(['clone', '--rbd-default-clone-format', '2', `${src}@${snap}`, `${POOL}/${snap}`, '--image-feature', 'layering']);
-      await rbd(['snap', 'create', `${POOL}/${snap}@csi`]);
-      await rbd(['snap', 'rm', `${src}@${snap}`]);
-      await rbd(['image-meta', 'set', `${POOL}/${snap}`, 'strata.snapshot', JSON.stringify({ v: 1, name: snap })]);
+      return lib.run([
+        { op: 'snap_create', pool: POOL, image: bareImg(i), snap },
+        { op: 'clone', pool: POOL, parent: bareImg(i), snap, child: snap, features: ['layering'] },
+        { op: 'snap_create', pool: POOL, image: snap, snap: 'csi' },
+        { op: 'snap_remove', pool: POOL, image: bareImg(i), snap },
+        { op: 'meta_set', pool: POOL, image: snap, key: 'strata.snapshot', value: record(snap) },
+      ]);
     },
+  );
+
+  await row(
+    'CreateVolume from snapshot',
+    async (i) => {
+      const r = await c.controller.CreateVolume({
+        name: `r${conc}-${i}`,
+        capacity_range: { required_bytes: 2 * SIZE },
+        volume_capabilities: [cap],
+        parameters: PARAMS,
+        secrets,
+        volume_content_source: { snapshot: { snapshot_id: snaps[i]! } },
+      });
+      restores[i] = r!.volume!.volume_id!;
+    },
+    (i) =>
+      lib.run([
+        { op: 'clone', pool: POOL, parent: `bare-snap-${conc}-${i}`, snap: 'csi', child: `bare-restore-${conc}-${i}`, features: DEFAULT_FEATURES },
+        { op: 'meta_set', pool: POOL, image: `bare-restore-${conc}-${i}`, key: 'strata.volume', value: record(`bare-restore-${conc}-${i}`) },
+      ]),
   );
 
   await row(
@@ -138,19 +178,28 @@ async function round(conc: number, n: number): Promise<void> {
       await run('umount', [d.fuse], { timeoutMs: 30_000 });
       if (pid) await waitExit(pid, 30_000);
     },
+    'cli',
   );
 
-  // Snapshots go first (untimed) so the volumes are plain images again, as in a cluster's usual order.
+  // Restores go first (untimed), so snapshots and volumes have no children, as in a cluster's usual order.
   for (let i = 0; i < n; i++) {
     await c.controller.ControllerUnpublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', secrets });
-    await c.controller.DeleteSnapshot({ snapshot_id: snaps[i]!, secrets });
-    await rbd(['snap', 'rm', `${POOL}/bare-snap-${conc}-${i}@csi`]);
-    await rbd(['rm', '--no-progress', `${POOL}/bare-snap-${conc}-${i}`]);
+    await c.controller.DeleteVolume({ volume_id: restores[i]!, secrets });
+    await rbd(['rm', '--no-progress', `${POOL}/bare-restore-${conc}-${i}`]);
   }
+  await row(
+    'DeleteSnapshot',
+    (i) => c.controller.DeleteSnapshot({ snapshot_id: snaps[i]!, secrets }),
+    (i) =>
+      lib.run([
+        { op: 'snap_remove', pool: POOL, image: `bare-snap-${conc}-${i}`, snap: 'csi' },
+        { op: 'remove', pool: POOL, image: `bare-snap-${conc}-${i}` },
+      ]),
+  );
   await row(
     'DeleteVolume',
     (i) => c.controller.DeleteVolume({ volume_id: ids[i]!, secrets }),
-    (i) => rbd(['rm', '--no-progress', `${POOL}/${bareImg(i)}`]),
+    (i) => lib.run([{ op: 'remove', pool: POOL, image: bareImg(i) }]),
   );
 }
 
@@ -158,12 +207,12 @@ const fmt = (ms: number) => (Number.isNaN(ms) ? '-' : ms.toFixed(0)).padStart(6)
 function printRow(r: Row): void {
   const ratio = r.driver.p50 / r.bare.p50;
   const errs = r.driver.errors + r.bare.errors ? `  errors driver ${r.driver.errors} bare ${r.bare.errors}` : '';
-  console.log(`${r.op.padEnd(26)}${String(r.conc).padStart(4)}${String(r.n).padStart(5)}  ${fmt(r.driver.p50)} ${fmt(r.driver.p99)}   ${fmt(r.bare.p50)} ${fmt(r.bare.p99)}   ${ratio.toFixed(2).padStart(5)}x${errs}`);
+  console.log(`${r.op.padEnd(26)}${String(r.conc).padStart(4)}${String(r.n).padStart(5)}  ${fmt(r.driver.p50)} ${fmt(r.driver.p99)}   ${r.baseline.padStart(6)} ${fmt(r.bare.p50)} ${fmt(r.bare.p99)}   ${ratio.toFixed(2).padStart(5)}x${errs}`);
 }
 
 try {
   console.log(`RBD benchmark: Ceph lab on this machine, ${SIZE / MiB} MiB ext4 volumes, rbd-fuse on the node; milliseconds`);
-  console.log(`${'operation'.padEnd(26)}conc    n  driver p50    p99     bare p50    p99   p50 ratio`);
+  console.log(`${'operation'.padEnd(26)}conc    n  driver p50    p99   baseline p50    p99   p50 ratio`);
   await round(1, 16);
   await round(16, 32);
 
@@ -176,6 +225,7 @@ try {
   console.log(`\nRSS (MB)        idle   after load   peak`);
   for (const k of ['controller', 'node'] as const) console.log(`${k.padEnd(14)}${idle[k].rss.toFixed(0).padStart(6)}${after[k].rss.toFixed(0).padStart(13)}${after[k].peak.toFixed(0).padStart(7)}`);
 } finally {
+  lib.close();
   c.close();
   await ctrl.stop();
   await node.stop();
