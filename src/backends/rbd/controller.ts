@@ -32,6 +32,8 @@ const META_ATTACH = ATTACH_PREFIX;
 const SNAP_NAME = 'csi';
 // Temporary snapshots on a source, named after the clone or snapshot image being made from it.
 const TEMP_SNAPSHOT = /^csi-(vol|snap)-[0-9a-f]{32}$/;
+const PURGE_RETRIES = 6;
+const PURGE_RETRY_MS = 15_000;
 const DEFAULT_SIZE = GiB;
 // Snapshot images are never written or mapped: layering is all they need.
 const SNAPSHOT_FEATURES = ['layering'];
@@ -221,11 +223,31 @@ export class RbdController implements ControllerBackend {
         result = 'trashed';
       }
     } catch (e) {
-      if (isErrno(e, EBUSY)) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
-      throw e;
+      if (!isErrno(e, EBUSY)) throw e;
+      // Published somewhere: in use. Otherwise the watch is most likely a killed
+      // command's (a crashed controller's), which the OSD drops within 30 s.
+      if (attachmentsIn(await rbd.metaList(pool, image)).size) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
+      throw aborted(`image ${pool}/${image} is still open (a killed client's watch lasts up to 30 s); retry`);
     }
     ctx.log.debug({ image, result }, 'image removed');
-    if (result !== 'missing') this.purger.schedule(`${clusterId}/${pool}`, () => purgeTrash(rbd, pool, this.log), (e) => this.log.warn({ err: String(e), pool }, 'trash purge failed; the next delete retries'));
+    if (result !== 'missing') this.purge(rbd, clusterId, pool);
+  }
+
+  /**
+   * Purges trashed images in the background. What a pass cannot take yet
+   * (held by a killed command's watch for up to 30 s, or needed by clones
+   * still being removed) is tried again a few times, so a crash does not
+   * leave it until the next delete in the pool.
+   */
+  private purge(rbd: RbdCli, clusterId: string, pool: string, attempt = 0): void {
+    this.purger.schedule(
+      `${clusterId}/${pool}`,
+      async () => {
+        const left = await purgeTrash(rbd, pool, this.log);
+        if (left && attempt < PURGE_RETRIES) setTimeout(() => this.purge(rbd, clusterId, pool, attempt + 1), PURGE_RETRY_MS).unref();
+      },
+      (e) => this.log.warn({ err: String(e), pool }, 'trash purge failed; the next delete retries'),
+    );
   }
 
   async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {

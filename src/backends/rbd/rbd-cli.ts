@@ -166,7 +166,8 @@ export class RbdCli {
   }
 
   async trashList(pool: string): Promise<Array<{ id: string; name: string }>> {
-    return this.rbdJson<Array<{ id: string; name: string }>>(['trash', 'ls', pool]);
+    // --all: an image whose `rbd rm` was killed midway can wait there with source REMOVING, which plain ls hides.
+    return this.rbdJson<Array<{ id: string; name: string }>>(['trash', 'ls', '--all', pool]);
   }
 
   /** Tries to purge a trashed image; false when it still has clones or snapshots. */

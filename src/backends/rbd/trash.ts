@@ -10,15 +10,20 @@ import type { RbdCli } from './rbd-cli.js';
 
 const OURS = /^csi-(vol|snap)-[0-9a-f]{32}$/;
 
-/** Purges our trashed images until a pass frees nothing (a purge can free its parent). */
-export async function purgeTrash(rbd: RbdCli, pool: string, log: Logger): Promise<void> {
+/**
+ * Purges our trashed images until a pass frees nothing (a purge can free its
+ * parent). Returns how many of ours are left in the trash.
+ */
+export async function purgeTrash(rbd: RbdCli, pool: string, log: Logger): Promise<number> {
+  let entries: Array<{ id: string; name: string }> = [];
   for (let pass = 0; pass < 16; pass++) {
-    const entries = (await rbd.trashList(pool)).filter((e) => OURS.test(e.name));
+    entries = (await rbd.trashList(pool)).filter((e) => OURS.test(e.name));
     let freed = 0;
     for (const e of entries) if (await rbd.trashRemove(pool, e.id)) freed++;
     if (freed) log.debug({ pool, freed }, 'purged trashed images');
-    if (!freed) return;
+    if (!freed) break;
   }
+  return entries.length;
 }
 
 /** Runs one job per key at a time; requests while it runs coalesce into one more run. */
