@@ -114,7 +114,7 @@ export class CrashableDriver {
   }
 
   async start(dir?: string): Promise<void> {
-    this.proc = await startDriver({ config: this.config, nodeId: this.nodeId, mode: 'all', dir, logLevel: 'info' });
+    this.proc = await startDriver({ config: this.config, nodeId: this.nodeId, mode: 'all', dir, logLevel: 'debug' });
     this.c = connect(this.proc.socket);
   }
 
