@@ -1,5 +1,5 @@
 import { createServer, type Server } from 'node:http';
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /**
  * Prometheus metrics: every RPC's count by result code and its latency, plus
@@ -25,6 +25,17 @@ const latency = new Histogram({
   buckets: [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
   registers: [registry],
 });
+
+const reachable = new Gauge({
+  name: 'strata_storage_reachable',
+  help: 'Whether a configured Ceph monitor or S3 endpoint answered the last reachability check (1) or not (0)',
+  labelNames: ['cluster', 'store'] as const,
+  registers: [registry],
+});
+
+export function observeReachable(cluster: string, store: 'ceph' | 's3', ok: boolean): void {
+  reachable.set({ cluster, store }, ok ? 1 : 0);
+}
 
 export function observeRpc(method: string, code: string, ms: number): void {
   calls.inc({ method, code });

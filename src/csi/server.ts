@@ -10,7 +10,7 @@ import { CephfsNode } from '../backends/cephfs/node.js';
 import { S3Controller } from '../backends/s3/controller.js';
 import { S3Node } from '../backends/s3/node.js';
 import { controllerService } from './controller.js';
-import { identityService } from './identity.js';
+import { identityService, watchReachability } from './identity.js';
 import { KeyedTryLock } from './locks.js';
 import { nodeService, type NodeIdentity } from './node.js';
 import { Healer } from './healer.js';
@@ -81,10 +81,12 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
   const address = socket ? `unix://${socket}` : bind.replace(/:0$/, `:${port}`);
   opts.log.info({ mode: opts.mode, address, driver: opts.config.driverName, version: opts.version }, 'serving');
   healer?.start((opts.healIntervalSeconds ?? 30) * 1000);
+  const stopWatching = watchReachability(opts.config, opts.log.child({ component: 'reachability' }));
 
   const stop = async () => {
     rt.draining = true;
     healer?.stop();
+    stopWatching();
     const drainMs = opts.drainMs ?? 25_000;
     if (rt.inflight.count > 0) {
       opts.log.info({ inflight: rt.inflight.count, drainMs }, 'waiting for calls in flight');
