@@ -1,4 +1,5 @@
 import { invalidArgument } from '../../errors.js';
+import { shown } from '../../csi/ids.js';
 import { CEPH_NAME } from '../../csi/grammar.js';
 
 /** StorageClass parameters of the CephFS backend, validated with errors that name the key. */
@@ -23,13 +24,13 @@ const optionPattern = /^[A-Za-z0-9_.:/=-]+$/;
 function options(key: string, v: string | undefined): string[] {
   const list = (v ?? '').split(',').map((o) => o.trim()).filter(Boolean);
   const bad = list.find((o) => !optionPattern.test(o));
-  if (bad) throw invalidArgument(`parameter "${key}": option "${bad}" has characters a mount option cannot have`);
+  if (bad) throw invalidArgument(`parameter "${key}": option ${shown(bad)} has characters a mount option cannot have`);
   return list;
 }
 
 export function parseCephfsParams(p: Record<string, string>): CephfsParams {
   for (const k of Object.keys(p)) {
-    if (!KEYS.has(k) && !k.startsWith(SIDECAR_PREFIX)) throw invalidArgument(`unknown parameter "${k}" for backend cephfs`);
+    if (!KEYS.has(k) && !k.startsWith(SIDECAR_PREFIX)) throw invalidArgument(`unknown parameter ${shown(k)} for backend cephfs`);
   }
   const need = (k: string) => {
     const v = p[k];

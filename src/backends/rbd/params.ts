@@ -1,4 +1,5 @@
 import { invalidArgument } from '../../errors.js';
+import { shown } from '../../csi/ids.js';
 import { CEPH_NAME } from '../../csi/grammar.js';
 
 /** StorageClass parameters of the RBD backend, validated with errors that name the key. */
@@ -25,7 +26,7 @@ const SIDECAR_PREFIX = 'csi.storage.k8s.io/';
 
 export function parseRbdParams(p: Record<string, string>): RbdParams {
   for (const k of Object.keys(p)) {
-    if (!KEYS.has(k) && !k.startsWith(SIDECAR_PREFIX)) throw invalidArgument(`unknown parameter "${k}" for backend rbd`);
+    if (!KEYS.has(k) && !k.startsWith(SIDECAR_PREFIX)) throw invalidArgument(`unknown parameter ${shown(k)} for backend rbd`);
   }
   const need = (k: string) => {
     const v = p[k];
@@ -38,7 +39,7 @@ export function parseRbdParams(p: Record<string, string>): RbdParams {
   if (dataPool && !CEPH_NAME.test(dataPool)) throw invalidArgument('parameter "dataPool" must be a plain pool name');
   const imageFeatures = p.imageFeatures ? p.imageFeatures.split(',').map((f) => f.trim()).filter(Boolean) : DEFAULT_FEATURES;
   const bad = imageFeatures.find((f) => !KNOWN_FEATURES.has(f));
-  if (bad) throw invalidArgument(`parameter "imageFeatures": unknown feature "${bad}"`);
+  if (bad) throw invalidArgument(`parameter "imageFeatures": unknown feature ${shown(bad)}`);
   if (!imageFeatures.includes('layering')) throw invalidArgument('parameter "imageFeatures" must include layering (snapshots and clones need it)');
   const mounter = p.mounter ? (p.mounter as RbdMounter) : undefined;
   if (mounter && !MOUNTERS.includes(mounter)) throw invalidArgument(`parameter "mounter" must be one of ${MOUNTERS.join(', ')}`);

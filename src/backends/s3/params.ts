@@ -1,4 +1,5 @@
 import { invalidArgument } from '../../errors.js';
+import { shown } from '../../csi/ids.js';
 import { isBucketName } from '../../csi/grammar.js';
 
 /** StorageClass parameters of the S3 backend, validated with errors that name the key. */
@@ -27,8 +28,8 @@ const RESERVED_OPTION = /^(--?)?(passwd_file|url|endpoint|use_path_request_style
 function options(v: string | undefined): string[] {
   const list = (v ?? '').split(',').map((o) => o.trim()).filter(Boolean);
   for (const o of list) {
-    if (!optionPattern.test(o)) throw invalidArgument(`parameter "mountOptions": option "${o}" has characters a mount option cannot have`);
-    if (RESERVED_OPTION.test(o)) throw invalidArgument(`parameter "mountOptions": option "${o}" is set by the driver (use uid, gid, mode or the cluster config instead)`);
+    if (!optionPattern.test(o)) throw invalidArgument(`parameter "mountOptions": option ${shown(o)} has characters a mount option cannot have`);
+    if (RESERVED_OPTION.test(o)) throw invalidArgument(`parameter "mountOptions": option ${shown(o)} is set by the driver (use uid, gid, mode or the cluster config instead)`);
   }
   return list;
 }
@@ -41,7 +42,7 @@ function id(key: string, v: string | undefined): number | undefined {
 
 export function parseS3Params(p: Record<string, string>): S3Params {
   for (const k of Object.keys(p)) {
-    if (!KEYS.has(k) && !k.startsWith(SIDECAR_PREFIX)) throw invalidArgument(`unknown parameter "${k}" for backend s3`);
+    if (!KEYS.has(k) && !k.startsWith(SIDECAR_PREFIX)) throw invalidArgument(`unknown parameter ${shown(k)} for backend s3`);
   }
   if (!p.clusterID) throw invalidArgument('parameter "clusterID" is required for backend s3');
   if (p.bucket && !isBucketName(p.bucket)) {
