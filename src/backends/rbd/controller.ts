@@ -16,6 +16,7 @@ import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish, type Attachment
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
 import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno } from './rbd-cli.js';
 import { Debounced, purgeTrash } from './trash.js';
+import { outsideCall } from '../../util/call-context.js';
 
 /**
  * RBD volumes are images named csi-vol-<hash of the request name>; snapshots
@@ -198,7 +199,7 @@ export class RbdController implements ControllerBackend {
 
   async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
-    await this.removeImage(this.cli(id.cluster, secrets, ctx.log), id.cluster, pool, image, ctx);
+    await this.removeImage(this.cli(id.cluster, secrets, ctx.log), id.cluster, pool, image, secrets, ctx);
   }
 
   /**
@@ -206,7 +207,7 @@ export class RbdController implements ControllerBackend {
    * snapshots. Trashed ancestors that nothing needs any more are purged in
    * the background, so the caller waits for one command only.
    */
-  private async removeImage(rbd: RbdCli, clusterId: string, pool: string, image: string, ctx: RpcContext): Promise<void> {
+  private async removeImage(rbd: RbdCli, clusterId: string, pool: string, image: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     let result: 'removed' | 'has-snapshots' | 'trashed' | 'missing';
     try {
       result = await rbd.remove(pool, image);
@@ -230,7 +231,7 @@ export class RbdController implements ControllerBackend {
       throw aborted(`image ${pool}/${image} is still open (a killed client's watch lasts up to 30 s); retry`);
     }
     ctx.log.debug({ image, result }, 'image removed');
-    if (result !== 'missing') this.purge(rbd, clusterId, pool);
+    if (result !== 'missing') this.purge(clusterId, pool, secrets);
   }
 
   /**
@@ -239,14 +240,18 @@ export class RbdController implements ControllerBackend {
    * still being removed) is tried again a few times, so a crash does not
    * leave it until the next delete in the pool.
    */
-  private purge(rbd: RbdCli, clusterId: string, pool: string, attempt = 0): void {
-    this.purger.schedule(
-      `${clusterId}/${pool}`,
-      async () => {
-        const left = await purgeTrash(rbd, pool, this.log);
-        if (left && attempt < PURGE_RETRIES) setTimeout(() => this.purge(rbd, clusterId, pool, attempt + 1), PURGE_RETRY_MS).unref();
-      },
-      (e) => this.log.warn({ err: String(e), pool }, 'trash purge failed; the next delete retries'),
+  private purge(clusterId: string, pool: string, secrets: Record<string, string>, attempt = 0): void {
+    // Outside the call that starts it, whose end would stop its commands and
+    // remove its key file; each pass holds a key file of its own.
+    outsideCall(() =>
+      this.purger.schedule(
+        `${clusterId}/${pool}`,
+        async () => {
+          const left = await purgeTrash(this.cli(clusterId, secrets), pool, this.log);
+          if (left && attempt < PURGE_RETRIES) setTimeout(() => this.purge(clusterId, pool, secrets, attempt + 1), PURGE_RETRY_MS).unref();
+        },
+        (e) => this.log.warn({ err: String(e), pool }, 'trash purge failed; the next delete retries'),
+      ),
     );
   }
 
@@ -386,7 +391,7 @@ export class RbdController implements ControllerBackend {
     if (!image?.startsWith('csi-snap-')) return;
     const rbd = this.cli(id.cluster, secrets, ctx.log);
     await rbd.snapRemove(pool, image, SNAP_NAME);
-    await this.removeImage(rbd, id.cluster, pool, image, ctx);
+    await this.removeImage(rbd, id.cluster, pool, image, secrets, ctx);
   }
 
   async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {
