@@ -41,8 +41,9 @@ export class CallScope {
     return this.controller.signal;
   }
 
+  /** Stops the call's work; once the handler has settled there is nothing left to stop (grpc-js may report a cancel after the answer). */
   abort(reason: CsiError): void {
-    if (!this.controller.signal.aborted) this.controller.abort(reason);
+    if (!this.done && !this.controller.signal.aborted) this.controller.abort(reason);
   }
 
   /** The client went away: nobody waits for the answer, so the work stops. */

@@ -4,7 +4,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { CephLab } from '../lab/ceph-lab.js';
+import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CephLab, LAB_S3 } from '../lab/ceph-lab.js';
 import { startDriver, type DriverProcess } from '../helpers/driver.js';
 import { mountCap } from '../helpers/volumes.js';
 import { loadCsi } from '../../src/csi/proto.js';
@@ -203,10 +204,30 @@ describe('issue 16: bounded backend calls and a contained Ceph client', { timeou
     }
     const t0 = Date.now();
     const seen = new Map<string, number>();
-    const ok = await Promise.all(Object.values(reqs).map((r) => untilOk(() => callWithin<{ volume: { volume_id: string } }>(ctl, 'CreateVolume', r, 60_000), 180_000, seen)));
+    const attempt = async (r: object) => {
+      const o = await callWithin<{ volume: { volume_id: string } }>(ctl, 'CreateVolume', r, 60_000);
+      const key = /during reading ([^/\s]+)\/(\S+):/.exec(o.details);
+      if (o.code !== 'OK' && key) console.log(`case 9: ${o.details}; the same object through a new S3 client: ${await rgwAnswers(key[1]!, key[2]!)}`);
+      return o;
+    };
+    const ok = await Promise.all(Object.values(reqs).map((r) => untilOk(() => attempt(r), 180_000, seen)));
     console.log(`case 9 after SIGCONT: all three created in ${Date.now() - t0} ms; answers ${JSON.stringify(Object.fromEntries(seen))}`);
     for (const o of ok) await untilOk(() => callWithin(ctl, 'DeleteVolume', { volume_id: o.res!.volume.volume_id }, 60_000), 120_000, new Map());
   });
+
+  /** Whether RGW itself answers for an object (tells a stuck RGW from a stuck driver). */
+  async function rgwAnswers(bucket: string, key: string): Promise<string> {
+    const s3 = new S3Client({ endpoint: lab.s3Endpoint, region: 'us-east-1', forcePathStyle: true, maxAttempts: 1, credentials: { accessKeyId: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey } });
+    const t0 = Date.now();
+    try {
+      await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: AbortSignal.timeout(10_000) });
+      return `answered in ${Date.now() - t0} ms`;
+    } catch (e) {
+      return `${(e as Error).name} after ${Date.now() - t0} ms`;
+    } finally {
+      s3.destroy();
+    }
+  }
 
   /** DeleteVolume of a CephFS volume made here, by its name (CreateVolume is idempotent and returns the id). */
   async function deleteByName(name: string): Promise<Outcome> {

@@ -54,7 +54,8 @@ describe('the call scope', () => {
     const settled = new CallScope(Date.now() + 100);
     settled.settle();
     await sleep(200);
-    assert.equal(settled.signal.aborted, false);
+    settled.cancel(); // grpc-js may report a cancel after the answer
+    assert.equal(settled.signal.aborted, false, 'work the call left running is not stopped');
   });
 
   it('treats a deadline too far for a timer as none', async () => {
