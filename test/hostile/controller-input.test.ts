@@ -157,7 +157,7 @@ describe('hostile controller input (issue 16)', { timeout: 900_000 }, () => {
       const user = `client.strata-${subvolume}`;
       assert.equal((await lab.cephAllowFail(['auth', 'get', user])).exitCode, 0, `${user} exists while the volume is published`);
       const ctx = { nodeId: NODE_ID, sandbox: drv.dir, sentinels, volumes: { cephfs: p }, secrets, params: PARAMS, secretMarker: `CASE6SECRET${hex()}` };
-      const r = await runFuzz(drv.socket, hostileRequests(6, ctx, 1500, { backends: ['cephfs'], raw: false }), { concurrency: 16, deadlineMs: 60_000, secretMarker: ctx.secretMarker, ctx });
+      const r = await runFuzz(drv.socket, hostileRequests(6, ctx, 1500, { backends: ['cephfs'], raw: false }), { concurrency: 16, deadlineMs: 30_000, secretMarker: ctx.secretMarker, ctx });
       const info = await lab.cephAllowFail(['fs', 'subvolume', 'info', 'cephfs', subvolume, '--group_name', 'csi']);
       assert.equal(info.exitCode, 0, `ceph fs subvolume info after the fuzzing: ${info.stderr}`);
       assert.deepEqual(checkFiles(p), [], 'data intact');

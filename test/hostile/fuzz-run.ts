@@ -227,15 +227,33 @@ export interface FuzzResult {
   };
 }
 
+interface Answer {
+  code: string;
+  details: string;
+  res?: Record<string, unknown>;
+  /** The call never reached the driver, or its connection broke: the transport's doing, not an answer. */
+  transport?: boolean;
+}
+
 interface Sender {
-  send(r: FuzzRequest, deadlineMs: number): Promise<{ code: string; details: string; res?: Record<string, unknown> }>;
+  send(r: FuzzRequest, deadlineMs: number): Promise<Answer>;
+  /** Drops the connection and opens a new one (after a call that never got its answer may have wedged it). */
+  reconnect(): void;
   close(): void;
 }
 
-/** Sends every request as bytes (serialised here, so a request the client library could not encode is the test's error, not the driver's). */
+// grpc-js's words for a call the HTTP/2 connection refused or lost; the driver never answered it.
+const TRANSPORT = /^(Stream refused by server|Connection dropped|Received RST_STREAM)/;
+
+/**
+ * Sends every request as bytes (serialised here, so a request the client
+ * library could not encode is the test's error, not the driver's) on a
+ * connection of its own, as each sidecar has one.
+ */
 export function sender(socket: string): Sender {
   const csi = loadCsi().csi.v1;
-  const client = new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 16 * MiB });
+  const open = () => new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 16 * MiB, 'grpc.use_local_subchannel_pool': 1 });
+  let client = open();
   const defs = { Identity: csi.Identity.service, Controller: csi.Controller.service, Node: csi.Node.service } as Record<string, grpc.ServiceDefinition>;
   return {
     send(r, deadlineMs) {
@@ -243,10 +261,14 @@ export function sender(socket: string): Sender {
       const bytes = r.raw ?? (def.requestSerialize(r.req) as Buffer);
       return new Promise((resolve) => {
         client.makeUnaryRequest<Buffer, Buffer>(def.path, (x) => x, (x) => x, bytes, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (e, res) => {
-          if (e) resolve({ code: grpc.status[e.code] ?? String(e.code), details: e.details ?? '' });
+          if (e) resolve({ code: grpc.status[e.code] ?? String(e.code), details: e.details ?? '', transport: e.code === grpc.status.UNAVAILABLE && TRANSPORT.test(e.details ?? '') });
           else resolve({ code: 'OK', details: '', res: def.responseDeserialize(res!) as Record<string, unknown> });
         });
       });
+    },
+    reconnect() {
+      client.close();
+      client = open();
     },
     close: () => client.close(),
   };
@@ -262,7 +284,6 @@ export interface RunOptions {
 
 /** Sends the requests with bounded concurrency and checks each answer against the spec's codes. */
 export async function runFuzz(socket: string, requests: Iterable<FuzzRequest>, o: RunOptions): Promise<FuzzResult> {
-  const s = sender(socket);
   const it = requests[Symbol.iterator]();
   const result: FuzzResult = { sent: 0, ms: 0, byRpc: new Map(), byCode: new Map(), failures: [], made: { volumes: new Set(), snapshots: new Set(), publishes: [], stages: [], targets: [] } };
   const inflight = new Map<string, Set<{ contended: boolean }>>();
@@ -271,7 +292,7 @@ export async function runFuzz(socket: string, requests: Iterable<FuzzRequest>, o
   const realTargets = new Set(Object.values(o.ctx.volumes).map((v) => v!.target));
   const t0 = Date.now();
 
-  const one = async (r: FuzzRequest) => {
+  const one = async (s: Sender, r: FuzzRequest) => {
     const me = { contended: false };
     for (const k of r.lockKeys) {
       const set = inflight.get(k) ?? new Set();
@@ -283,7 +304,16 @@ export async function runFuzz(socket: string, requests: Iterable<FuzzRequest>, o
       inflight.set(k, set);
     }
     const started = Date.now();
-    const { code, details, res } = await s.send(r, o.deadlineMs);
+    let answer = await s.send(r, o.deadlineMs);
+    const noAnswer = answer.code === 'DEADLINE_EXCEEDED' && Date.now() - started >= o.deadlineMs - 50;
+    if (answer.transport || noAnswer) {
+      // The connection may be wedged by this call or another: say so once, then go on over a new one.
+      const broke = answer;
+      s.reconnect();
+      if (broke.transport) answer = await s.send(r, o.deadlineMs);
+      result.failures.push({ request: describeRequest(r), code: broke.code, details: broke.details.slice(0, 300), why: noAnswer ? `no answer within ${o.deadlineMs} ms` : 'the connection refused or dropped the call (retried once on a new connection)' });
+    }
+    const { code, details, res } = answer;
     for (const k of r.lockKeys) {
       const set = inflight.get(k)!;
       set.delete(me);
@@ -299,8 +329,9 @@ export async function runFuzz(socket: string, requests: Iterable<FuzzRequest>, o
 
     const fail = (why: string) => result.failures.push({ request: describeRequest(r), code, details: details.slice(0, 300), why });
     if (code === 'INTERNAL' || code === 'UNKNOWN') fail('INTERNAL/UNKNOWN for a malformed or hostile request');
-    else if (code === 'DEADLINE_EXCEEDED' && Date.now() - started >= o.deadlineMs - 50) fail(`no answer within ${o.deadlineMs} ms`);
-    else if (r.expect && !r.expect.includes(code) && !(code === 'ABORTED' && me.contended)) fail(`the spec gives ${r.expect.join('|')} for: ${r.defects.join('; ') || 'a well-formed request'}`);
+    else if (noAnswer || answer.transport) {
+      /* already counted */
+    } else if (r.expect && !r.expect.includes(code) && !(code === 'ABORTED' && me.contended)) fail(`the spec gives ${r.expect.join('|')} for: ${r.defects.join('; ') || 'a well-formed request'}`);
     if (details.includes(o.secretMarker)) fail('a secret value is in the answer');
 
     if (code !== 'OK' || !r.req) return;
@@ -313,15 +344,19 @@ export async function runFuzz(socket: string, requests: Iterable<FuzzRequest>, o
   };
 
   const worker = async () => {
-    for (;;) {
-      const n = it.next();
-      if (n.done) return;
-      await one(n.value);
+    const s = sender(socket);
+    try {
+      for (;;) {
+        const n = it.next();
+        if (n.done) return;
+        await one(s, n.value);
+      }
+    } finally {
+      s.close();
     }
   };
   await Promise.all(Array.from({ length: o.concurrency }, worker));
   result.ms = Date.now() - t0;
-  s.close();
   return result;
 }
 

@@ -48,7 +48,7 @@ import {
 const SEED = seedFrom(process.env.STRATA_FUZZ_SEED, 16);
 const COUNT = Math.max(10_000, Number(process.env.STRATA_FUZZ_COUNT ?? 0));
 const CONCURRENCY = 16;
-const DEADLINE_MS = 60_000;
+const DEADLINE_MS = 30_000;
 const NODE_ID = 'node-a';
 
 describe(`fuzz: ${COUNT} hostile requests over every RPC and backend (seed ${SEED})`, { timeout: 1_200_000 }, () => {
