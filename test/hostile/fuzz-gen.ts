@@ -1145,7 +1145,10 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
         secrets: {},
       };
       const d = draft('NodePublishVolume', 'Node', b, req, [OK], [p.id, `path:${req.target_path}`]);
-      add(d, idDefect('volume_id', p, 'lookup'));
+      const idd = idDefect('volume_id', p, 'lookup');
+      // A well-formed id of nothing is not staged where the request says: "not staged there" is as right as "not found".
+      if (idd && p.cls === 'nonexistent') idd.codes = [NF, FP];
+      add(d, idd);
       const c = rng.int(real ? 6 : 7);
       if (c === 0) {
         const bp = badPath(rng, ctx);
@@ -1300,7 +1303,8 @@ function rawRequest(rng: Rng, rpc: string): { raw: Buffer; defect: Defect; valid
   }
   // protobufjs reads some truncated fields leniently, so this one may also be taken as a (different) request.
   if (c === 1) return { raw: Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x41]), defect: { what: 'a length beyond the message', codes: null }, valid: null };
-  if (c === 2) return { raw: Buffer.from([0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]), defect: { what: 'a varint of 11 bytes', codes: [IA] }, valid: null };
+  // Where field 1 is unknown (empty messages) protobufjs skips the long varint and reads on: then it is an empty request.
+  if (c === 2) return { raw: Buffer.from([0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]), defect: { what: 'a varint of 11 bytes', codes: null }, valid: null };
   // Unknown fields only: a well-formed empty request.
   const empty = ['GetPluginInfo', 'GetPluginCapabilities', 'Probe', 'ControllerGetCapabilities', 'NodeGetCapabilities', 'NodeGetInfo', 'ListVolumes'].includes(rpc);
   return { raw: Buffer.from([0xf8, 0x06, 0x01, 0xfa, 0x06, 0x03, 0x61, 0x62, 0x63]), defect: { what: 'unknown fields 111 and 111 only', codes: empty ? [OK] : [IA, OK] }, valid: null };
