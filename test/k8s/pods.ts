@@ -66,6 +66,16 @@ export async function deletePod(api: KubeApi, pod: Obj): Promise<void> {
 }
 
 /**
+ * Deletes the pod gracefully and waits until kubelet has torn it down (its volumes unmounted):
+ * a forced delete would let the PVC go while kubelet still unstages it.
+ */
+export async function deletePodAndWait(api: KubeApi, pod: Obj, timeoutMs = 120_000): Promise<void> {
+  const p = `${podPath(pod)}/${pod.metadata.name}`;
+  await api.delete(p, { gracePeriodSeconds: 1 });
+  await api.waitFor(`pod ${pod.metadata.name} gone`, async () => ((await api.raw('GET', p)).status === 404 ? true : undefined), timeoutMs, 500);
+}
+
+/**
  * A pod volume's stats as kubelet reports them (the summary API through the node proxy): what
  * `kubectl describe`, metrics and autoscalers see. Undefined until kubelet has measured it.
  */
