@@ -21,6 +21,12 @@ export interface LabOptions {
   components?: Component[];
   /** memstore boots faster and keeps data in OSD RAM. */
   osdStore?: 'bluestore' | 'memstore';
+  /**
+   * The address every daemon binds (default STRATA_LAB_ADDR or 127.0.0.1). Labs on different
+   * addresses (127.0.0.2, a node's own address for pods to reach) run side by side; on one
+   * address only one lab runs at a time.
+   */
+  address?: string;
   log?: (msg: string) => void;
 }
 
@@ -45,7 +51,8 @@ interface Daemon {
 export class CephLab {
   readonly dir: string;
   readonly conf: string;
-  readonly monitors = ['127.0.0.1:6789'];
+  readonly address: string;
+  readonly monitors: string[];
   readonly fsid = randomUUID();
   readonly adminKeyring: string;
   adminKey = '';
@@ -57,6 +64,8 @@ export class CephLab {
   private readonly store: 'bluestore' | 'memstore';
 
   private constructor(opts: LabOptions) {
+    this.address = labAddress(opts);
+    this.monitors = [`${this.address}:6789`];
     this.components = opts.components ?? ['rbd', 'cephfs', 's3'];
     this.store = opts.osdStore ?? 'bluestore';
     this.say = opts.log ?? (() => {});
@@ -71,7 +80,7 @@ export class CephLab {
     if (missing.length) {
       throw new Error(`Ceph lab needs ${missing.join(', ')}: run test/install-deps.sh (or the README's test command) first`);
     }
-    await reapStaleLabs();
+    await reapStaleLabs(labAddress(opts));
     const lab = new CephLab(opts);
     try {
       await lab.boot();
@@ -90,7 +99,7 @@ export class CephLab {
     return this.components.includes('s3');
   }
   get s3Endpoint(): string {
-    return `http://127.0.0.1:${RGW_PORT}`;
+    return `http://${this.address}:${RGW_PORT}`;
   }
 
   /** Runs the ceph CLI as client.admin against this lab. */
@@ -144,9 +153,9 @@ export class CephLab {
     const L = this.dir;
     const conf = `[global]
 fsid = ${this.fsid}
-mon_host = [v2:127.0.0.1:3300,v1:127.0.0.1:6789]
-public_addr = 127.0.0.1
-cluster_addr = 127.0.0.1
+mon_host = [v2:${this.address}:3300,v1:${this.address}:6789]
+public_addr = ${this.address}
+cluster_addr = ${this.address}
 auth_cluster_required = cephx
 auth_service_required = cephx
 auth_client_required = cephx
@@ -199,7 +208,7 @@ admin_socket = ${L}/run/$cluster-$name.asok
 admin_socket = ${L}/run/$cluster-$name.$pid.$cctid.asok
 
 [client.rgw.gw]
-rgw_frontends = beast endpoint=127.0.0.1:${RGW_PORT} tcp_nodelay=1
+rgw_frontends = beast endpoint=${this.address}:${RGW_PORT} tcp_nodelay=1
 rgw_thread_pool_size = 64
 rgw_data = ${L}/rgw
 `;
@@ -239,7 +248,7 @@ rgw_data = ${L}/rgw
     await run('ceph-authtool', [`${keys}/ceph.mon..keyring`, '--import-keyring', this.adminKeyring]);
     this.adminKey = (await run('ceph-authtool', ['-p', '-n', 'client.admin', this.adminKeyring])).stdout.trim();
     writeFileSync(this.adminKeyFile, this.adminKey + '\n', { mode: 0o600 });
-    await run('monmaptool', ['--create', '--addv', 'a', '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]', '--fsid', this.fsid, this.p('monmap')]);
+    await run('monmaptool', ['--create', '--addv', 'a', `[v2:${this.address}:3300,v1:${this.address}:6789]`, '--fsid', this.fsid, this.p('monmap')]);
     await run('ceph-mon', ['-c', this.conf, '--mkfs', '-i', 'a', '--monmap', this.p('monmap'), '--keyring', `${keys}/ceph.mon..keyring`]);
     this.startDaemon('mon.a', 'ceph-mon', ['-i', 'a']);
     await this.waitFor('mon', async () => (await runAllowFail('ceph', ['-c', this.conf, '--connect-timeout', '2', 'mon', 'stat'], { timeoutMs: 5000 })).exitCode === 0);
@@ -360,21 +369,29 @@ function alive(pid: number): boolean {
   }
 }
 
+function labAddress(opts: LabOptions): string {
+  const a = opts.address ?? process.env.STRATA_LAB_ADDR ?? '127.0.0.1';
+  if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(a)) throw new Error(`lab address ${a} is not an IPv4 address`);
+  return a;
+}
+
 /**
  * Daemons of a lab whose test process died without stopping it (a timeout, a
- * kill) hold the fixed ports, and every later lab would fail to bind. Only
- * one lab runs at a time, so any other lab's daemons are stale: kill them
- * and wait for the monitor port to be free.
+ * kill) hold the fixed ports of its address, and every later lab there would
+ * fail to bind. Only one lab runs on an address at a time, so any other lab's
+ * daemons on this address are stale: kill them and wait until they are gone.
  */
-async function reapStaleLabs(): Promise<void> {
+async function reapStaleLabs(address: string): Promise<void> {
   const stale: number[] = [];
   for (const ent of readdirSync('/proc')) {
     if (!/^\d+$/.test(ent)) continue;
     try {
       const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
-      if (/(^|\/)(ceph-mon|ceph-mgr|ceph-osd|ceph-mds|radosgw)$/.test(argv[0] ?? '') && argv.some((a) => /\/strata-lab-[^/]+\/ceph\.conf$/.test(a))) stale.push(Number(ent));
+      if (!/(^|\/)(ceph-mon|ceph-mgr|ceph-osd|ceph-mds|radosgw)$/.test(argv[0] ?? '')) continue;
+      const conf = argv.find((a) => /\/strata-lab-[^/]+\/ceph\.conf$/.test(a));
+      if (conf && readFileSync(conf, 'utf8').includes(`\npublic_addr = ${address}\n`)) stale.push(Number(ent));
     } catch {
-      /* exited meanwhile */
+      /* exited meanwhile, or its lab directory is gone */
     }
   }
   for (const pid of stale) signal(pid, 'SIGKILL');
