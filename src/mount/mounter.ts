@@ -38,15 +38,18 @@ export async function bindMount(source: string, target: string, readonly: boolea
  * Whether a mount point answers. A FUSE mount whose daemon is gone stays in
  * mountinfo, but the kernel answers every call on it with ENOTCONN. A daemon
  * that is alive but stuck never answers: after `waitMs` the mount is "hung",
- * and until that stat returns no second one is sent to the same path, so a
- * stuck mount holds at most one of libuv's few worker threads.
+ * and until that probe returns no second one is sent to the same path, so a
+ * stuck mount holds at most one of libuv's few worker threads. The probe is
+ * statfs, which the kernel always forwards to the daemon: a stat of the mount
+ * root is answered from the kernel's attribute cache, even seconds after the
+ * daemon stopped answering.
  */
 export async function mountHealth(p: string, entries?: MountEntry[], waitMs = 5_000): Promise<'unmounted' | 'dead' | 'hung' | 'ok'> {
   if (!(await findMount(p, entries))) return 'unmounted';
   const key = path.resolve(p);
   let probe = probes.get(key);
   if (!probe) {
-    probe = stat(key).then(
+    probe = statfs(key).then(
       () => 'ok' as const,
       (e: NodeJS.ErrnoException) => {
         if (DEAD.has(e.code ?? '')) return 'dead' as const;

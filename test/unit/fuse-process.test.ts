@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { fuseDaemonPid, hasExited, waitExit } from '../../src/mount/fuse-process.js';
+import { mountHealth, unmount } from '../../src/mount/mounter.js';
 
 describe('fuse-process', () => {
   it('finds the process serving a directory by any of several binaries, and waits for its exit', async () => {
@@ -51,5 +52,31 @@ describe('fuse-process', () => {
   it('knows a pid that is gone', () => {
     assert.equal(hasExited(2 ** 22 + 1), true, 'above the kernel pid limit: never a process');
     assert.equal(hasExited(process.pid), false);
+  });
+
+  const rclone = ['/usr/bin/rclone', '/usr/local/bin/rclone'].some((p) => existsSync(p)) && existsSync('/dev/fuse');
+  it('mountHealth asks the FUSE daemon itself: a stopped daemon is hung, a killed one dead', { skip: !rclone && 'needs rclone and /dev/fuse' }, async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'strata-mh-'));
+    const [src, mnt] = [path.join(dir, 'src'), path.join(dir, 'mnt')];
+    mkdirSync(src);
+    mkdirSync(mnt);
+    // A local directory through rclone: a real FUSE daemon with no store behind it.
+    assert.equal(spawnSync('rclone', ['mount', `:local:${src}`, mnt, '--daemon', '--config', '/dev/null'], { timeout: 20_000 }).status, 0);
+    const pid = fuseDaemonPid('rclone', mnt)!;
+    try {
+      assert.equal(await mountHealth(mnt), 'ok');
+      process.kill(pid, 'SIGSTOP');
+      // The kernel still answers a stat of the root from its attribute cache; the probe must not be fooled.
+      assert.equal(await mountHealth(mnt, undefined, 1_000), 'hung');
+      process.kill(pid, 'SIGCONT');
+      assert.equal(await mountHealth(mnt), 'ok');
+      process.kill(pid, 'SIGKILL');
+      await waitExit(pid, 5_000);
+      assert.equal(await mountHealth(mnt), 'dead');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+      await unmount(mnt).catch(() => spawnSync('umount', ['-l', mnt]));
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
