@@ -225,9 +225,10 @@ export class RbdController implements ControllerBackend {
       }
     } catch (e) {
       if (!isErrno(e, EBUSY)) throw e;
-      // Published somewhere: in use. Otherwise the watch is most likely a killed
-      // command's (a crashed controller's), which the OSD drops within 30 s.
-      if (attachmentsIn(await rbd.metaList(pool, image)).size) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
+      // A volume published somewhere is in use. Otherwise the watch is most likely a
+      // killed command's (a crashed controller's), which the OSD drops within 30 s.
+      // Snapshot images are never published (the attachments they show were copied from their source).
+      if (image.startsWith('csi-vol-') && attachmentsIn(await rbd.metaList(pool, image)).size) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
       throw aborted(`image ${pool}/${image} is still open (a killed client's watch lasts up to 30 s); retry`);
     }
     ctx.log.debug({ image, result }, 'image removed');
