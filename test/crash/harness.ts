@@ -121,9 +121,10 @@ export class CrashableDriver {
   /** kill -9, wait until it is gone, start again on the same directory. */
   async killAndRestart(): Promise<void> {
     const child = this.proc.child;
-    this.c.close();
     killTree(child.pid!);
     for (let i = 0; i < 200 && child.exitCode === null && child.signalCode === null; i++) await sleep(10);
+    // Closed only now: a client closing first would cancel the call, and the driver would see that before the kill.
+    this.c.close();
     this.restarts++;
     await this.start(this.proc.dir);
   }
