@@ -269,6 +269,8 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       async (req, ctx) => {
         required(req.volume_id, 'volume_id');
         if (!req.capacity_range) throw invalidArgument('capacity_range is required');
+        // Optional here, but one that is sent must be well-formed: the backend reads it to decide on a node step.
+        if (req.volume_capability) requireCapability(req.volume_capability);
         const { id, backend } = knownId(backends, cfg, req.volume_id, 'v');
         return backend.expand(id, req, ctx);
       },
