@@ -502,7 +502,7 @@ function badParams(rng: Rng, ctx: FuzzContext, b: Backend): { params: Record<str
         uid: () => rng.pick(['-1', 'root', '99999999999', '1e3', '0x10', ' 1']),
         gid: () => rng.pick(['-1', 'root', '4294967296', '1.5']),
         mode: () => rng.pick(['9999', '0x1ff', '-1', '07777', 'rwx']),
-        mountOptions: () => rng.pick(['passwd_file=/etc/shadow', '--config=/x', 'a b', 'url=http://evil', 'allow_other', 'x;y', '\n', 'rc', '--rc-addr=:1']),
+        mountOptions: () => rng.pick(['passwd_file=/etc/shadow', '--config=/x', 'a b', 'url=http://evil', 'allow_other', 'x;y', 'x\ny', 'rc', '--rc-addr=:1']),
       }[k]!();
       return set(k, v);
     }
@@ -1307,7 +1307,8 @@ function rawRequest(rng: Rng, rpc: string): { raw: Buffer; defect: Defect; valid
   if (c === 2) return { raw: Buffer.from([0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]), defect: { what: 'a varint of 11 bytes', codes: null }, valid: null };
   // Unknown fields only: a well-formed empty request.
   const empty = ['GetPluginInfo', 'GetPluginCapabilities', 'Probe', 'ControllerGetCapabilities', 'NodeGetCapabilities', 'NodeGetInfo', 'ListVolumes'].includes(rpc);
-  return { raw: Buffer.from([0xf8, 0x06, 0x01, 0xfa, 0x06, 0x03, 0x61, 0x62, 0x63]), defect: { what: 'unknown fields 111 and 111 only', codes: empty ? [OK] : [IA, OK] }, valid: null };
+  const codes = empty ? [OK] : rpc === 'ControllerModifyVolume' ? [IA, UNIMPL] : [IA, OK];
+  return { raw: Buffer.from([0xf8, 0x06, 0x01, 0xfa, 0x06, 0x03, 0x61, 0x62, 0x63]), defect: { what: 'unknown fields 111 and 111 only', codes }, valid: null };
 }
 
 /**

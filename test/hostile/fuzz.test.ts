@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CephLab } from '../lab/ceph-lab.js';
@@ -93,6 +93,8 @@ describe(`fuzz: ${COUNT} hostile requests over every RPC and backend (seed ${SEE
     const probe = await c.identity.Probe({});
     assert.equal(probe!.ready?.value, true, 'Probe answers ready after the fuzzing');
     const f = result.failures;
+    // Every failure, for a closer look than the report's examples.
+    if (process.env.STRATA_FUZZ_FAILURES) writeFileSync(process.env.STRATA_FUZZ_FAILURES, JSON.stringify(f, null, 1));
     assert.equal(f.length, 0, `seed ${SEED}: ${f.length} of ${result.sent} answers break the rules:\n${failureReport(f)}`);
   });
 
