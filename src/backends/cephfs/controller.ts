@@ -38,6 +38,14 @@ interface VolumeMeta {
   createdAt: string;
 }
 
+/**
+ * Metadata values as the mgr can keep them: it stores subvolume metadata in a
+ * ConfigParser file, where a "%" is read as interpolation and the set fails
+ * with a traceback (a volume named "a%00" could never be created). JSON reads
+ * the escaped form back unchanged.
+ */
+const metaValue = (v: unknown): string => asciiJson(v).replace(/%/g, '\\u0025');
+
 /** The Ceph user that may reach only this subvolume. */
 export const volumeUser = (subvolume: string) => `strata-${subvolume}`;
 
@@ -110,7 +118,7 @@ export class CephfsController implements ControllerBackend {
     if (src?.snapshot) vm.source = { snapshot: wantSrc };
     else if (src?.volume) vm.source = { volume: wantSrc };
     if (src?.volume) await this.dropCloneSnapshot(fs, p.clusterID, wantSrc!, name);
-    await fs.metaSet(name, META_VOLUME, asciiJson(vm));
+    await fs.metaSet(name, META_VOLUME, metaValue(vm));
     return this.toVolume(id, p.clusterID, size, info.path, vm, p);
   }
 
@@ -216,7 +224,7 @@ export class CephfsController implements ControllerBackend {
     if (!info || info.state !== 'complete') throw notFound(`volume ${req.volume_id} not found`);
     const mode = modeOf(req.volume_capability);
     if (decidePublish(attachmentsIn(await fs.metaList(name)), req.node_id, mode, req.readonly) === 'add') {
-      await fs.metaSet(name, attachKey(req.node_id), asciiJson({ mode, readonly: req.readonly }));
+      await fs.metaSet(name, attachKey(req.node_id), metaValue({ mode, readonly: req.readonly }));
     }
     // The node mounts with a key for this subvolume alone, handed over in the publish context.
     const user = volumeUser(name);
@@ -307,7 +315,7 @@ export class CephfsController implements ControllerBackend {
       if (!isErrno(e, EEXIST)) throw e;
     }
     const meta: SnapshotMeta = { v: 1, name: req.name, source: sourceVolumeId, size: info.bytesQuota, createdAt: new Date().toISOString() };
-    await fs.snapMetaSet(name, snap, META_SNAPSHOT, asciiJson(meta));
+    await fs.snapMetaSet(name, snap, META_SNAPSHOT, metaValue(meta));
     return toSnapshot(snapshotId, meta);
   }
 
