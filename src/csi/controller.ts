@@ -198,7 +198,8 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
         const { backend, cluster } = backendFor(params);
         return { available_capacity: await backend.getCapacity(cluster, params, ctx) };
       }
-      const all = await Promise.all(everywhere().map(({ cluster, backend }) => backend.getCapacity(cluster, params, ctx)));
+      // No StorageClass named: every store the config reaches, each asked as its own cluster's.
+      const all = await Promise.all(everywhere().map(({ cluster, backend }) => backend.getCapacity(cluster, { ...params, clusterID: cluster }, ctx)));
       return { available_capacity: Math.max(0, ...all) };
     }),
 
