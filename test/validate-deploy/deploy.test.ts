@@ -47,7 +47,7 @@ async function helmReady(): Promise<void> {
 
 function helmTemplate(extra: string[] = []): string {
   if (!HELM) throw new Error('helm not found: run test/install-deps.sh (go install helm.sh/helm/v3/cmd/helm)');
-  return execFileSync(HELM, ['template', 'strata', chart, '--namespace', 'strata-system', '--kube-version', '1.31.0', ...extra], { encoding: 'utf8', timeout: 60_000 });
+  return execFileSync(HELM, ['template', 'strata', chart, '--namespace', 'strata-system', '--kube-version', '1.34.10', ...extra], { encoding: 'utf8', timeout: 60_000 });
 }
 
 /** Validates one object; returns the problems (empty when valid). */
