@@ -113,3 +113,15 @@ describe('credential grammar', () => {
     }
   });
 });
+
+describe('mount option grammar', () => {
+  it('refuses options that name a path on the node or look like command options', async () => {
+    const { parseS3Params } = await import('../../src/backends/s3/params.js');
+    const { parseCephfsParams } = await import('../../src/backends/cephfs/params.js');
+    for (const o of ['log-file=/etc/cron.d/x', 'cache-dir=/root', 'use_cache=/tmp/x', '--daemon-timeout=1', '-x']) {
+      assert.throws(() => parseS3Params({ clusterID: 'c', mountOptions: o }), /mountOptions/, o);
+      assert.throws(() => parseCephfsParams({ clusterID: 'c', fsName: 'fs', fuseMountOptions: o }), /fuseMountOptions/, o);
+    }
+    assert.deepEqual(parseS3Params({ clusterID: 'c', mountOptions: 'max_stat_cache_size=1000,multipart_size=64' }).mountOptions, ['max_stat_cache_size=1000', 'multipart_size=64']);
+  });
+});

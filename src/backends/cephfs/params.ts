@@ -19,7 +19,8 @@ export interface CephfsParams {
 const KEYS = new Set(['backend', 'clusterID', 'fsName', 'subvolumeGroup', 'pool', 'mounter', 'kernelMountOptions', 'fuseMountOptions']);
 const SIDECAR_PREFIX = 'csi.storage.k8s.io/';
 // Mount options are passed to mount/ceph-fuse as one -o list: no spaces, no shell syntax.
-const optionPattern = /^[A-Za-z0-9_.:/=-]+$/;
+// No "/": no option may point the client at a path of the node (a log or a keyring), and none starts with "-".
+const optionPattern = /^[A-Za-z0-9_][A-Za-z0-9_.:=-]*$/;
 
 function options(key: string, v: string | undefined): string[] {
   const list = (v ?? '').split(',').map((o) => o.trim()).filter(Boolean);

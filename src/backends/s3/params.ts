@@ -21,15 +21,17 @@ export interface S3Params {
 const KEYS = new Set(['backend', 'clusterID', 'bucket', 'mounter', 'uid', 'gid', 'mode', 'mountOptions']);
 const SIDECAR_PREFIX = 'csi.storage.k8s.io/';
 // Options go to s3fs as one -o list or to rclone as flags: no spaces, no shell syntax.
-const optionPattern = /^[A-Za-z0-9_.:/=+-]+$/;
+// No "/": an option that takes a path (rclone's log-file, cache-dir; s3fs's logfile, use_cache)
+// would let a StorageClass make the node plugin, as root, write where it names.
+const optionPattern = /^[A-Za-z0-9_][A-Za-z0-9_.:=+-]*$/;
 // Where the endpoint and credentials come from is the driver's business, not the StorageClass's.
 const RESERVED_OPTION = /^(--?)?(passwd_file|url|endpoint|use_path_request_style|s3-(access-key-id|secret-access-key|endpoint|provider|region)|config|daemon|rc.*|allow_other|allow-other|uid|gid|umask|mp_umask|ro|read-only)(=|$)/;
 
 function options(v: string | undefined): string[] {
   const list = (v ?? '').split(',').map((o) => o.trim()).filter(Boolean);
   for (const o of list) {
-    if (!optionPattern.test(o)) throw invalidArgument(`parameter "mountOptions": option ${shown(o)} has characters a mount option cannot have`);
     if (RESERVED_OPTION.test(o)) throw invalidArgument(`parameter "mountOptions": option ${shown(o)} is set by the driver (use uid, gid, mode or the cluster config instead)`);
+    if (!optionPattern.test(o)) throw invalidArgument(`parameter "mountOptions": option ${shown(o)} has characters a mount option cannot have (no "/": options may not name paths on the node)`);
   }
   return list;
 }
