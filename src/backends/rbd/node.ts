@@ -54,7 +54,9 @@ export class RbdNode implements NodeBackend {
       // controller thinks is gone, or a stale attachment) is not opened again.
       const watchers = await rbd.watchers(ref.pool, ref.image);
       if (watchers === undefined) throw notFound(`volume ${req.volume_id} not found`);
-      if (watchers.length && isSingleNode(mode)) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
+      // A stage cut short between rbd-fuse and losetup left our own rbd-fuse mount, whose watch is the one seen.
+      const own = (await findMount(this.attacher.fuseDir(ref))) ? 1 : 0;
+      if (watchers.length > own && isSingleNode(mode)) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
     }
     const device = ours ?? (await this.attacher.attach(chooseMounter(opts.mounter), ref, conn, ctx.log));
     try {
