@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import pLimit from 'p-limit';
 import type { Config } from '../config/config.js';
 import { canReach, findCluster, hasDefaultIdentities } from '../config/config.js';
@@ -9,7 +10,7 @@ import type { _csi_v1_ControllerServiceCapability_RPC_Type as ControllerServiceC
 import type { _csi_v1_ListVolumesResponse_Entry as ListVolumesEntry } from './gen/csi/v1/ListVolumesResponse.js';
 import type { ListSnapshotsResponse } from './gen/csi/v1/ListSnapshotsResponse.js';
 import { wrap, type RpcContext, type RpcRuntime } from './handler.js';
-import { parseId, shown, type Backend, type ObjectId } from './ids.js';
+import { MAX_ID_BYTES, parseId, shown, type Backend, type ObjectId } from './ids.js';
 import { requireName, requireNodeId } from './grammar.js';
 
 /**
@@ -54,6 +55,13 @@ function maybeId(backends: ControllerBackends, cfg: Config, s: string, kind: 'v'
   return id && backend && served ? { id, backend } : undefined;
 }
 
+/**
+ * A request string as a lock key: itself when it could be valid, else its
+ * digest. Keys show in "already in progress" answers, and a 1 MiB name there
+ * never reached the client and wedged its connection.
+ */
+const lockName = (s: string): string => (Buffer.byteLength(s) > MAX_ID_BYTES ? `sha256:${createHash('sha256').update(s).digest('hex')}` : s);
+
 // Page tokens are offsets this driver handed out: digits only, checked before any listing is paid for.
 const PAGE_TOKEN = /^\d{1,9}$/;
 
@@ -80,7 +88,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
   const needsConfigIdentity = (rpc: string) => {
     if (!configIdentity) throw failedPrecondition(`${rpc} carries no secrets and the driver config has no default identity for every cluster (ceph.userID, s3 key files)`);
   };
-  const byVolume = <R extends { volume_id: string }>(r: R) => [r.volume_id];
+  const byVolume = <R extends { volume_id: string }>(r: R) => [lockName(r.volume_id)];
 
   const backendFor = (params: Record<string, string>): { backend: ControllerBackend; cluster: string } => {
     const name = params.backend;
@@ -118,7 +126,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
         if (src && !src.snapshot?.snapshot_id && !src.volume?.volume_id) throw invalidArgument('volume_content_source names no snapshot or volume');
         return { volume: await backend.createVolume(req, ctx) };
       },
-      { lockKeys: (r) => [`name:${r.name}`] },
+      { lockKeys: (r) => [`name:${lockName(r.name)}`] },
     ),
 
     DeleteVolume: wrap(
@@ -215,7 +223,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
         const { id, backend } = knownId(backends, cfg, required(req.source_volume_id, 'source_volume_id'), 'v');
         return { snapshot: await backend.createSnapshot(id, req, ctx) };
       },
-      { lockKeys: (r) => [`snap:${r.name}`, r.source_volume_id] },
+      { lockKeys: (r) => [`snap:${lockName(r.name)}`, lockName(r.source_volume_id)] },
     ),
 
     DeleteSnapshot: wrap(
@@ -226,7 +234,7 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
         if (t) await t.backend.deleteSnapshot(t.id, req.secrets, ctx);
         return {};
       },
-      { lockKeys: (r) => [r.snapshot_id] },
+      { lockKeys: (r) => [lockName(r.snapshot_id)] },
     ),
 
     ListSnapshots: wrap(rt, 'ListSnapshots', async (req, ctx) => {
