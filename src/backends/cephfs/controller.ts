@@ -3,10 +3,10 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config/config.js';
 import { CephClusters } from '../../ceph/clusters.js';
 import type { RpcContext } from '../../csi/handler.js';
-import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
+import { MAX_ID_BYTES, encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
 import { GiB, MiB, isBlock, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
 import type * as csi from '../../csi/types.js';
-import { aborted, alreadyExists, internal, invalidArgument, notFound, outOfRange } from '../../errors.js';
+import { aborted, alreadyExists, failedPrecondition, internal, invalidArgument, notFound, outOfRange } from '../../errors.js';
 import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish } from '../attachments.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
 import { toCsiVolume } from '../volume.js';
@@ -297,7 +297,13 @@ export class CephfsController implements ControllerBackend {
     const { fs, name } = this.cliFor(sourceId, req.secrets, ctx.log);
     const snap = `csi-snap-${nameHash(this.cfg.driverName, req.name)}`;
     const sourceVolumeId = encodeId(sourceId);
-    const snapshotId = encodeId({ kind: 's', backend: 'cephfs', cluster: sourceId.cluster, location: [fs.fs, fs.group, name, snap] });
+    const location = [fs.fs, fs.group, name, snap];
+    // Long file-system and group names leave no room for a snapshot id in the 128 bytes CSI allows: say so, or that the source is not there.
+    if (Buffer.byteLength(['s1', 's', 'cephfs', sourceId.cluster, ...location].join(':')) > MAX_ID_BYTES) {
+      if (!(await fs.info(name))) throw notFound(`source volume ${sourceVolumeId} not found`);
+      throw failedPrecondition(`volume ${sourceVolumeId} has file-system and group names too long for a snapshot id of at most ${MAX_ID_BYTES} bytes`);
+    }
+    const snapshotId = encodeId({ kind: 's', backend: 'cephfs', cluster: sourceId.cluster, location });
     const existing = await this.snapshotRecord(fs, name, snap);
     if (existing) return toSnapshot(snapshotId, existing);
     const info = await fs.info(name);
