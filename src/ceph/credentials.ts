@@ -26,7 +26,8 @@ export interface CephIdentity {
 }
 
 const userIdPattern = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-const keyPattern = /^[A-Za-z0-9+/=]{16,128}$/;
+// A cephx key is 28 bytes (a 12-byte header and a 16-byte secret), so 40 base64 characters ending in "==".
+const keyPattern = /^[A-Za-z0-9+/]{38}==$/;
 const DIR_PREFIX = 'strata-keys-';
 /** How long a key file made outside any call stays (longer than any command it is for). */
 export const HOLD_MS = 120_000;

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { status, type ServerUnaryCall, type sendUnaryData, type handleUnaryCall } from '@grpc/grpc-js';
+import { status, type ServerUnaryCall, type ServiceDefinition, type sendUnaryData, type handleUnaryCall } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { CsiError, aborted } from '../errors.js';
 import { ExecError } from '../util/exec.js';
@@ -89,6 +89,31 @@ export function toStatus(e: unknown): { code: status; details: string } {
 // After its deadline passed, a handler gets this long to stop before its lock is taken back anyway.
 export const STOP_GRACE_MS = 5000;
 
+/** Marks a request whose bytes did not decode (see lenientService); the wrapper answers INVALID_ARGUMENT. */
+export const MALFORMED = Symbol('malformed request');
+
+/**
+ * A service definition whose requests never fail to decode: grpc-js answers
+ * a request it cannot deserialize with INTERNAL before any handler runs, so
+ * undecodable bytes reach the wrapper marked instead, and get INVALID_ARGUMENT.
+ */
+export function lenientService<S extends ServiceDefinition>(svc: S): S {
+  const out: Record<string, unknown> = {};
+  for (const [name, def] of Object.entries(svc)) {
+    out[name] = {
+      ...def,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return def.requestDeserialize(bytes);
+        } catch (e) {
+          return { [MALFORMED]: (e as Error).message ?? String(e) };
+        }
+      },
+    };
+  }
+  return out as S;
+}
+
 export function wrap<Req, Res>(
   rt: RpcRuntime,
   method: string,
@@ -121,6 +146,11 @@ export function wrap<Req, Res>(
       }
       if (--rt.inflight.count === 0) rt.inflight.idle?.();
     };
+    const malformed = (req as { [MALFORMED]?: string } | undefined)?.[MALFORMED];
+    if (malformed !== undefined) {
+      finish({ code: status.INVALID_ARGUMENT, details: `the request is not a valid ${method}Request message: ${malformed.slice(0, 200)}` });
+      return;
+    }
     const keys = (opts.lockKeys?.(req) ?? []).filter((k): k is string => !!k);
     if (keys.length) {
       release = rt.locks.tryAcquire(keys);

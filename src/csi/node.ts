@@ -5,7 +5,7 @@ import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '..
 import { pathProblem } from '../mount/checks.js';
 import { findMount, isReadOnly } from '../mount/mountinfo.js';
 import { bindMount, deviceSize, fsUsage, mountHealth, pathKind, removeMountPoint, unmount } from '../mount/mounter.js';
-import { isReadOnlyMode, modeOf, requireCapability } from './capabilities.js';
+import { isReadOnlyMode, modeOf, requireCapability, sizeFromRange } from './capabilities.js';
 import type { NodeHandlers } from './gen/csi/v1/Node.js';
 import type { VolumeUsage } from './gen/csi/v1/VolumeUsage.js';
 import { wrap, type RpcRuntime } from './handler.js';
@@ -173,6 +173,8 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
     NodeGetVolumeStats: wrap(rt, 'NodeGetVolumeStats', async (req, ctx) => {
       required(req.volume_id, 'volume_id');
       const p = existingVolumePath(required(req.volume_path, 'volume_path'));
+      // An id that cannot be ours has no volume at any path: its stats are nobody's.
+      resolve(req.volume_id);
       // Probed before anything else touches the path: a stuck FUSE daemon would hang this call past kubelet's deadline.
       const health = await mountHealth(p);
       if (health === 'dead' || health === 'hung') {
@@ -208,6 +210,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         required(req.volume_id, 'volume_id');
         const p = existingVolumePath(required(req.volume_path, 'volume_path'));
         if (req.staging_target_path) cleanPath(req.staging_target_path, 'staging_target_path');
+        if (req.capacity_range) sizeFromRange(req.capacity_range, 0, 1);
         const { id, backend } = resolve(req.volume_id);
         if ((await pathKind(p)) === 'missing') throw notFound(`volume path ${p} does not exist`);
         return { capacity_bytes: await backend.expand(id, req, ctx) };

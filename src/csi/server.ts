@@ -16,7 +16,7 @@ import { nodeService, type NodeIdentity } from './node.js';
 import { Healer } from './healer.js';
 import { StageRecords } from './stage-records.js';
 import { loadCsi } from './proto.js';
-import type { RpcRuntime } from './handler.js';
+import { lenientService, type RpcRuntime } from './handler.js';
 
 /** Builds the gRPC server for a mode and runs it on a unix socket (or TCP for tests). */
 
@@ -58,15 +58,15 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
   const controller = opts.mode !== 'node';
   let healer: Healer | undefined;
   const node = opts.mode !== 'controller';
-  server.addService(csi.Identity.service, identityService(rt, opts.config, { name: opts.config.driverName, version: opts.version }, { controller }));
-  if (controller) server.addService(csi.Controller.service, controllerService(rt, opts.config, { rbd: new RbdController(opts.config, opts.log), cephfs: new CephfsController(opts.config, opts.log), s3: new S3Controller(opts.config, opts.log) }));
+  server.addService(lenientService(csi.Identity.service), identityService(rt, opts.config, { name: opts.config.driverName, version: opts.version }, { controller }));
+  if (controller) server.addService(lenientService(csi.Controller.service), controllerService(rt, opts.config, { rbd: new RbdController(opts.config, opts.log), cephfs: new CephfsController(opts.config, opts.log), s3: new S3Controller(opts.config, opts.log) }));
   if (node) {
     if (!opts.node?.nodeId) throw new Error('node mode needs a node id (--node-id)');
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
     const backends = { rbd: new RbdNode(opts.config, opts.stateDir), cephfs: new CephfsNode(opts.config), s3: new S3Node(opts.config, opts.stateDir) };
     const records = new StageRecords(opts.stateDir);
     healer = new Healer(rt, backends, records, opts.log.child({ component: 'healer' }));
-    server.addService(csi.Node.service, nodeService(rt, backends, opts.node, { records, healer }));
+    server.addService(lenientService(csi.Node.service), nodeService(rt, backends, opts.node, { records, healer }));
   }
 
   const { bind, socket } = listenAddress(opts.endpoint);

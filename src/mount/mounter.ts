@@ -239,7 +239,7 @@ export async function pathKind(p: string): Promise<'dir' | 'file' | 'block' | 'm
     return s.isDirectory() ? 'dir' : s.isBlockDevice() ? 'block' : s.isFile() ? 'file' : 'other';
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return 'missing';
+    if (code === 'ENOENT' || code === 'ENOTDIR') return 'missing';
     throw e;
   }
 }
@@ -255,7 +255,8 @@ export async function removeMountPoint(p: string): Promise<'removed' | 'missing'
   try {
     s = await lstat(p);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
+    // ENOTDIR: a parent in the path is a file, so nothing can be there.
+    if (['ENOENT', 'ENOTDIR'].includes((e as NodeJS.ErrnoException).code ?? '')) return 'missing';
     throw e;
   }
   try {
@@ -266,7 +267,7 @@ export async function removeMountPoint(p: string): Promise<'removed' | 'missing'
     return 'removed';
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return 'missing';
+    if (code === 'ENOENT' || code === 'ENOTDIR') return 'missing';
     if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'EBUSY') return 'kept';
     throw e;
   }

@@ -106,3 +106,21 @@ describe('the RPC wrapper', () => {
     finish();
   });
 });
+
+describe('undecodable requests', () => {
+  it('reach the wrapper marked and are answered INVALID_ARGUMENT, not grpc-js\'s INTERNAL', async () => {
+    const { loadCsi } = await import('../../src/csi/proto.js');
+    const { lenientService, MALFORMED } = await import('../../src/csi/handler.js');
+    const svc = lenientService(loadCsi().csi.v1.Node.service);
+    const bad = Buffer.from('088080808080808080808001', 'hex'); // a varint of 11 bytes
+    const req = svc.NodeGetVolumeStats!.requestDeserialize(bad) as unknown as Record<symbol, string>;
+    assert.ok(req[MALFORMED], 'marked');
+    const ok = svc.NodeGetVolumeStats!.requestDeserialize(Buffer.alloc(0)) as unknown as Record<string, unknown>;
+    assert.equal(ok.volume_id, '');
+    let ran = false;
+    const h = wrap(runtime([]), 'NodeGetVolumeStats', async () => ((ran = true), {}));
+    const { err } = await call(h, req as never);
+    assert.equal(err?.code, status.INVALID_ARGUMENT);
+    assert.equal(ran, false);
+  });
+});

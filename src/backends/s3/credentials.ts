@@ -12,7 +12,7 @@ import { S3Store, type S3Credentials, type S3Endpoint } from './store.js';
 
 export type S3ClusterConfig = NonNullable<ClusterConfig['s3']>;
 
-const S3_ACCESS_KEY = /^[A-Za-z0-9+/=._-]{1,128}$/;
+const S3_ACCESS_KEY = /^[A-Za-z0-9][A-Za-z0-9+/=._-]{0,127}$/;
 const S3_SECRET_KEY = /^[\x21-\x7e]{1,256}$/;
 
 export function s3Of(cluster: ClusterConfig | undefined, id: string): S3ClusterConfig {
