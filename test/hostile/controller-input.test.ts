@@ -163,9 +163,9 @@ describe('hostile controller input (issue 16)', { timeout: 900_000 }, () => {
       assert.deepEqual(checkFiles(p), [], 'data intact');
       const status = (await c.controller.ControllerGetVolume({ volume_id: p.id }))!.status!;
       assert.deepEqual(status.published_node_ids, [NODE_ID]);
-      await detachPremade(c, NODE_ID, p, secrets.cephfs);
-      // What the sample itself made (odd-named snapshots and volumes) goes first.
+      // What the sample itself made goes first (its extra publishes hold the staged mount, as a pod's would).
       assert.deepEqual(await undoMade(c, r, secrets), []);
+      await detachPremade(c, NODE_ID, p, secrets.cephfs);
       await deleteListed(c, new Set([p.id, p.snapshotId, ...BACKENDS.map((b) => vols[b]!.volume_id!)]), secrets);
       await c.controller.DeleteSnapshot({ snapshot_id: p.snapshotId, secrets: secrets.cephfs });
       await c.controller.DeleteVolume({ volume_id: p.id, secrets: secrets.cephfs });
