@@ -89,6 +89,8 @@ export function toStatus(e: unknown): { code: status; details: string } {
 // After its deadline passed, a handler gets this long to stop before its lock is taken back anyway.
 export const STOP_GRACE_MS = 5000;
 
+const MAX_DETAILS = 1024;
+
 /** Marks a request whose bytes did not decode (see lenientService); the wrapper answers INVALID_ARGUMENT. */
 export const MALFORMED = Symbol('malformed request');
 
@@ -134,6 +136,8 @@ export function wrap<Req, Res>(
     let release: (() => void) | undefined;
     const finish = (err: { code: status; details: string } | null, res?: Res) => {
       release?.();
+      // Status details travel in a header: one that echoes a huge request string never reaches the client and wedges its connection.
+      if (err && err.details.length > MAX_DETAILS) err = { ...err, details: `${err.details.slice(0, MAX_DETAILS)}…` };
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       observeRpc(method, err ? status[err.code] : 'OK', ms);
       if (err) {

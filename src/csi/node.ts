@@ -211,6 +211,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         const p = existingVolumePath(required(req.volume_path, 'volume_path'));
         if (req.staging_target_path) cleanPath(req.staging_target_path, 'staging_target_path');
         if (req.capacity_range) sizeFromRange(req.capacity_range, 0, 1);
+        if (req.volume_capability) requireCapability(req.volume_capability);
         const { id, backend } = resolve(req.volume_id);
         if ((await pathKind(p)) === 'missing') throw notFound(`volume path ${p} does not exist`);
         return { capacity_bytes: await backend.expand(id, req, ctx) };
