@@ -565,6 +565,22 @@ function badPath(rng: Rng, ctx: FuzzContext): { path: string; defect: Defect } {
 }
 
 /** Paths outside the sandbox that exist and hold content: named directly, nothing there may change. */
+/**
+ * The path an unstage or unpublish removes from: kept, made hostile (one in three), or pointed at a
+ * sentinel with content (one in three), whose survival the sentinel check decides whatever the answer.
+ */
+function removalPath(rng: Rng, ctx: FuzzContext, d: Draft, req: Record<string, unknown>, field: string, what: string): void {
+  const c = rng.int(3);
+  if (c === 0) {
+    const bp = badPath(rng, ctx);
+    req[field] = bp.path;
+    add(d, bp.defect);
+  } else if (c === 1) {
+    req[field] = sentinelPath(rng, ctx);
+    add(d, { what: `${what} holds content that is not a mount`, codes: null });
+  }
+}
+
 function sentinelPath(rng: Rng, ctx: FuzzContext): string {
   const s = ctx.sentinels;
   return rng.pick([s.file, s.dir, s.mountFile, s.mountDir, s.inSandbox]);
@@ -1111,16 +1127,7 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
       const req: Record<string, unknown> = { volume_id: p.id, staging_target_path: freshPath(rng, ctx, 'unstage') };
       const d = draft('NodeUnstageVolume', 'Node', b, req, [OK]);
       add(d, idDefect('volume_id', p, 'undo'));
-      const c = rng.int(3);
-      if (c === 0) {
-        const bp = badPath(rng, ctx);
-        req.staging_target_path = bp.path;
-        add(d, bp.defect);
-      } else if (c === 1) {
-        // Content is never deleted: whatever the answer, the sentinel check decides.
-        req.staging_target_path = sentinelPath(rng, ctx);
-        add(d, { what: 'staging path holds content that is not a mount', codes: null });
-      }
+      removalPath(rng, ctx, d, req, 'staging_target_path', 'staging path');
       d.lockKeys = [p.id, `path:${req.staging_target_path}`];
       return d;
     },
@@ -1193,15 +1200,7 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
       const req: Record<string, unknown> = { volume_id: p.id, target_path: real ? extraTarget(rng, ctx, b, rng.chance(0.5)) : freshPath(rng, ctx, 'unpublish') };
       const d = draft('NodeUnpublishVolume', 'Node', b, req, [OK]);
       add(d, idDefect('volume_id', p, 'undo'));
-      const c = rng.int(3);
-      if (c === 0) {
-        const bp = badPath(rng, ctx);
-        req.target_path = bp.path;
-        add(d, bp.defect);
-      } else if (c === 1) {
-        req.target_path = sentinelPath(rng, ctx);
-        add(d, { what: 'target holds content that is not a mount', codes: null });
-      }
+      removalPath(rng, ctx, d, req, 'target_path', 'target');
       d.lockKeys = [p.id, `path:${req.target_path}`];
       return d;
     },
