@@ -10,6 +10,7 @@ import { run, runAllowFail } from '../../src/util/exec.js';
 import { KubeApi, type Obj } from './api.js';
 import { binaryImage, buildImage, busyboxImage, pauseImage, PAUSE_IMAGE } from './images.js';
 import { ensureBuilt, K8S_CACHE, readBuiltPaths, type BuiltPaths } from './paths.js';
+import { hasExited } from '../../src/mount/fuse-process.js';
 
 /**
  * A throwaway single-node Kubernetes built from the binaries test/k8s/build.sh caches: etcd,
@@ -592,14 +593,8 @@ function signal(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
+/** A zombie still answers kill(pid, 0): hasExited reads its state. */
+const alive = (pid: number): boolean => !hasExited(pid);
 
 function procTable(): Array<{ pid: number; ppid: number; cmdline: string }> {
   const out: Array<{ pid: number; ppid: number; cmdline: string }> = [];

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run, runAllowFail } from '../../src/util/exec.js';
+import { hasExited } from '../../src/mount/fuse-process.js';
 
 /**
  * A throwaway single-node Ceph cluster (mon, mgr, osd and optionally mds and
@@ -358,16 +359,8 @@ function signal(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    // A reaped-later zombie still answers kill 0; treat it as gone.
-    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/\) Z /.test(st);
-  } catch {
-    return false;
-  }
-}
+/** A zombie still answers kill(pid, 0): hasExited reads its state. */
+const alive = (pid: number): boolean => !hasExited(pid);
 
 function labAddress(opts: LabOptions): string {
   const a = opts.address ?? process.env.STRATA_LAB_ADDR ?? '127.0.0.1';
