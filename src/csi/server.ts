@@ -59,7 +59,7 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
   let healer: Healer | undefined;
   const node = opts.mode !== 'controller';
   server.addService(lenientService(csi.Identity.service), identityService(rt, opts.config, { name: opts.config.driverName, version: opts.version }, { controller }));
-  if (controller) server.addService(lenientService(csi.Controller.service), controllerService(rt, opts.config, { rbd: new RbdController(opts.config, opts.log), cephfs: new CephfsController(opts.config, opts.log), s3: new S3Controller(opts.config, opts.log) }));
+  if (controller) server.addService(lenientService(csi.Controller.service), controllerService(rt, opts.config, { rbd: new RbdController(opts.config, opts.log), cephfs: new CephfsController(opts.config), s3: new S3Controller(opts.config, opts.log) }));
   if (node) {
     if (!opts.node?.nodeId) throw new Error('node mode needs a node id (--node-id)');
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });

@@ -1,6 +1,10 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { internal } from '../errors.js';
+import type { Logger } from 'pino';
+import { aborted } from '../errors.js';
+import { boundedTimeout } from '../util/call-context.js';
+import { unmount } from './mounter.js';
+import { findMount } from './mountinfo.js';
 
 /** FUSE daemons found from /proc (no pid files to go stale), and waiting for them to finish. */
 
@@ -38,12 +42,28 @@ export function hasExited(pid: number): boolean {
   return state === 'Z' || state === 'X';
 }
 
-/** FUSE daemons flush on the way out: an unmount is complete only once the daemon has exited. */
-export async function waitExit(pid: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (hasExited(pid)) return;
+/**
+ * Waits for a FUSE daemon to finish, within what is left of the call. One
+ * that takes longer (rbd-fuse waiting out a dead client's lock, an upload
+ * still running) is not a failure: the answer is ABORTED, and the retry,
+ * finding the daemon by its command line, waits on.
+ */
+export async function waitExit(pid: number, timeoutMs: number, what = 'the FUSE daemon'): Promise<void> {
+  const deadline = Date.now() + boundedTimeout(timeoutMs);
+  while (!hasExited(pid)) {
+    if (Date.now() >= deadline) throw aborted(`${what} (pid ${pid}) is still flushing after the unmount; retry`);
     await sleep(20);
   }
-  throw internal(`FUSE process ${pid} did not exit after unmount`);
+}
+
+/**
+ * Unmounts a FUSE mount and waits for its daemon: FUSE daemons flush on the
+ * way out, so the unmount is complete only once the daemon has exited. The
+ * daemon is looked for whether or not the mount is still there, so a retry
+ * after an unmount that did not wait long enough waits for the same daemon.
+ */
+export async function unmountFuse(dir: string, binary: string | string[], timeoutMs: number, log?: Logger): Promise<void> {
+  const pid = fuseDaemonPid(binary, dir);
+  if (await findMount(dir)) await unmount(dir, log);
+  if (pid) await waitExit(pid, timeoutMs, typeof binary === 'string' ? binary : binary.join('/'));
 }

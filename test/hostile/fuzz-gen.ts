@@ -649,10 +649,6 @@ function oddName(rng: Rng, b: Backend, what: 'vol' | 'snap'): { name: string; de
   return { name, defect: { what: `name ${JSON.stringify(name)} (odd but legal)`, codes: [OK, AE, IA], benign: true } };
 }
 
-function realOr<T>(v: T | undefined, f: () => T): T {
-  return v ?? f();
-}
-
 const BUILDERS: Record<string, { service: Service; weight: number; perBackend: boolean; build: Builder }> = {
   GetPluginInfo: { service: 'Identity', weight: 1, perBackend: false, build: () => draft('GetPluginInfo', 'Identity', '-', {}, [OK]) },
   GetPluginCapabilities: { service: 'Identity', weight: 1, perBackend: false, build: () => draft('GetPluginCapabilities', 'Identity', '-', {}, [OK]) },

@@ -4,6 +4,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { status } from '@grpc/grpc-js';
+import { isCsiError } from '../../src/errors.js';
 import { fuseDaemonPid, hasExited, waitExit } from '../../src/mount/fuse-process.js';
 import { mountHealth, unmount } from '../../src/mount/mounter.js';
 
@@ -46,6 +48,15 @@ describe('fuse-process', () => {
       assert.equal(hasExited(pid), true);
     } finally {
       parent.kill('SIGKILL');
+    }
+  });
+
+  it('answers ABORTED for a daemon still running at the timeout, so the sidecar retries', async () => {
+    const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      await assert.rejects(waitExit(child.pid!, 100, 'sleep'), (e: unknown) => isCsiError(e, status.ABORTED) && /sleep \(pid \d+\) is still flushing/.test((e as Error).message));
+    } finally {
+      child.kill('SIGKILL');
     }
   });
 

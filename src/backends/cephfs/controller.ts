@@ -51,10 +51,7 @@ export const volumeUser = (subvolume: string) => `strata-${subvolume}`;
 
 export class CephfsController implements ControllerBackend {
   private readonly clusters: CephClusters;
-  constructor(
-    private readonly cfg: Config,
-    private readonly log: Logger,
-  ) {
+  constructor(private readonly cfg: Config) {
     this.clusters = new CephClusters(cfg);
   }
 

@@ -9,9 +9,9 @@ import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
 import { failedPrecondition, internal, invalidArgument, isCsiError, notFound } from '../../errors.js';
 import { findMount } from '../../mount/mountinfo.js';
-import { fsUsage, unmount } from '../../mount/mounter.js';
+import { fsUsage } from '../../mount/mounter.js';
 import { ExecError, run } from '../../util/exec.js';
-import { fuseDaemonPid, waitExit } from '../../mount/fuse-process.js';
+import { unmountFuse } from '../../mount/fuse-process.js';
 import type { NodeBackend } from '../types.js';
 import { parseCephfsParams, type CephfsMounter } from './params.js';
 
@@ -100,12 +100,8 @@ export class CephfsNode implements NodeBackend {
   }
 
   async unstage(_id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
-    const m = await findMount(staging);
-    if (!m) return;
-    const pid = m.fsType.startsWith('fuse') ? fuseDaemonPid('ceph-fuse', staging) : undefined;
-    await unmount(staging, ctx.log);
-    // ceph-fuse flushes its caches on the way out: unstaged means the daemon is gone.
-    if (pid) await waitExit(pid, 30_000);
+    // ceph-fuse flushes its caches on the way out: unstaged means the daemon is gone (a kernel mount has none).
+    await unmountFuse(staging, 'ceph-fuse', 30_000, ctx.log);
   }
 
   async expand(_id: ObjectId, req: csi.NodeExpandVolumeRequest): Promise<number> {

@@ -5,9 +5,9 @@ import type { Logger } from 'pino';
 import { cephArgs, cephArgsEnv, type CephConn } from '../../ceph/conn.js';
 import { isInside } from '../../mount/checks.js';
 import { findMount } from '../../mount/mountinfo.js';
-import { loopAttach, loopDetachAll, loopFind, unmount } from '../../mount/mounter.js';
+import { loopAttach, loopDetachAll, loopFind } from '../../mount/mounter.js';
 import { run, runAllowFail } from '../../util/exec.js';
-import { fuseDaemonPid, waitExit } from '../../mount/fuse-process.js';
+import { unmountFuse } from '../../mount/fuse-process.js';
 import type { RbdMounter } from './params.js';
 
 /**
@@ -112,13 +112,9 @@ export class RbdAttacher {
   /** Undoes attach whichever way it was done: loop, FUSE process, kernel mapping. */
   async detach(ref: ImageRef, log: Logger): Promise<void> {
     const dir = this.fuseDir(ref);
-    if (await findMount(dir)) {
-      await loopDetachAll(path.join(dir, ref.image), log);
-      const pid = fuseDaemonPid('rbd-fuse', dir);
-      await unmount(dir, log);
-      // rbd-fuse flushes and exits after the unmount; unstage is done only when it has.
-      if (pid) await waitExit(pid, 20_000);
-    }
+    if (await findMount(dir)) await loopDetachAll(path.join(dir, ref.image), log);
+    // rbd-fuse closes the image on the way out; a dead client's lock can hold that up to the 30 s watch timeout.
+    await unmountFuse(dir, 'rbd-fuse', 45_000, log);
     if (!isInside(this.stateDir, dir)) throw new Error(`rbd-fuse directory ${dir} is outside the state directory`);
     if (existsSync(dir)) rmdirSync(dir);
     for (const m of ['krbd', 'rbd-nbd'] as const) {

@@ -9,9 +9,8 @@ import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, type ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
 import { failedPrecondition, internal, invalidArgument, isCsiError, notFound } from '../../errors.js';
-import { fuseDaemonPid, waitExit } from '../../mount/fuse-process.js';
+import { unmountFuse } from '../../mount/fuse-process.js';
 import { findMount } from '../../mount/mountinfo.js';
-import { unmount } from '../../mount/mounter.js';
 import { ExecError, run } from '../../util/exec.js';
 import type { NodeBackend } from '../types.js';
 import type { VolumeRecord } from './controller.js';
@@ -106,13 +105,8 @@ export class S3Node implements NodeBackend {
 
   async unstage(id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
     this.location(id);
-    const m = await findMount(staging);
-    if (m) {
-      const pid = fuseDaemonPid(['s3fs', 'rclone'], staging);
-      await unmount(staging, ctx.log);
-      // Uploads finish before the FUSE daemon exits: unstaged means the daemon is gone.
-      if (pid) await waitExit(pid, 60_000);
-    }
+    // Uploads finish before the FUSE daemon exits: unstaged means the daemon is gone.
+    await unmountFuse(staging, ['s3fs', 'rclone'], 60_000, ctx.log);
     const vid = encodeId(id);
     rmSync(this.keyFile(vid), { force: true });
     this.usageCache.delete(vid);
