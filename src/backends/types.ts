@@ -44,6 +44,8 @@ export interface ControllerBackend {
 }
 
 export interface NodeBackend {
+  /** Whether its volumes can be used as raw block devices (only RBD's can; the others are file systems). */
+  readonly rawBlock: boolean;
   stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void>;
   unstage(id: ObjectId, stagingPath: string, ctx: RpcContext): Promise<void>;
   expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number>;

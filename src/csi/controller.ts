@@ -9,7 +9,7 @@ import type { ControllerHandlers } from './gen/csi/v1/Controller.js';
 import type { _csi_v1_ControllerServiceCapability_RPC_Type as ControllerServiceCapability_RPC_Type } from './gen/csi/v1/ControllerServiceCapability.js';
 import type { _csi_v1_ListVolumesResponse_Entry as ListVolumesEntry } from './gen/csi/v1/ListVolumesResponse.js';
 import type { ListSnapshotsResponse } from './gen/csi/v1/ListSnapshotsResponse.js';
-import { wrap, type RpcContext, type RpcRuntime } from './handler.js';
+import { wrap, wrapChecked, type RpcContext, type RpcRuntime } from './handler.js';
 import { MAX_ID_BYTES, parseId, shown, type Backend, type ObjectId } from './ids.js';
 import { requireName, requireNodeId } from './grammar.js';
 
@@ -113,59 +113,69 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
     (await Promise.all(everywhere(secrets).map(({ cluster, backend }) => f(backend, cluster)))).flat().sort();
 
   return {
-    CreateVolume: wrap(
+    CreateVolume: wrapChecked(
       rt,
       'CreateVolume',
-      async (req, ctx) => {
-        requireName(req.name);
-        const caps = requireCapabilities(req.volume_capabilities);
-        const { backend } = backendFor(req.parameters);
-        const why = backend.validateCapabilities(caps);
-        if (why) throw invalidArgument(why);
-        const src = req.volume_content_source;
-        if (src && !src.snapshot?.snapshot_id && !src.volume?.volume_id) throw invalidArgument('volume_content_source names no snapshot or volume');
-        return { volume: await backend.createVolume(req, ctx) };
+      {
+        check: (req) => {
+          requireName(req.name);
+          const caps = requireCapabilities(req.volume_capabilities);
+          const { backend } = backendFor(req.parameters);
+          const why = backend.validateCapabilities(caps);
+          if (why) throw invalidArgument(why);
+          const src = req.volume_content_source;
+          if (src && !src.snapshot?.snapshot_id && !src.volume?.volume_id) throw invalidArgument('volume_content_source names no snapshot or volume');
+          return backend;
+        },
+        lockKeys: (r) => [`name:${lockName(r.name)}`],
       },
-      { lockKeys: (r) => [`name:${lockName(r.name)}`] },
+      async (req, ctx, backend) => ({ volume: await backend.createVolume(req, ctx) }),
     ),
 
-    DeleteVolume: wrap(
+    DeleteVolume: wrapChecked(
       rt,
       'DeleteVolume',
-      async (req, ctx) => {
-        const t = maybeId(backends, cfg, required(req.volume_id, 'volume_id'), 'v');
+      { check: (req) => maybeId(backends, cfg, required(req.volume_id, 'volume_id'), 'v'), lockKeys: byVolume },
+      async (req, ctx, t) => {
         if (t) await t.backend.deleteVolume(t.id, req.secrets, ctx);
         return {};
       },
-      { lockKeys: byVolume },
     ),
 
-    ControllerPublishVolume: wrap(
+    ControllerPublishVolume: wrapChecked(
       rt,
       'ControllerPublishVolume',
-      async (req, ctx) => {
-        required(req.volume_id, 'volume_id');
-        requireNodeId(required(req.node_id, 'node_id'));
-        requireCapability(req.volume_capability);
-        const { id, backend } = knownId(backends, cfg, req.volume_id, 'v');
-        const why = backend.validateCapabilities([req.volume_capability!]);
-        if (why) throw invalidArgument(why);
-        return { publish_context: await backend.publish(id, req, ctx) };
+      {
+        check: (req) => {
+          required(req.volume_id, 'volume_id');
+          requireNodeId(required(req.node_id, 'node_id'));
+          requireCapability(req.volume_capability);
+          const t = knownId(backends, cfg, req.volume_id, 'v');
+          const why = t.backend.validateCapabilities([req.volume_capability!]);
+          if (why) throw invalidArgument(why);
+          return t;
+        },
+        lockKeys: byVolume,
       },
-      { lockKeys: byVolume },
+      async (req, ctx, { id, backend }) => ({ publish_context: await backend.publish(id, req, ctx) }),
     ),
 
-    ControllerUnpublishVolume: wrap(
+    ControllerUnpublishVolume: wrapChecked(
       rt,
       'ControllerUnpublishVolume',
-      async (req, ctx) => {
-        const t = maybeId(backends, cfg, required(req.volume_id, 'volume_id'), 'v');
-        // An empty node id means every node; any other must be one a publish could have recorded.
-        if (req.node_id) requireNodeId(req.node_id);
+      {
+        check: (req) => {
+          const t = maybeId(backends, cfg, required(req.volume_id, 'volume_id'), 'v');
+          // An empty node id means every node; any other must be one a publish could have recorded.
+          if (req.node_id) requireNodeId(req.node_id);
+          return t;
+        },
+        lockKeys: byVolume,
+      },
+      async (req, ctx, t) => {
         if (t) await t.backend.unpublish(t.id, req.node_id, req.secrets, ctx);
         return {};
       },
-      { lockKeys: byVolume },
     ),
 
     ValidateVolumeCapabilities: wrap(rt, 'ValidateVolumeCapabilities', async (req, ctx) => {
@@ -215,26 +225,26 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       capabilities: [...CAPS, ...(configIdentity ? CONFIG_IDENTITY_CAPS : [])].map((type) => ({ rpc: { type } })),
     })),
 
-    CreateSnapshot: wrap(
+    CreateSnapshot: wrapChecked(
       rt,
       'CreateSnapshot',
-      async (req, ctx) => {
-        requireName(req.name);
-        const { id, backend } = knownId(backends, cfg, required(req.source_volume_id, 'source_volume_id'), 'v');
-        return { snapshot: await backend.createSnapshot(id, req, ctx) };
-      },
-      { lockKeys: (r) => [`snap:${lockName(r.name)}`, lockName(r.source_volume_id)] },
+      {
+        check: (req) => {
+          requireName(req.name);
+          return knownId(backends, cfg, required(req.source_volume_id, 'source_volume_id'), 'v');
+        },
+        lockKeys: (r) => [`snap:${lockName(r.name)}`, lockName(r.source_volume_id)] },
+      async (req, ctx, { id, backend }) => ({ snapshot: await backend.createSnapshot(id, req, ctx) }),
     ),
 
-    DeleteSnapshot: wrap(
+    DeleteSnapshot: wrapChecked(
       rt,
       'DeleteSnapshot',
-      async (req, ctx) => {
-        const t = maybeId(backends, cfg, required(req.snapshot_id, 'snapshot_id'), 's');
+      { check: (req) => maybeId(backends, cfg, required(req.snapshot_id, 'snapshot_id'), 's'), lockKeys: (r) => [lockName(r.snapshot_id)] },
+      async (req, ctx, t) => {
         if (t) await t.backend.deleteSnapshot(t.id, req.secrets, ctx);
         return {};
       },
-      { lockKeys: (r) => [lockName(r.snapshot_id)] },
     ),
 
     ListSnapshots: wrap(rt, 'ListSnapshots', async (req, ctx) => {
@@ -272,18 +282,20 @@ export function controllerService(rt: RpcRuntime, cfg: Config, backends: Control
       return { snapshot: s };
     }),
 
-    ControllerExpandVolume: wrap(
+    ControllerExpandVolume: wrapChecked(
       rt,
       'ControllerExpandVolume',
-      async (req, ctx) => {
-        required(req.volume_id, 'volume_id');
-        if (!req.capacity_range) throw invalidArgument('capacity_range is required');
-        // Optional here, but one that is sent must be well-formed: the backend reads it to decide on a node step.
-        if (req.volume_capability) requireCapability(req.volume_capability);
-        const { id, backend } = knownId(backends, cfg, req.volume_id, 'v');
-        return backend.expand(id, req, ctx);
+      {
+        check: (req) => {
+          required(req.volume_id, 'volume_id');
+          if (!req.capacity_range) throw invalidArgument('capacity_range is required');
+          // Optional here, but one that is sent must be well-formed: the backend reads it to decide on a node step.
+          if (req.volume_capability) requireCapability(req.volume_capability);
+          return knownId(backends, cfg, req.volume_id, 'v');
+        },
+        lockKeys: byVolume,
       },
-      { lockKeys: byVolume },
+      async (req, ctx, { id, backend }) => backend.expand(id, req, ctx),
     ),
 
     ControllerModifyVolume: wrap(rt, 'ControllerModifyVolume', async () => {

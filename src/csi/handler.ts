@@ -39,6 +39,16 @@ export interface HandlerOptions<Req> {
   lockKeys?: (req: Req) => Array<string | undefined>;
 }
 
+export interface CheckedHandlerOptions<Req, C> extends HandlerOptions<Req> {
+  /**
+   * Checks the request before its lock is taken, and returns what the handler
+   * needs from it (the parsed id, the backend). A malformed request is
+   * answered as such even while another call holds its volume: ABORTED would
+   * have the sidecar retry a request that can never succeed.
+   */
+  check: (req: Req) => C;
+}
+
 // Request fields that may hold credentials; redacted again here (besides
 // pino's own censoring) so no log line depends on one mechanism.
 const SECRET_FIELDS = new Set(['secrets', 'mount_flags', 'publish_context']);
@@ -122,6 +132,16 @@ export function wrap<Req, Res>(
   fn: (req: Req, ctx: RpcContext) => Promise<Res>,
   opts: HandlerOptions<Req> = {},
 ): handleUnaryCall<Req, Res> {
+  return wrapChecked(rt, method, { ...opts, check: () => undefined }, (req, ctx) => fn(req, ctx));
+}
+
+/** wrap, with the request checked before its lock (the options come first so that the check's result types the handler). */
+export function wrapChecked<Req, Res, C>(
+  rt: RpcRuntime,
+  method: string,
+  opts: CheckedHandlerOptions<Req, C>,
+  fn: (req: Req, ctx: RpcContext, checked: C) => Promise<Res>,
+): handleUnaryCall<Req, Res> {
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
     const reqId = randomBytes(6).toString('hex');
     const log = rt.log.child({ reqId, method });
@@ -155,6 +175,13 @@ export function wrap<Req, Res>(
       finish({ code: status.INVALID_ARGUMENT, details: `the request is not a valid ${method}Request message: ${malformed.slice(0, 200)}` });
       return;
     }
+    let checked: C;
+    try {
+      checked = opts.check(req);
+    } catch (e) {
+      finish(toStatus(e));
+      return;
+    }
     const keys = (opts.lockKeys?.(req) ?? []).filter((k): k is string => !!k);
     if (keys.length) {
       release = rt.locks.tryAcquire(keys);
@@ -181,7 +208,7 @@ export function wrap<Req, Res>(
       }, STOP_GRACE_MS);
     });
     scope
-      .run(async () => fn(req, { reqId, log, signal: scope.signal, deadline: scope.deadline }))
+      .run(async () => fn(req, { reqId, log, signal: scope.signal, deadline: scope.deadline }, checked))
       .then(
         (res) => answer(null, res),
         (e) => answer(toStatus(scope.signal.aborted && !(e instanceof CsiError && e.code !== status.INTERNAL) ? scope.signal.reason : e)),

@@ -43,6 +43,9 @@ export class Healer {
     try {
       const entries = await readMountInfo();
       for (const r of this.records.all()) {
+        if (r.kernel) continue;
+        // The probe needs no lock: a pass that finds every mount well never turns one of kubelet's calls away with ABORTED.
+        if (!(await this.needsCare(r, entries))) continue;
         // Kubelet acting on the volume right now wins; the next pass looks again.
         const release = this.rt.locks.tryAcquire([r.request.volume_id]);
         if (!release) continue;
@@ -66,6 +69,12 @@ export class Healer {
     } finally {
       this.running = false;
     }
+  }
+
+  private async needsCare(r: StageRecord, entries: Awaited<ReturnType<typeof readMountInfo>>): Promise<boolean> {
+    if ((await mountHealth(r.request.staging_target_path, entries)) !== 'ok') return true;
+    for (const target of Object.keys(r.targets)) if ((await mountHealth(target, entries)) === 'dead') return true;
+    return false;
   }
 
   /** Restages a dead staging mount and rebinds dead targets; the caller holds the volume's lock. */

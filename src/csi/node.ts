@@ -8,10 +8,11 @@ import { bindMount, deviceSize, fsUsage, mountHealth, pathKind, removeMountPoint
 import { isReadOnlyMode, modeOf, requireCapability, sizeFromRange } from './capabilities.js';
 import type { NodeHandlers } from './gen/csi/v1/Node.js';
 import type { VolumeUsage } from './gen/csi/v1/VolumeUsage.js';
-import { wrap, type RpcRuntime } from './handler.js';
+import { wrap, wrapChecked, type RpcRuntime } from './handler.js';
 import { parseId, type Backend } from './ids.js';
 import type { Healer } from './healer.js';
 import type { StageRecords } from './stage-records.js';
+import type * as csi from './types.js';
 
 /**
  * The Node service. Staging is backend specific; publishing is the same for
@@ -79,15 +80,31 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
     return { id, backend };
   };
 
+  /** What every volume RPC checks first: the id must be one of ours, and the capability one its backend serves. */
+  const volumeOf = (volumeId: string | undefined, cap?: csi.VolumeCapability | null) => {
+    const { id, backend } = resolve(required(volumeId, 'volume_id'));
+    if (cap?.block && !backend.rawBlock) throw invalidArgument(`${id.backend} volumes are file systems: raw block access is not available`);
+    return { id, backend };
+  };
+
   return {
-    NodeStageVolume: wrap(
+    NodeStageVolume: wrapChecked(
       rt,
       'NodeStageVolume',
-      async (req, ctx) => {
-        required(req.volume_id, 'volume_id');
-        const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
-        requireCapability(req.volume_capability);
-        const { id, backend } = resolve(req.volume_id);
+      {
+        check: (req) => {
+          required(req.volume_id, 'volume_id');
+          const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+          const cap = requireCapability(req.volume_capability);
+          return { ...volumeOf(req.volume_id, cap), staging };
+        },
+        lockKeys: byVolume,
+      },
+      async (req, ctx, { id, backend, staging }) => {
+        const staged = records.get(staging);
+        if (staged && staged.request.volume_id !== req.volume_id && (await findMount(staging))) {
+          throw failedPrecondition(`staging_target_path ${staging} holds volume ${staged.request.volume_id}`);
+        }
         const health = await mountHealth(staging);
         if (health === 'dead') {
           ctx.log.warn('staging mount is dead (its FUSE daemon is gone): mounting it again');
@@ -96,42 +113,56 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         // Looked at only when nothing is mounted there: a stat of a stuck FUSE mount would never return.
         if (health === 'dead' || health === 'unmounted') requireMountPoint(staging, 'staging_target_path', 'dir');
         await backend.stage(id, req, ctx);
-        // Kernel mounts outlive the plugin; FUSE daemons may not, so keep what a remount needs.
-        if ((await findMount(staging))?.fsType.startsWith('fuse')) records.staged(req);
+        // Every stage is recorded, so publish can tell which volume a staging path holds. Only a FUSE
+        // stage keeps its secrets: its daemon may die with the plugin, and kubelet never sends them again.
+        records.staged(req, !!(await findMount(staging))?.fsType.startsWith('fuse'));
         return {};
       },
-      { lockKeys: byVolume },
     ),
 
-    NodeUnstageVolume: wrap(
+    NodeUnstageVolume: wrapChecked(
       rt,
       'NodeUnstageVolume',
-      async (req, ctx) => {
-        required(req.volume_id, 'volume_id');
-        const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
-        // An id that cannot be ours was never staged by this node: nothing on disk is touched for it.
-        const { id, backend } = resolve(req.volume_id);
+      {
+        check: (req) => {
+          required(req.volume_id, 'volume_id');
+          const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+          // An id that cannot be ours was never staged by this node: nothing on disk is touched for it.
+          return { ...volumeOf(req.volume_id), staging };
+        },
+        lockKeys: byVolume,
+      },
+      async (req, ctx, { id, backend, staging }) => {
+        const staged = records.get(staging);
+        if (staged && staged.request.volume_id !== req.volume_id) throw failedPrecondition(`staging_target_path ${staging} holds volume ${staged.request.volume_id}, not ${req.volume_id}`);
         await backend.unstage(id, staging, ctx);
         records.unstaged(staging);
         return {};
       },
-      { lockKeys: byVolume },
     ),
 
-    NodePublishVolume: wrap(
+    NodePublishVolume: wrapChecked(
       rt,
       'NodePublishVolume',
-      async (req, ctx) => {
-        required(req.volume_id, 'volume_id');
-        const target = cleanPath(required(req.target_path, 'target_path'), 'target_path');
-        const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
-        const cap = requireCapability(req.volume_capability);
-        resolve(req.volume_id);
+      {
+        check: (req) => {
+          required(req.volume_id, 'volume_id');
+          const target = cleanPath(required(req.target_path, 'target_path'), 'target_path');
+          const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+          const cap = requireCapability(req.volume_capability);
+          volumeOf(req.volume_id, cap);
+          return { target, staging, cap };
+        },
+        lockKeys: (r) => [r.volume_id, `target:${r.target_path}`],
+      },
+      async (req, ctx, { target, staging, cap }) => {
         const readonly = req.readonly || isReadOnlyMode(modeOf(cap));
         const source = cap.block ? path.join(staging, STAGED_BLOCK_FILE) : staging;
+        // The stage record says which volume the staging path holds: a mount there alone could be anyone's.
         const record = records.get(staging);
-        if (record?.request.volume_id === req.volume_id) await healer.heal(record, ctx);
-        if (!(await findMount(source))) throw failedPrecondition(`volume ${req.volume_id} is not staged at ${staging}`);
+        if (record?.request.volume_id !== req.volume_id) throw failedPrecondition(`volume ${req.volume_id} is not staged at ${staging}`);
+        if (!record.kernel) await healer.heal(record, ctx);
+        if (!(await findMount(source))) throw failedPrecondition(`volume ${req.volume_id} is not staged at ${staging}${cap.block ? ' as a raw block device' : ''}`);
         if ((await mountHealth(target)) === 'dead') await unmount(target, ctx.log);
         const existing = await findMount(target);
         if (existing) {
@@ -150,24 +181,28 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         records.published(req.volume_id, staging, target, { readonly, flags: cap.mount?.mount_flags ?? [] });
         return {};
       },
-      { lockKeys: (r) => [r.volume_id, `target:${r.target_path}`] },
     ),
 
-    NodeUnpublishVolume: wrap(
+    NodeUnpublishVolume: wrapChecked(
       rt,
       'NodeUnpublishVolume',
-      async (req, ctx) => {
-        required(req.volume_id, 'volume_id');
-        const target = cleanPath(required(req.target_path, 'target_path'), 'target_path');
-        // An id that cannot be ours was never published by this node: nothing on disk is touched for it.
-        resolve(req.volume_id);
+      {
+        check: (req) => {
+          required(req.volume_id, 'volume_id');
+          const target = cleanPath(required(req.target_path, 'target_path'), 'target_path');
+          // An id that cannot be ours was never published by this node: nothing on disk is touched for it.
+          volumeOf(req.volume_id);
+          return target;
+        },
+        lockKeys: (r) => [r.volume_id, `target:${r.target_path}`],
+      },
+      async (req, ctx, target) => {
         await unmount(target, ctx.log);
         records.unpublished(req.volume_id, target);
         // Only the mount point publish made (an empty directory or file) goes; content is never ours to delete.
         if ((await removeMountPoint(target)) === 'kept') ctx.log.warn({ target }, 'target_path holds something the node did not make: left in place');
         return {};
       },
-      { lockKeys: (r) => [r.volume_id, `target:${r.target_path}`] },
     ),
 
     NodeGetVolumeStats: wrap(rt, 'NodeGetVolumeStats', async (req, ctx) => {
@@ -203,20 +238,24 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       }
     }),
 
-    NodeExpandVolume: wrap(
+    NodeExpandVolume: wrapChecked(
       rt,
       'NodeExpandVolume',
-      async (req, ctx) => {
-        required(req.volume_id, 'volume_id');
-        const p = existingVolumePath(required(req.volume_path, 'volume_path'));
-        if (req.staging_target_path) cleanPath(req.staging_target_path, 'staging_target_path');
-        if (req.capacity_range) sizeFromRange(req.capacity_range, 0, 1);
-        if (req.volume_capability) requireCapability(req.volume_capability);
-        const { id, backend } = resolve(req.volume_id);
+      {
+        check: (req) => {
+          required(req.volume_id, 'volume_id');
+          const p = existingVolumePath(required(req.volume_path, 'volume_path'));
+          if (req.staging_target_path) cleanPath(req.staging_target_path, 'staging_target_path');
+          if (req.capacity_range) sizeFromRange(req.capacity_range, 0, 1);
+          if (req.volume_capability) requireCapability(req.volume_capability);
+          return { ...resolve(req.volume_id), p };
+        },
+        lockKeys: byVolume,
+      },
+      async (req, ctx, { id, backend, p }) => {
         if ((await pathKind(p)) === 'missing') throw notFound(`volume path ${p} does not exist`);
         return { capacity_bytes: await backend.expand(id, req, ctx) };
       },
-      { lockKeys: byVolume },
     ),
 
     NodeGetCapabilities: wrap(rt, 'NodeGetCapabilities', async () => ({

@@ -5,10 +5,11 @@ import { pathProblem } from '../mount/checks.js';
 import type * as csi from './types.js';
 
 /**
- * What the node needs to remount a FUSE volume whose daemon died with the
- * node plugin: the stage request as kubelet sent it (secrets included, which
- * kubelet never sends again) and the pod targets bound from it. One 0600 file
- * per staging path in the node's state directory; removed at NodeUnstage.
+ * Which volume each staging path holds, and what the node needs to remount a
+ * FUSE volume whose daemon died with the node plugin: the stage request as
+ * kubelet sent it (secrets included, which kubelet never sends again; kept
+ * for FUSE stages only) and the pod targets bound from it. One 0600 file per
+ * staging path in the node's state directory; removed at NodeUnstage.
  * Node-local on purpose: a mount is a fact of this node only.
  */
 
@@ -21,6 +22,8 @@ export interface StageRecord {
   v: 1;
   request: csi.NodeStageVolumeRequest;
   targets: Record<string, PublishedTarget>;
+  /** Not a FUSE mount (kernel, or a loop device's file system): it outlives the plugin, so there is nothing to heal, and no secrets are kept. */
+  kernel?: boolean;
 }
 
 /** A record the healer may act on: its paths are clean, as the RPCs that wrote it checked them to be. */
@@ -68,9 +71,10 @@ export class StageRecords {
   }
 
   /** A new stage: any targets of an older record at this path are kept (kubelet may restage under live pods). */
-  staged(request: csi.NodeStageVolumeRequest): void {
+  staged(request: csi.NodeStageVolumeRequest, fuse: boolean): void {
     const old = this.get(request.staging_target_path);
-    this.write({ v: 1, request, targets: old?.request.volume_id === request.volume_id ? old.targets : {} });
+    const targets = old?.request.volume_id === request.volume_id ? old.targets : {};
+    this.write(fuse ? { v: 1, request, targets } : { v: 1, request: { ...request, secrets: {} }, targets, kernel: true });
   }
 
   published(volumeId: string, staging: string, target: string, t: PublishedTarget): void {

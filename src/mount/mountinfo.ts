@@ -58,3 +58,9 @@ export async function findMount(p: string, entries?: MountEntry[]): Promise<Moun
 }
 
 export const isReadOnly = (m: MountEntry) => m.options.includes('ro');
+
+/** Whether a device is in use at any mount point: a file system on it, or its node bound onto a file (raw block). */
+export function deviceInUse(device: string, entries: MountEntry[]): boolean {
+  const node = `/${path.basename(device)}`;
+  return entries.some((m) => m.source === device || (m.fsType === 'devtmpfs' && m.root === node));
+}

@@ -685,8 +685,14 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
         return d;
       }
       const n = 1 + rng.int(rng.chance(0.3) ? 3 : 1);
+      // Each field is made hostile once: a second draw for it would replace the value the first defect describes.
+      const FIELD_OF_CASE = ['name', 'caps', 'caps', 'capacity', 'params', 'params', 'secrets', 'source', 'source'];
+      const mutated = new Set<string>();
       for (let i = 0; i < n; i++) {
-        switch (rng.int(9)) {
+        const c = rng.int(9);
+        if (mutated.has(FIELD_OF_CASE[c]!)) continue;
+        mutated.add(FIELD_OF_CASE[c]!);
+        switch (c) {
           case 0: {
             const v = rng.pick(['', 'A'.repeat(129), 'n'.repeat(300), oneMiB()]);
             req.name = v;
@@ -1102,6 +1108,8 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
         add(d, real ? { what: 'odd publish_context and secrets', codes: [OK, ...SECRET_CODES], benign: true } : s.defect);
       } else if (c === 4 && !real) {
         req.staging_target_path = sentinelPath(rng, ctx);
+        // A path that holds a file is refused before the cluster is asked about the id: as right as NOT_FOUND.
+        add(d, { what: `staging path ${req.staging_target_path} that holds content`, codes: [FP] });
       } else if (c === 5 && rng.chance(0.3)) {
         // A made-up id of the right shape with a context pointing at the file-system root or another bucket (issue 16, case 8).
         req.volume_id = validShapeId(rng, b, 'v');

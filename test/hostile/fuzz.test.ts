@@ -94,9 +94,7 @@ describe(`fuzz: ${COUNT} hostile requests over every RPC and backend (seed ${SEE
     assert.equal(probe!.ready?.value, true, 'Probe answers ready after the fuzzing');
   });
 
-  // Known failures left (see the closing note of the session that added this): NodePublishVolume does not yet
-  // check which volume is mounted at staging_target_path, and concurrent calls on one volume answer ABORTED.
-  it('answers every request with the code the CSI spec gives, never INTERNAL or UNKNOWN', { todo: 'NodePublish staging ownership; ABORTED under concurrency' }, () => {
+  it('answers every request with the code the CSI spec gives, never INTERNAL or UNKNOWN', () => {
     assert.ok(result, 'the fuzzing ran');
     const f = result.failures;
     // Every failure, for a closer look than the report's examples.

@@ -164,7 +164,7 @@ describe('stage records: only records with clean paths are acted on', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'strata-rec-'));
     const r = new StageRecords(dir);
     const req = { volume_id: 'v', staging_target_path: '/k/s', secrets: {}, volume_context: {}, publish_context: {} } as unknown as csi.NodeStageVolumeRequest;
-    r.staged(req);
+    r.staged(req, true);
     assert.equal(r.all().length, 1);
     const file = path.join(dir, 'staged', readdirSync(path.join(dir, 'staged'))[0]!);
     writeFileSync(file, JSON.stringify({ v: 1, request: { ...req, staging_target_path: '/k/../etc' }, targets: {} }));

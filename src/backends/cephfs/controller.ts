@@ -276,7 +276,9 @@ export class CephfsController implements ControllerBackend {
     const p = named ? parseCephfsParams(params) : undefined;
     const fs = this.cli(clusterId, p?.fsName ?? '', p?.subvolumeGroup ?? 'csi', {}, ctx.log);
     if (!p) return 0;
-    const pool = p.pool ?? (await fs.dataPools())[0];
+    const pools = await fs.dataPools();
+    if (!pools) throw invalidArgument(`parameter fsName: cluster ${clusterId} has no file system ${p.fsName}`);
+    const pool = p.pool ?? pools[0];
     return pool ? ((await fs.poolAvailable(pool)) ?? 0) : 0;
   }
 

@@ -252,9 +252,10 @@ export class CephFsCli {
     return df.pools.find((p) => p.name === pool)?.stats.max_avail;
   }
 
-  async dataPools(): Promise<string[]> {
+  /** The file system's data pools; undefined when the cluster has no such file system. */
+  async dataPools(): Promise<string[] | undefined> {
     const fss = parseOutput<Array<{ name: string; data_pools: string[] }>>(await this.mon({ prefix: 'fs ls' }), 'fs ls');
-    return fss.find((f) => f.name === this.fs)?.data_pools ?? [];
+    return fss.find((f) => f.name === this.fs)?.data_pools;
   }
 }
 

@@ -57,6 +57,7 @@ export function fuseMountCommand(s: CephfsMountSpec): [string, string[]] {
 }
 
 export class CephfsNode implements NodeBackend {
+  readonly rawBlock = false;
   private readonly keyFiles = new KeyFiles();
 
   constructor(private readonly cfg: Config) {}

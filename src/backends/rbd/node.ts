@@ -7,7 +7,7 @@ import type { RpcContext } from '../../csi/handler.js';
 import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
 import { failedPrecondition, invalidArgument, notFound } from '../../errors.js';
-import { findMount } from '../../mount/mountinfo.js';
+import { deviceInUse, findMount, readMountInfo } from '../../mount/mountinfo.js';
 import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, loopRefresh, mkfs, mount, pathKind, removeMountPoint, unmount } from '../../mount/mounter.js';
 import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
@@ -24,6 +24,7 @@ import { RbdCli } from './rbd-cli.js';
 import { STAGED_BLOCK_FILE as BLOCK_FILE } from '../types.js';
 
 export class RbdNode implements NodeBackend {
+  readonly rawBlock = true;
   private readonly clusters: CephClusters;
   readonly attacher: RbdAttacher;
 
@@ -97,6 +98,12 @@ export class RbdNode implements NodeBackend {
     if (await findMount(blockFile)) await unmount(blockFile, ctx.log);
     await removeMountPoint(blockFile);
     await unmount(staging, ctx.log);
+    // Asked to unstage at a path where the volume is not staged: its device serves the stage elsewhere and stays.
+    const device = await this.attacher.findDevice(this.ref(id), ctx.log);
+    if (device && deviceInUse(device, await readMountInfo())) {
+      ctx.log.warn({ device }, 'the volume is staged at another path on this node: its device is kept');
+      return;
+    }
     await this.attacher.detach(this.ref(id), ctx.log);
   }
 

@@ -36,6 +36,7 @@ interface UsageEntry {
 }
 
 export class S3Node implements NodeBackend {
+  readonly rawBlock = false;
   private readonly stores = new S3Stores();
   private readonly usageCache = new Map<string, UsageEntry>();
   private readonly dir: string;
