@@ -87,24 +87,33 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
     return { id, backend };
   };
 
+  /** The staging path of a stage or unstage, checked after the volume id is known to be there. */
+  const stagingOf = (req: { volume_id: string; staging_target_path: string }) => {
+    required(req.volume_id, 'volume_id');
+    return cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+  };
+
+  /** The volume a staging path's record names when it is another than `volumeId`: that path is not this request's to use. */
+  const otherVolumeAt = (staging: string, volumeId: string) => {
+    const held = records.get(staging)?.request.volume_id;
+    return held !== undefined && held !== volumeId ? held : undefined;
+  };
+
   return {
     NodeStageVolume: wrapChecked(
       rt,
       'NodeStageVolume',
       {
         check: (req) => {
-          required(req.volume_id, 'volume_id');
-          const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
+          const staging = stagingOf(req);
           const cap = requireCapability(req.volume_capability);
           return { ...volumeOf(req.volume_id, cap), staging };
         },
         lockKeys: byVolume,
       },
       async (req, ctx, { id, backend, staging }) => {
-        const staged = records.get(staging);
-        if (staged && staged.request.volume_id !== req.volume_id && (await findMount(staging))) {
-          throw failedPrecondition(`staging_target_path ${staging} holds volume ${staged.request.volume_id}`);
-        }
+        const other = otherVolumeAt(staging, req.volume_id);
+        if (other && (await findMount(staging))) throw failedPrecondition(`staging_target_path ${staging} holds volume ${other}`);
         const health = await mountHealth(staging);
         if (health === 'dead') {
           ctx.log.warn('staging mount is dead (its FUSE daemon is gone): mounting it again');
@@ -124,17 +133,13 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       rt,
       'NodeUnstageVolume',
       {
-        check: (req) => {
-          required(req.volume_id, 'volume_id');
-          const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
-          // An id that cannot be ours was never staged by this node: nothing on disk is touched for it.
-          return { ...volumeOf(req.volume_id), staging };
-        },
+        // An id that cannot be ours was never staged by this node: nothing on disk is touched for it.
+        check: (req) => ({ staging: stagingOf(req), ...volumeOf(req.volume_id) }),
         lockKeys: byVolume,
       },
       async (req, ctx, { id, backend, staging }) => {
-        const staged = records.get(staging);
-        if (staged && staged.request.volume_id !== req.volume_id) throw failedPrecondition(`staging_target_path ${staging} holds volume ${staged.request.volume_id}, not ${req.volume_id}`);
+        const other = otherVolumeAt(staging, req.volume_id);
+        if (other) throw failedPrecondition(`staging_target_path ${staging} holds volume ${other}, not ${req.volume_id}`);
         await backend.unstage(id, staging, ctx);
         records.unstaged(staging);
         return {};

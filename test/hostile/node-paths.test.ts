@@ -137,6 +137,25 @@ describe('issue 16, node: the node touches only what it made and trusts only wha
     await c.controller.DeleteVolume({ volume_id: vol.volume_id!, secrets: s3Secrets });
   });
 
+  it('case 8: NodePublish binds only a staging path where this node staged that volume', async () => {
+    const make = async (name: string) =>
+      (await c.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [RWX], parameters: { backend: 's3', clusterID: 'lab' }, secrets: s3Secrets }))!.volume!;
+    const [a, b] = [await make('np-own-a'), await make('np-own-b')];
+    const at = await attach(c, a, 'node-p', path.join(drv.dir, 'own-a'), RWX, s3Secrets);
+    const target = path.join(drv.dir, 'own-b-target');
+    const publishB = (staging: string) => c.node.NodePublishVolume({ volume_id: b.volume_id!, staging_target_path: staging, target_path: target, volume_capability: RWX, volume_context: b.volume_context });
+    await refused(publishB(at.staging), 'FAILED_PRECONDITION', "b published from a's staging path");
+    await refused(publishB(sentinel), 'FAILED_PRECONDITION', 'b published from a mount the node did not make');
+    await refused(c.node.NodeUnstageVolume({ volume_id: b.volume_id!, staging_target_path: at.staging }), 'FAILED_PRECONDITION', "b unstaged at a's staging path");
+    assert.ok(await findMount(at.staging), "a's stage is untouched");
+    assert.equal(await findMount(target), undefined, 'nothing was bound');
+    await sentinelIntact('after publishing from it');
+    await c.node.NodeUnpublishVolume({ volume_id: a.volume_id!, target_path: at.target });
+    await c.node.NodeUnstageVolume({ volume_id: a.volume_id!, staging_target_path: at.staging });
+    await c.controller.ControllerUnpublishVolume({ volume_id: a.volume_id!, node_id: 'node-p', secrets: s3Secrets });
+    for (const v of [a, b]) await c.controller.DeleteVolume({ volume_id: v.volume_id!, secrets: s3Secrets });
+  });
+
   it('case 8: a made-up CephFS id with subvolumePath "/" never mounts the file-system root', async () => {
     const id = `s1:v:cephfs:lab:cephfs:csi:csi-vol-${hex()}`;
     const staging = path.join(drv.dir, 'case8-cephfs');
