@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { CephLab, LAB_S3 } from '../lab/ceph-lab.js';
 import { startDriver, type DriverProcess } from '../helpers/driver.js';
 import { mountCap } from '../helpers/volumes.js';
@@ -223,9 +223,9 @@ describe('issue 16: bounded backend calls and a contained Ceph client', { timeou
           return { ...o, code: 'OK' };
         }
       }
-      const key = /during reading ([^/\s]+)\/(\S+):/.exec(o.details);
+      const key = /during (reading|writing) ([^/\s]+)\/(\S+):/.exec(o.details);
       if (o.code === 'OK' || !key) return o;
-      const rgw = await rgwAnswers(key[1]!, key[2]!);
+      const rgw = await rgwAnswers(key[1] as 'reading' | 'writing', key[2]!, key[3]!);
       console.log(`case 9: ${o.details}; the same object through a new S3 client: ${rgw}`);
       if (!rgw.startsWith('answered') && Date.now() - t0 > 90_000) {
         rgwStuck = `${rgw}; ${(await lab.cephAllowFail(['health', 'detail'])).stdout.replace(/\s+/g, ' ').slice(0, 300)}`;
@@ -238,12 +238,17 @@ describe('issue 16: bounded backend calls and a contained Ceph client', { timeou
     for (const o of ok) if (o.res) await untilOk(() => callWithin(ctl, 'DeleteVolume', { volume_id: o.res!.volume.volume_id }, 60_000), 120_000, new Map());
   });
 
-  /** Whether RGW itself answers for an object (tells a stuck RGW from a stuck driver). */
-  async function rgwAnswers(bucket: string, key: string): Promise<string> {
+  /**
+   * Whether RGW itself answers the same operation on an object, from a new client (tells a stuck RGW
+   * from a stuck driver). A write is repeated as the driver makes it: the volume's empty marker object.
+   */
+  async function rgwAnswers(op: 'reading' | 'writing', bucket: string, key: string): Promise<string> {
     const s3 = new S3Client({ endpoint: lab.s3Endpoint, region: 'us-east-1', forcePathStyle: true, maxAttempts: 1, credentials: { accessKeyId: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey } });
     const t0 = Date.now();
     try {
-      await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: AbortSignal.timeout(10_000) });
+      const abortSignal = AbortSignal.timeout(10_000);
+      if (op === 'writing') await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: '' }), { abortSignal });
+      else await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), { abortSignal });
       return `answered in ${Date.now() - t0} ms`;
     } catch (e) {
       return `${(e as Error).name} after ${Date.now() - t0} ms`;
