@@ -14,7 +14,8 @@ import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
-import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno } from './rbd-cli.js';
+import { EBUSY, EEXIST, ENOENT, isErrno, type RbdApi, type RbdConnector } from './rbd-api.js';
+import { LibRbd } from './librbd.js';
 import { Debounced, purgeTrash } from './trash.js';
 import { outsideCall } from '../../util/call-context.js';
 
@@ -56,12 +57,13 @@ export class RbdController implements ControllerBackend {
   constructor(
     private readonly cfg: Config,
     private readonly log: Logger,
+    private readonly connect: RbdConnector = (conn, log) => new LibRbd(conn, log),
   ) {
     this.clusters = new CephClusters(cfg);
   }
 
-  cli(clusterId: string, secrets: Record<string, string> | undefined, log?: Logger): RbdCli {
-    return new RbdCli(this.clusters.conn(clusterId, secrets), log);
+  private api(clusterId: string, secrets: Record<string, string> | undefined, log?: Logger): RbdApi {
+    return this.connect(this.clusters.conn(clusterId, secrets), log);
   }
 
   validateCapabilities(caps: csi.VolumeCapability[]): string | undefined {
@@ -82,7 +84,7 @@ export class RbdController implements ControllerBackend {
     const size = minimumForFs(sizeFromRange(req.capacity_range, DEFAULT_SIZE, MiB), hasMount ? fsType : undefined, req.capacity_range?.limit_bytes);
     const image = `csi-vol-${nameHash(this.cfg.driverName, req.name)}`;
     const id = encodeId({ kind: 'v', backend: 'rbd', cluster: params.clusterID, location: [params.pool, image] });
-    const rbd = this.cli(params.clusterID, req.secrets, ctx.log);
+    const rbd = this.api(params.clusterID, req.secrets, ctx.log);
     const meta: VolumeMeta = { v: 1, name: req.name, fsType, mounter: params.mounter, createdAt: new Date().toISOString() };
     const src = req.volume_content_source;
     const create = { features: params.imageFeatures, dataPool: params.dataPool };
@@ -143,7 +145,7 @@ export class RbdController implements ControllerBackend {
     return this.toVolume(id, params.clusterID, params.pool, image, existing.size, meta);
   }
 
-  private async cloneFromSnapshot(rbd: RbdCli, params: RbdParams, snapshotId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
+  private async cloneFromSnapshot(rbd: RbdApi, params: RbdParams, snapshotId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
     const sid = parseId(snapshotId, 's');
     if (!sid || sid.backend !== 'rbd') throw notFound(`snapshot ${snapshotId} not found`);
     const [spool, simage] = sid.location as [string, string];
@@ -158,7 +160,7 @@ export class RbdController implements ControllerBackend {
     if (size > snapInfo.size) await rbd.resize(params.pool, image, size);
   }
 
-  private async cloneFromVolume(rbd: RbdCli, params: RbdParams, volumeId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
+  private async cloneFromVolume(rbd: RbdApi, params: RbdParams, volumeId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
     const vid = parseId(volumeId, 'v');
     if (!vid || vid.backend !== 'rbd') throw notFound(`source volume ${volumeId} not found`);
     const [vpool, vimage] = vid.location as [string, string];
@@ -182,13 +184,13 @@ export class RbdController implements ControllerBackend {
     return toCsiVolume(id, size, ctx, meta.source, this.clusters.cluster(clusterID).topology);
   }
 
-  private async volumeMeta(rbd: RbdCli, pool: string, image: string): Promise<VolumeMeta | undefined> {
+  private async volumeMeta(rbd: RbdApi, pool: string, image: string): Promise<VolumeMeta | undefined> {
     const all = await rbd.metaList(pool, image);
     return parseRecord<VolumeMeta>(all[META_VOLUME]);
   }
 
   /** Removes an image no one was ever handed (it has no record). A killed command's watch holds `rbd rm` up to 30 s. */
-  private async removeUnfinished(rbd: RbdCli, pool: string, image: string): Promise<void> {
+  private async removeUnfinished(rbd: RbdApi, pool: string, image: string): Promise<void> {
     try {
       await rbd.remove(pool, image);
     } catch (e) {
@@ -199,7 +201,7 @@ export class RbdController implements ControllerBackend {
 
   async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
-    await this.removeImage(this.cli(id.cluster, secrets, ctx.log), id.cluster, pool, image, secrets, ctx);
+    await this.removeImage(this.api(id.cluster, secrets, ctx.log), id.cluster, pool, image, secrets, ctx);
   }
 
   /**
@@ -207,7 +209,7 @@ export class RbdController implements ControllerBackend {
    * snapshots. Trashed ancestors that nothing needs any more are purged in
    * the background, so the caller waits for one command only.
    */
-  private async removeImage(rbd: RbdCli, clusterId: string, pool: string, image: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
+  private async removeImage(rbd: RbdApi, clusterId: string, pool: string, image: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     let result: 'removed' | 'has-snapshots' | 'trashed' | 'missing';
     try {
       result = await rbd.remove(pool, image);
@@ -215,7 +217,7 @@ export class RbdController implements ControllerBackend {
         // Our images' only user snapshots are the temporary sources of clones and
         // snapshots; one still here was left by a crash (a clone that still
         // needs it keeps it in the trash namespace after removal).
-        const leftovers = (await rbd.snapList(pool, image)).filter((s) => (s.namespace?.type ?? 'user') === 'user' && TEMP_SNAPSHOT.test(s.name));
+        const leftovers = (await rbd.snapList(pool, image)).filter((s) => s.namespace === 'user' && TEMP_SNAPSHOT.test(s.name));
         for (const s of leftovers) await rbd.snapRemove(pool, image, s.name);
         if (leftovers.length) result = await rbd.remove(pool, image);
       }
@@ -248,7 +250,7 @@ export class RbdController implements ControllerBackend {
       this.purger.schedule(
         `${clusterId}/${pool}`,
         async () => {
-          const left = await purgeTrash(this.cli(clusterId, secrets), pool, this.log);
+          const left = await purgeTrash(this.api(clusterId, secrets), pool, this.log);
           if (left && attempt < PURGE_RETRIES) setTimeout(() => this.purge(clusterId, pool, secrets, attempt + 1), PURGE_RETRY_MS).unref();
         },
         (e) => this.log.warn({ err: String(e), pool }, 'trash purge failed; the next delete retries'),
@@ -258,7 +260,7 @@ export class RbdController implements ControllerBackend {
 
   async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
     const [pool, image] = id.location as [string, string];
-    const rbd = this.cli(id.cluster, req.secrets, ctx.log);
+    const rbd = this.api(id.cluster, req.secrets, ctx.log);
     if (!(await rbd.info(pool, image))) throw notFound(`volume ${req.volume_id} not found`);
     const mode = modeOf(req.volume_capability);
     if (decidePublish(attachmentsIn(await rbd.metaList(pool, image)), req.node_id, mode, req.readonly) === 'exists') return {};
@@ -268,7 +270,7 @@ export class RbdController implements ControllerBackend {
 
   async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
-    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    const rbd = this.api(id.cluster, secrets, ctx.log);
     if (!(await rbd.info(pool, image))) return;
     if (nodeId) return rbd.metaRemove(pool, image, attachKey(nodeId));
     const meta = await rbd.metaList(pool, image);
@@ -278,7 +280,7 @@ export class RbdController implements ControllerBackend {
   async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {
     const [pool, image] = id.location as [string, string];
     if (!image?.startsWith('csi-vol-')) return undefined;
-    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    const rbd = this.api(id.cluster, secrets, ctx.log);
     const info = await rbd.info(pool, image);
     if (!info) return undefined;
     const meta = await rbd.metaList(pool, image);
@@ -296,7 +298,7 @@ export class RbdController implements ControllerBackend {
   }
 
   private async listImages(clusterId: string, prefix: string, kind: 'v' | 's', secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
-    const rbd = this.cli(clusterId, secrets, ctx.log);
+    const rbd = this.api(clusterId, secrets, ctx.log);
     const pools = await rbd.rbdPools();
     const ids: string[] = [];
     for (const p of pools) {
@@ -311,7 +313,7 @@ export class RbdController implements ControllerBackend {
     // A StorageClass's parameters are checked as CreateVolume checks them; with none beyond backend and clusterID, every pool counts.
     const named = Object.keys(params).some((k) => k !== 'backend' && k !== 'clusterID' && !k.startsWith('csi.storage.k8s.io/'));
     const pool = named ? parseRbdParams(params).pool : undefined;
-    const rbd = this.cli(clusterId, {}, ctx.log);
+    const rbd = this.api(clusterId, {}, ctx.log);
     if (pool) return (await rbd.poolAvailable(pool)) ?? 0;
     // No pool named: the largest any RBD pool can take (pools share OSDs, so a sum would overstate).
     return Math.max(0, ...(await rbd.rbdPools()).map((p) => p.maxAvail));
@@ -319,7 +321,7 @@ export class RbdController implements ControllerBackend {
 
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
     const [pool, image] = id.location as [string, string];
-    const rbd = this.cli(id.cluster, req.secrets, ctx.log);
+    const rbd = this.api(id.cluster, req.secrets, ctx.log);
     const info = await rbd.info(pool, image);
     if (!info) throw notFound(`volume ${req.volume_id} not found`);
     const size = sizeFromRange(req.capacity_range, info.size, MiB);
@@ -335,7 +337,7 @@ export class RbdController implements ControllerBackend {
    */
   async createSnapshot(sourceId: ObjectId, req: csi.CreateSnapshotRequest, ctx: RpcContext): Promise<csi.Snapshot> {
     const [pool, srcImage] = sourceId.location as [string, string];
-    const rbd = this.cli(sourceId.cluster, req.secrets, ctx.log);
+    const rbd = this.api(sourceId.cluster, req.secrets, ctx.log);
     const snapImage = `csi-snap-${nameHash(this.cfg.driverName, req.name)}`;
     const snapshotId = encodeId({ kind: 's', backend: 'rbd', cluster: sourceId.cluster, location: [pool, snapImage] });
     const sourceVolumeId = encodeId(sourceId);
@@ -377,7 +379,7 @@ export class RbdController implements ControllerBackend {
     return toSnapshot(snapshotId, meta);
   }
 
-  private async snapshotMeta(rbd: RbdCli, pool: string, image: string): Promise<SnapshotMeta | undefined> {
+  private async snapshotMeta(rbd: RbdApi, pool: string, image: string): Promise<SnapshotMeta | undefined> {
     try {
       const all = await rbd.metaList(pool, image);
       return parseRecord<SnapshotMeta>(all[META_SNAPSHOT]);
@@ -390,7 +392,7 @@ export class RbdController implements ControllerBackend {
   async deleteSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
     if (!image?.startsWith('csi-snap-')) return;
-    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    const rbd = this.api(id.cluster, secrets, ctx.log);
     await rbd.snapRemove(pool, image, SNAP_NAME);
     await this.removeImage(rbd, id.cluster, pool, image, secrets, ctx);
   }
@@ -398,7 +400,7 @@ export class RbdController implements ControllerBackend {
   async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {
     const [pool, image] = id.location as [string, string];
     if (!image?.startsWith('csi-snap-')) return undefined;
-    const meta = await this.snapshotMeta(this.cli(id.cluster, secrets, ctx.log), pool, image);
+    const meta = await this.snapshotMeta(this.api(id.cluster, secrets, ctx.log), pool, image);
     return meta ? toSnapshot(encodeId(id), meta) : undefined;
   }
 
@@ -407,7 +409,7 @@ export class RbdController implements ControllerBackend {
     if (!source) return all;
     const want = encodeId(source);
     const limit = pLimit(8);
-    const rbd = this.cli(clusterId, secrets, ctx.log);
+    const rbd = this.api(clusterId, secrets, ctx.log);
     const metas = await Promise.all(all.map((sid) => limit(() => this.snapshotMeta(rbd, ...(parseId(sid, 's')!.location as [string, string])))));
     return all.filter((_, i) => metas[i]?.source === want);
   }
