@@ -89,11 +89,18 @@ def info(a):
         return out
 def meta_strip(a):
     with image(a) as img:
-        for k in [k for k, _ in img.metadata_list() if k.startswith(a["prefix"])]:
+        for k in [k for k, _ in img.metadata_list() if k.startswith(a["prefix"]) and k not in a["set"]]:
             try:
                 img.metadata_remove(k)
             except KeyError:
                 pass
+        for k, v in a["set"].items():
+            img.metadata_set(k, v)
+def grow(img, a):
+    size = img.size()
+    if a["size"] > size:
+        img.resize(a["size"])
+    return size
 class Missing(Exception):
     errno = 2
 def meta_remove(img, a):
@@ -111,7 +118,7 @@ OPS = {
     "info": info,
     "create": lambda a: rbd.RBD().create(io(a["pool"]), a["image"], a["size"], old_format=False, features=features(a["features"]), data_pool=a.get("data_pool")),
     "clone": lambda a: rbd.RBD().clone(io(a["pool"]), a["parent"], a["snap"], io(a["pool"]), a["image"], features=features(a["features"]), data_pool=a.get("data_pool")),
-    "resize": with_image(lambda img, a: img.resize(a["size"])),
+    "grow": with_image(grow),
     "meta_list": with_image(lambda img, a: dict(img.metadata_list()), True),
     "meta_set": with_image(lambda img, a: img.metadata_set(a["key"], a["value"])),
     "meta_remove": with_image(meta_remove),

@@ -6,7 +6,8 @@ import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
 import { GiB, MiB, isBlock, isMultiNodeWriter, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
 import type * as csi from '../../csi/types.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
+import { status } from '@grpc/grpc-js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, isCsiError, notFound, outOfRange } from '../../errors.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
 import { toCsiVolume } from '../volume.js';
 import { parseRecord } from '../../util/json.js';
@@ -14,7 +15,7 @@ import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
-import { EBUSY, EEXIST, ENOENT, isErrno, type RbdApi, type RbdConnector } from './rbd-api.js';
+import { EBUSY, EEXIST, ENOENT, isErrno, type CreateOptions, type RbdApi, type RbdConnector } from './rbd-api.js';
 import { LibRbd } from './librbd.js';
 import { Debounced, purgeTrash } from './trash.js';
 import { outsideCall } from '../../util/call-context.js';
@@ -85,20 +86,28 @@ export class RbdController implements ControllerBackend {
     const image = `csi-vol-${nameHash(this.cfg.driverName, req.name)}`;
     const id = encodeId({ kind: 'v', backend: 'rbd', cluster: params.clusterID, location: [params.pool, image] });
     const rbd = this.api(params.clusterID, req.secrets, ctx.log);
-    const meta: VolumeMeta = { v: 1, name: req.name, fsType, mounter: params.mounter, createdAt: new Date().toISOString() };
     const src = req.volume_content_source;
+    const source = src?.snapshot ? { snapshot: src.snapshot.snapshot_id } : src?.volume ? { volume: src.volume.volume_id } : undefined;
+    const meta: VolumeMeta = { v: 1, name: req.name, fsType, mounter: params.mounter, createdAt: new Date().toISOString(), source };
+    const record = asciiJson(meta);
     const create = { features: params.imageFeatures, dataPool: params.dataPool };
+    const done = (bytes: number) => this.toVolume(id, params.clusterID, params.pool, image, bytes, meta);
+    // Makes the image and writes its record last (its presence marks the volume complete, so a retry after a crash finishes the job); returns its size.
+    const make = async (): Promise<number> => {
+      if (src?.snapshot) return this.cloneFromSnapshot(rbd, params, src.snapshot.snapshot_id, image, size, create, record);
+      if (src?.volume) return this.cloneFromVolume(rbd, params, src.volume.volume_id, image, size, create, record);
+      await rbd.create(params.pool, image, size, create);
+      await rbd.metaSet(params.pool, image, META_VOLUME, record);
+      return size;
+    };
 
-    if (!src) {
-      // The common case in two commands: create, then record the name. EEXIST
-      // means a retry or a name already taken, which the slow path sorts out.
-      try {
-        await rbd.create(params.pool, image, size, create);
-        await rbd.metaSet(params.pool, image, META_VOLUME, asciiJson(meta));
-        return this.toVolume(id, params.clusterID, params.pool, image, size, meta);
-      } catch (e) {
-        if (!isErrno(e, EEXIST)) throw e;
-      }
+    // The common case, with no lookups first. EEXIST means a retry or a name
+    // already taken; a source gone or grown since may be the retry of a volume
+    // made from it before. The slow path sorts these out.
+    try {
+      return done(await make());
+    } catch (e) {
+      if (!isErrno(e, EEXIST) && !(src && (isCsiError(e, status.NOT_FOUND) || isCsiError(e, status.OUT_OF_RANGE)))) throw e;
     }
     let existing = await rbd.info(params.pool, image);
     let prev = existing ? await this.volumeMeta(rbd, params.pool, image) : undefined;
@@ -113,39 +122,29 @@ export class RbdController implements ControllerBackend {
       existing = undefined;
     }
     if (!existing) {
-      const make = async () => {
-        if (src?.snapshot) await this.cloneFromSnapshot(rbd, params, src.snapshot.snapshot_id, image, size, create);
-        else if (src?.volume) await this.cloneFromVolume(rbd, params, src.volume.volume_id, image, size, create);
-        else await rbd.create(params.pool, image, size, create);
-      };
       try {
-        await make();
+        return done(await make());
       } catch (e) {
         if (!isErrno(e, EEXIST)) throw e;
-        // The name is taken, yet no image opens under it: a create cut short by a crash.
-        await this.removeUnfinished(rbd, params.pool, image);
-        await make();
       }
-      existing = await rbd.info(params.pool, image);
-      if (!existing) throw aborted(`image ${params.pool}/${image} vanished while being created; retry`);
-      if (src?.snapshot) meta.source = { snapshot: src.snapshot.snapshot_id };
-      else if (src?.volume) meta.source = { volume: src.volume.volume_id };
-    } else {
-      const prevSrc = prev?.source?.snapshot ?? prev?.source?.volume;
-      const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
-      if (prev && prevSrc !== wantSrc) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
-      if (!sizeFits(existing.size, req.capacity_range) || (!req.capacity_range && existing.size !== DEFAULT_SIZE && !wantSrc)) {
-        throw alreadyExists(`volume "${req.name}" exists with size ${existing.size}, which does not match the request`);
-      }
-      // Complete, or a blank image whose create stopped before its record: that is all it lacks.
-      if (prev) return this.toVolume(id, params.clusterID, params.pool, image, existing.size, prev);
+      // The name is taken, yet no image opens under it: a create cut short by a crash.
+      await this.removeUnfinished(rbd, params.pool, image);
+      return done(await make());
     }
-    // Written last: its presence marks the volume complete, so a retry after a crash finishes the job.
-    await rbd.metaSet(params.pool, image, META_VOLUME, asciiJson(meta));
-    return this.toVolume(id, params.clusterID, params.pool, image, existing.size, meta);
+    const prevSrc = prev?.source?.snapshot ?? prev?.source?.volume;
+    const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
+    if (prev && prevSrc !== wantSrc) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
+    if (!sizeFits(existing.size, req.capacity_range) || (!req.capacity_range && existing.size !== DEFAULT_SIZE && !wantSrc)) {
+      throw alreadyExists(`volume "${req.name}" exists with size ${existing.size}, which does not match the request`);
+    }
+    // Complete, or a blank image whose create stopped before its record: that is all it lacks.
+    if (prev) return this.toVolume(id, params.clusterID, params.pool, image, existing.size, prev);
+    await rbd.metaSet(params.pool, image, META_VOLUME, record);
+    return done(existing.size);
   }
 
-  private async cloneFromSnapshot(rbd: RbdApi, params: RbdParams, snapshotId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
+  /** A clone of the snapshot image's snapshot, grown to `size`, with only its own record; returns its size. */
+  private async cloneFromSnapshot(rbd: RbdApi, params: RbdParams, snapshotId: string, image: string, size: number, create: CreateOptions, record: string): Promise<number> {
     const sid = parseId(snapshotId, 's');
     if (!sid || sid.backend !== 'rbd') throw notFound(`snapshot ${snapshotId} not found`);
     const [spool, simage] = sid.location as [string, string];
@@ -156,11 +155,12 @@ export class RbdController implements ControllerBackend {
     if (!snapInfo) throw notFound(`snapshot ${snapshotId} not found`);
     if (size < snapInfo.size) throw outOfRange(`requested size ${size} is smaller than the snapshot (${snapInfo.size} bytes)`);
     await rbd.clone(params.pool, simage, SNAP_NAME, image, create);
-    await rbd.metaStrip(params.pool, image, META_PREFIX);
-    if (size > snapInfo.size) await rbd.resize(params.pool, image, size);
+    if (size > snapInfo.size) await rbd.grow(params.pool, image, size);
+    await rbd.metaStrip(params.pool, image, META_PREFIX, { [META_VOLUME]: record });
+    return size;
   }
 
-  private async cloneFromVolume(rbd: RbdApi, params: RbdParams, volumeId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
+  private async cloneFromVolume(rbd: RbdApi, params: RbdParams, volumeId: string, image: string, size: number, create: CreateOptions, record: string): Promise<number> {
     const vid = parseId(volumeId, 'v');
     if (!vid || vid.backend !== 'rbd') throw notFound(`source volume ${volumeId} not found`);
     const [vpool, vimage] = vid.location as [string, string];
@@ -171,10 +171,17 @@ export class RbdController implements ControllerBackend {
     // A temporary snapshot named after the new image; with clone v2 removing it
     // only moves it to the trash namespace until the clone no longer needs it.
     await rbd.snapCreate(vpool, vimage, image);
-    await rbd.clone(vpool, vimage, image, image, create);
-    await rbd.metaStrip(params.pool, image, META_PREFIX);
+    try {
+      await rbd.clone(vpool, vimage, image, image, create);
+    } catch (e) {
+      // Taken: a retry, whose temporary snapshot must not stay on the source.
+      if (isErrno(e, EEXIST)) await rbd.snapRemove(vpool, vimage, image);
+      throw e;
+    }
     await rbd.snapRemove(vpool, vimage, image);
-    if (size > srcInfo.size) await rbd.resize(params.pool, image, size);
+    if (size > srcInfo.size) await rbd.grow(params.pool, image, size);
+    await rbd.metaStrip(params.pool, image, META_PREFIX, { [META_VOLUME]: record });
+    return size;
   }
 
   private toVolume(id: string, clusterID: string, pool: string, image: string, size: number, meta: VolumeMeta): csi.Volume {
@@ -322,11 +329,21 @@ export class RbdController implements ControllerBackend {
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
     const [pool, image] = id.location as [string, string];
     const rbd = this.api(id.cluster, req.secrets, ctx.log);
-    const info = await rbd.info(pool, image);
-    if (!info) throw notFound(`volume ${req.volume_id} not found`);
-    const size = sizeFromRange(req.capacity_range, info.size, MiB);
-    if (size > info.size) await rbd.resize(pool, image, size);
-    return { capacity_bytes: Math.max(size, info.size), node_expansion_required: !isBlock(req.volume_capability) };
+    // With required_bytes the size is known without a lookup, and one librbd call opens, compares and grows.
+    const wanted = Number(req.capacity_range?.required_bytes ?? 0) > 0 ? sizeFromRange(req.capacity_range, 0, MiB) : undefined;
+    let current: number | undefined;
+    let size: number;
+    if (wanted) {
+      current = await rbd.grow(pool, image, wanted);
+      size = wanted;
+    } else {
+      current = (await rbd.info(pool, image))?.size;
+      if (current === undefined) throw notFound(`volume ${req.volume_id} not found`);
+      size = sizeFromRange(req.capacity_range, current, MiB);
+      if (size > current) await rbd.grow(pool, image, size);
+    }
+    if (current === undefined) throw notFound(`volume ${req.volume_id} not found`);
+    return { capacity_bytes: Math.max(size, current), node_expansion_required: !isBlock(req.volume_capability) };
   }
 
   /**

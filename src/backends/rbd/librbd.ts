@@ -54,8 +54,9 @@ export class LibRbd implements RbdApi {
     await this.call('clone', { pool, parent, snap, image: child, features: opts.features, data_pool: opts.dataPool ?? null });
   }
 
-  async resize(pool: string, image: string, sizeBytes: number): Promise<void> {
-    await this.call('resize', { pool, image, size: sizeBytes });
+  async grow(pool: string, image: string, sizeBytes: number): Promise<number | undefined> {
+    const r = await this.undefinedIfMissing(this.call('grow', { pool, image, size: sizeBytes }));
+    return r === undefined ? undefined : count(r, 'rbd resize');
   }
 
   async metaList(pool: string, image: string): Promise<Record<string, string>> {
@@ -72,8 +73,8 @@ export class LibRbd implements RbdApi {
     await this.undefinedIfMissing(this.call('meta_remove', { pool, image, key }));
   }
 
-  async metaStrip(pool: string, image: string, prefix: string): Promise<void> {
-    await this.call('meta_strip', { pool, image, prefix });
+  async metaStrip(pool: string, image: string, prefix: string, then: Record<string, string> = {}): Promise<void> {
+    await this.call('meta_strip', { pool, image, prefix, set: then });
   }
 
   async snapCreate(pool: string, image: string, snap: string): Promise<void> {

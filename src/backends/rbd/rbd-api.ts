@@ -40,18 +40,20 @@ export interface RbdApi {
   create(pool: string, image: string, sizeBytes: number, opts: CreateOptions): Promise<void>;
   /** A clone-v2 child of parent@snap in the same pool; EEXIST when the name is taken. */
   clone(pool: string, parent: string, snap: string, child: string, opts: CreateOptions): Promise<void>;
-  resize(pool: string, image: string, sizeBytes: number): Promise<void>;
+  /** Grows the image to sizeBytes unless it is that large already (never shrinks); returns its size before, undefined when it does not exist. */
+  grow(pool: string, image: string, sizeBytes: number): Promise<number | undefined>;
   /** ENOENT when the image does not exist; {} for one without metadata. */
   metaList(pool: string, image: string): Promise<Record<string, string>>;
   metaSet(pool: string, image: string, key: string, value: string): Promise<void>;
   /** Succeeds when the key is already gone. */
   metaRemove(pool: string, image: string, key: string): Promise<void>;
   /**
-   * Removes the metadata keys under `prefix`. A clone copies its parent's
-   * metadata, so a fresh clone carries its source's name, attachments and
-   * snapshot records until they are stripped.
+   * Removes the metadata keys under `prefix`, then sets those of `then` (in
+   * one image open). A clone copies its parent's metadata, so a fresh clone
+   * carries its source's name, attachments and snapshot records until they
+   * are stripped.
    */
-  metaStrip(pool: string, image: string, prefix: string): Promise<void>;
+  metaStrip(pool: string, image: string, prefix: string, then?: Record<string, string>): Promise<void>;
   /** Succeeds when the snapshot exists already. */
   snapCreate(pool: string, image: string, snap: string): Promise<void>;
   /** Succeeds when it is already gone; one that clones still need moves to the trash namespace. */
