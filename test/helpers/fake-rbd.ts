@@ -121,7 +121,7 @@ export class FakeRbd implements RbdApi {
 
   async metaRemove(pool: string, image: string, key: string): Promise<void> {
     this.step('metaRemove');
-    this.need('meta_remove', pool, image).meta.delete(key);
+    this.find(pool, image)?.meta.delete(key);
   }
 
   async metaStrip(pool: string, image: string, prefix: string, then: Record<string, string> = {}): Promise<void> {
@@ -139,9 +139,9 @@ export class FakeRbd implements RbdApi {
 
   async snapRemove(pool: string, image: string, snap: string): Promise<void> {
     this.step('snapRemove');
-    const img = this.need('snap_remove', pool, image);
-    const s = img.snaps.get(snap);
-    if (!s || s.namespace !== 'user') return;
+    const img = this.find(pool, image);
+    const s = img?.snaps.get(snap);
+    if (!img || !s || s.namespace !== 'user') return;
     img.snaps.delete(snap);
     if (this.children(img, s.id).length) img.snaps.set(randomUUID(), { ...s, namespace: 'trash' });
   }

@@ -378,7 +378,11 @@ export class RbdController implements ControllerBackend {
       await rbd.clone(pool, srcImage, snapImage, snapImage, { features: SNAPSHOT_FEATURES });
     } catch (e) {
       if (!isErrno(e, EEXIST)) throw e;
-      const done = await finished();
+      // The name taken for another source: the temporary snapshot just made must not stay on this one.
+      const done = await finished().catch(async (err: unknown) => {
+        await rbd.snapRemove(pool, srcImage, snapImage);
+        throw err;
+      });
       if (done) {
         await rbd.snapRemove(pool, srcImage, snapImage);
         return done;
