@@ -80,7 +80,7 @@ def features(names):
 SNAP_NS = {0: "user", 1: "group", 2: "trash", 3: "mirror"}
 def info(a):
     with image(a, True) as img:
-        out = {"id": img.id(), "size": img.size()}
+        out = {"size": img.size()}
         try:
             p = img.get_parent_image_spec()
             out["parent"] = {"pool": p["pool_name"], "image": p["image_name"], "snapshot": p["snap_name"]}

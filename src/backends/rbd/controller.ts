@@ -329,20 +329,12 @@ export class RbdController implements ControllerBackend {
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
     const [pool, image] = id.location as [string, string];
     const rbd = this.api(id.cluster, req.secrets, ctx.log);
-    // With required_bytes the size is known without a lookup, and one librbd call opens, compares and grows.
-    const wanted = Number(req.capacity_range?.required_bytes ?? 0) > 0 ? sizeFromRange(req.capacity_range, 0, MiB) : undefined;
-    let current: number | undefined;
-    let size: number;
-    if (wanted) {
-      current = await rbd.grow(pool, image, wanted);
-      size = wanted;
-    } else {
-      current = (await rbd.info(pool, image))?.size;
-      if (current === undefined) throw notFound(`volume ${req.volume_id} not found`);
-      size = sizeFromRange(req.capacity_range, current, MiB);
-      if (size > current) await rbd.grow(pool, image, size);
-    }
+    const required = Number(req.capacity_range?.required_bytes ?? 0);
+    // With required_bytes the size needs no lookup: one librbd call opens, compares and grows.
+    const current = required > 0 ? await rbd.grow(pool, image, sizeFromRange(req.capacity_range, 0, MiB)) : (await rbd.info(pool, image))?.size;
     if (current === undefined) throw notFound(`volume ${req.volume_id} not found`);
+    const size = sizeFromRange(req.capacity_range, current, MiB);
+    if (required <= 0 && size > current) await rbd.grow(pool, image, size);
     return { capacity_bytes: Math.max(size, current), node_expansion_required: !isBlock(req.volume_capability) };
   }
 

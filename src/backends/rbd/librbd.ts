@@ -174,7 +174,8 @@ function record(v: unknown, what: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
-function list<T = unknown>(v: T[] | undefined | unknown, what: string): T[] {
+/** `v` as an array of T; its items are checked where they are read. */
+function list<T = unknown>(v: unknown, what: string): T[] {
   if (!Array.isArray(v)) throw incomplete(what);
   return v as T[];
 }
