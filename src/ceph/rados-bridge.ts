@@ -29,12 +29,26 @@ import type { CephConn } from './conn.js';
  * its late reply dropped; the Python thread it holds is freed by that reply.
  * A client that answers nothing for HUNG_MS, or dies, fails its calls with
  * UNAVAILABLE and the next call starts a fresh one.
+ *
+ * RBD control operations (create, clone, metadata, snapshots, trash) run in
+ * the same client on the python3-rbd binding (rbdCall), with the same
+ * timeouts and errnos; the CLI paid a process and a cluster connect for
+ * each. A librbd call can wait without end (an image another client keeps
+ * locked: `rbd rm` was seen spinning for 11 min) and holds its Python
+ * thread meanwhile, so threads are bounded per lane (at most CMD_WORKERS mon
+ * and mgr commands plus RBD_WORKERS librbd calls on the wire; more wait
+ * here, where a deadline can still drop them unsent), and such a call ends
+ * when the watchdog replaces its client.
  */
 
 const BRIDGE = String.raw`
-import json, os, sys, threading
+import json, os, struct, sys, threading
 from concurrent.futures import ThreadPoolExecutor
 import rados
+try:
+    import rbd
+except ImportError:
+    rbd = None
 cfg = json.loads(sys.stdin.readline())
 lock = threading.Lock()
 def send(m):
@@ -49,7 +63,124 @@ except rados.Error as e:
     send({"ready": False, "errno": getattr(e, "errno", None) or 5, "error": str(e)})
     sys.exit(1)
 send({"ready": True})
+ioctxs = {}
+io_lock = threading.Lock()
+def io(pool):
+    with io_lock:
+        if pool not in ioctxs:
+            ioctxs[pool] = c.open_ioctx(pool)
+        return ioctxs[pool]
+def image(a, read_only=False):
+    return rbd.Image(io(a["pool"]), a["image"], read_only=read_only)
+def features(names):
+    f = 0
+    for n in names:
+        f |= FEATURES[n]
+    return f
+SNAP_NS = {0: "user", 1: "group", 2: "trash", 3: "mirror"}
+def info(a):
+    with image(a, True) as img:
+        out = {"size": img.size()}
+        try:
+            p = img.get_parent_image_spec()
+            out["parent"] = {"pool": p["pool_name"], "image": p["image_name"], "snapshot": p["snap_name"]}
+        except rbd.ImageNotFound:
+            pass
+        return out
+# Image metadata is read and written with the rbd object class on the image's
+# header, as librbd itself does, without opening the image: an open registers
+# a watch, and the watch of a client killed mid-call outlives it by 30 s, in
+# which NodeStage takes the image for open elsewhere and refuses it.
+def enc(s):
+    b = s.encode()
+    return struct.pack("<I", len(b)) + b
+def dec(buf, off):
+    n = struct.unpack_from("<I", buf, off)[0]
+    return buf[off + 4:off + 4 + n], off + 4 + n
+def header(a):
+    ioctx = io(a["pool"])
+    hid, _ = dec(ioctx.read("rbd_id." + a["image"], 4096), 0)
+    return ioctx, "rbd_header." + hid.decode()
+META_PAGE = 1024
+def meta_list(a):
+    ioctx, oid = header(a)
+    out, start = {}, ""
+    while True:
+        raw = ioctx.execute(oid, "rbd", "metadata_list", enc(start) + struct.pack("<Q", META_PAGE), 1 << 20)[1]
+        n, off = struct.unpack_from("<I", raw, 0)[0], 4
+        for _ in range(n):
+            k, off = dec(raw, off)
+            v, off = dec(raw, off)
+            start = k.decode()
+            out[start] = v.decode("utf-8", "replace")
+        if n < META_PAGE:
+            return out
+def meta_set(ioctx, oid, pairs):
+    if pairs:
+        ioctx.execute(oid, "rbd", "metadata_set", struct.pack("<I", len(pairs)) + b"".join(enc(k) + enc(v) for k, v in pairs.items()))
+def meta_remove(a):
+    ioctx, oid = header(a)
+    ioctx.execute(oid, "rbd", "metadata_remove", enc(a["key"]))
+def meta_strip(a):
+    ioctx, oid = header(a)
+    for k in meta_list(a):
+        if k.startswith(a["prefix"]) and k not in a["set"]:
+            try:
+                ioctx.execute(oid, "rbd", "metadata_remove", enc(k))
+            except rados.ObjectNotFound:
+                pass
+    meta_set(ioctx, oid, a["set"])
+def grow(img, a):
+    size = img.size()
+    if a["size"] > size:
+        img.resize(a["size"])
+    return size
+def with_image(fn, read_only=False):
+    def op(a):
+        with image(a, read_only) as img:
+            return fn(img, a)
+    return op
+OPS = {
+    "info": info,
+    "create": lambda a: rbd.RBD().create(io(a["pool"]), a["image"], a["size"], old_format=False, features=features(a["features"]), data_pool=a.get("data_pool")),
+    "clone": lambda a: rbd.RBD().clone(io(a["pool"]), a["parent"], a["snap"], io(a["pool"]), a["image"], features=features(a["features"]), data_pool=a.get("data_pool")),
+    "grow": with_image(grow),
+    "meta_list": meta_list,
+    "meta_set": lambda a: meta_set(*header(a), {a["key"]: a["value"]}),
+    "meta_remove": meta_remove,
+    "meta_strip": meta_strip,
+    "snap_create": with_image(lambda img, a: img.create_snap(a["snap"])),
+    "snap_remove": with_image(lambda img, a: img.remove_snap(a["snap"])),
+    "snap_list": with_image(lambda img, a: [{"id": s["id"], "name": s["name"], "size": s["size"], "namespace": SNAP_NS.get(s.get("namespace"), "other")} for s in img.list_snaps()], True),
+    "watchers": with_image(lambda img, a: [w["addr"] for w in img.watchers_list()], True),
+    "remove": lambda a: rbd.RBD().remove(io(a["pool"]), a["image"]),
+    "trash_move": lambda a: rbd.RBD().trash_move(io(a["pool"]), a["image"], 0),
+    "trash_list": lambda a: [{"id": e["id"], "name": e["name"]} for e in rbd.RBD().trash_list(io(a["pool"]))],
+    "trash_remove": lambda a: rbd.RBD().trash_remove(io(a["pool"]), a["id"]),
+    "list": lambda a: rbd.RBD().list(io(a["pool"])),
+}
+FEATURES = {}
+if rbd:
+    FEATURES = {"layering": rbd.RBD_FEATURE_LAYERING, "exclusive-lock": rbd.RBD_FEATURE_EXCLUSIVE_LOCK, "object-map": rbd.RBD_FEATURE_OBJECT_MAP,
+                "fast-diff": rbd.RBD_FEATURE_FAST_DIFF, "deep-flatten": rbd.RBD_FEATURE_DEEP_FLATTEN, "journaling": rbd.RBD_FEATURE_JOURNALING}
+def run_rbd(req):
+    if rbd is None:
+        return -38, None, "python3-rbd is not installed"
+    a = req["args"]
+    try:
+        return 0, OPS[req["op"]](a), ""
+    except Exception as e:
+        errno = abs(getattr(e, "errno", None) or 5)
+        if errno == 2:
+            # A pool deleted and made again gets a new id: open it afresh next time.
+            with io_lock:
+                ioctxs.pop(a.get("pool"), None)
+        return -errno, None, "%s: %s" % (type(e).__name__, e)
 def handle(req):
+    if req["target"] == "rbd":
+        rc, out, err = run_rbd(req)
+        send({"id": req["id"], "rc": rc, "out": out, "err": err})
+        return
     fn = c.mgr_command if req["target"] == "mgr" else c.mon_command
     try:
         rc, out, err = fn(json.dumps(req["cmd"]), b"")
@@ -60,7 +191,7 @@ pool = ThreadPoolExecutor(max_workers=cfg["workers"])
 for line in sys.stdin:
     if line.strip():
         pool.submit(handle, json.loads(line))
-# Threads may wait on a mgr that never answers; nothing is left to answer to.
+# Threads may wait on a mgr or an OSD that never answers; nothing is left to answer to.
 os._exit(0)
 `;
 
@@ -68,21 +199,28 @@ os._exit(0)
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const CONNECT_TIMEOUT_S = 15;
 const IDLE_MS = 60_000;
-/** Commands on the wire at once per client; more wait here, where a deadline can still drop them unsent. */
-export const BRIDGE_WORKERS = 8;
-/** A client with a command unanswered this long is taken for hung and replaced. */
+/** Mon and mgr commands on the wire at once per client. */
+export const CMD_WORKERS = 8;
+/** librbd calls on the wire at once per client: most wait on OSDs, and a burst of creates wants many at once. */
+export const RBD_WORKERS = 32;
+/** A client with a request unanswered this long is taken for hung and replaced. */
 export const HUNG_MS = 90_000;
 const ETIMEDOUT = 110;
 const EIO = 5;
 
 export type CephCommand = { prefix: string } & Record<string, string | number | boolean | string[]>;
+type Lane = 'cmd' | 'rbd';
+const LIMIT: Record<Lane, number> = { cmd: CMD_WORKERS, rbd: RBD_WORKERS };
 
 interface Request {
   id: number;
-  target: 'mon' | 'mgr';
-  cmd: CephCommand;
+  lane: Lane;
+  /** Names the request in errors and logs ("ceph df", "rbd create"). */
+  name: string;
+  /** What goes on the wire besides the id. */
+  body: { target: 'mon' | 'mgr'; cmd: CephCommand } | { target: 'rbd'; op: string; args: Record<string, unknown> };
   /** Undefined once the caller has its answer (or gave up): a late reply is dropped. */
-  settle?: (e: Error | undefined, out?: string) => void;
+  settle?: (e: Error | undefined, out?: unknown) => void;
   sentAt?: number;
 }
 
@@ -91,6 +229,7 @@ class Bridge {
   private readonly queue: Request[] = [];
   /** Sent and not yet answered, including requests whose caller gave up: each holds a Python thread. */
   private readonly onWire = new Map<number, Request>();
+  private readonly busy: Record<Lane, number> = { cmd: 0, rbd: 0 };
   private nextId = 1;
   private idle: NodeJS.Timeout | undefined;
   private readonly watchdog: NodeJS.Timeout;
@@ -134,9 +273,17 @@ class Bridge {
     this.child.stdin.write(
       JSON.stringify({
         id: conn.identity.id,
-        conf: { mon_host: conn.monitors.join(','), key, client_mount_timeout: String(CONNECT_TIMEOUT_S), rados_mon_op_timeout: '0', rados_osd_op_timeout: '30' },
+        conf: {
+          mon_host: conn.monitors.join(','),
+          key,
+          client_mount_timeout: String(CONNECT_TIMEOUT_S),
+          rados_mon_op_timeout: '0',
+          rados_osd_op_timeout: '30',
+          // Clones need no protected snapshot and let their parent snapshot be removed (to the trash namespace); the CLI path passed --rbd-default-clone-format 2.
+          rbd_default_clone_format: '2',
+        },
         connect_timeout: CONNECT_TIMEOUT_S,
-        workers: BRIDGE_WORKERS,
+        workers: CMD_WORKERS + RBD_WORKERS,
       }) + '\n',
     );
     this.watchdog = setInterval(() => {
@@ -160,7 +307,7 @@ class Bridge {
   }
 
   private answer(line: string): void {
-    let m: { id: number; rc: number; out: string; err: string };
+    let m: { id: number; rc: number; out: unknown; err: string };
     try {
       m = JSON.parse(line) as typeof m;
     } catch {
@@ -169,21 +316,28 @@ class Bridge {
     const r = this.onWire.get(m.id);
     if (!r) return;
     this.onWire.delete(m.id);
+    this.busy[r.lane]--;
     this.pump();
     this.touch();
     // librados returns a positive errno from timed-out waits and a negative one from Ceph.
     const errno = Math.abs(m.rc);
     if (errno === 0) r.settle?.(undefined, m.out);
-    else r.settle?.(new ExecError(`ceph ${r.cmd.prefix}`, errno, m.err || `errno ${errno}`, errno === ETIMEDOUT));
+    else r.settle?.(new ExecError(r.name, errno, m.err || `errno ${errno}`, errno === ETIMEDOUT));
   }
 
-  /** Puts queued requests on the wire while fewer than BRIDGE_WORKERS are there. */
+  /** Puts queued requests on the wire while their lane has a free thread. */
   private pump(): void {
-    while (!this.closed && this.onWire.size < BRIDGE_WORKERS && this.queue.length) {
-      const r = this.queue.shift()!;
+    for (let i = 0; !this.closed && i < this.queue.length; ) {
+      const r = this.queue[i]!;
+      if (this.busy[r.lane] >= LIMIT[r.lane]) {
+        i++;
+        continue;
+      }
+      this.queue.splice(i, 1);
       r.sentAt = Date.now();
       this.onWire.set(r.id, r);
-      this.child.stdin.write(JSON.stringify({ id: r.id, target: r.target, cmd: r.cmd }) + '\n');
+      this.busy[r.lane]++;
+      this.child.stdin.write(JSON.stringify({ id: r.id, ...r.body }) + '\n');
     }
   }
 
@@ -196,15 +350,15 @@ class Bridge {
     this.idle.unref();
   }
 
-  command(target: 'mon' | 'mgr', cmd: CephCommand, timeoutMs: number): Promise<string> {
-    const name = `ceph ${cmd.prefix}`;
+  /** Sends one request; its answer's `out` once it succeeds, an ExecError with the errno otherwise. */
+  call(lane: Lane, name: string, body: Request['body'], timeoutMs: number): Promise<unknown> {
     if (this.failure || this.closed) return Promise.reject(this.failure ?? new ExecError(name, EIO, 'rados client closed', false, true));
     const why = stopReason();
     if (why) return Promise.reject(stoppedError(name, why.message));
     const ms = boundedTimeout(timeoutMs);
     if (ms <= 0) return Promise.reject(stoppedError(name, "no time left before the call's deadline"));
     return new Promise((resolve, reject) => {
-      const r: Request = { id: this.nextId++, target, cmd };
+      const r: Request = { id: this.nextId++, lane, name, body };
       const signal = currentCall()?.signal;
       const onAbort = () => giveUp(stoppedError(name, stopReason()?.message ?? 'the call stopped'));
       const timer = setTimeout(() => giveUp(new ExecError(name, ETIMEDOUT, `no answer within ${ms} ms`, true)), ms);
@@ -213,7 +367,7 @@ class Bridge {
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
         if (e) reject(e);
-        else resolve(out!);
+        else resolve(out);
       };
       // Unsent, it just leaves the queue; sent, its thread stays busy until the late reply, which is dropped.
       const giveUp = (e: ExecError) => {
@@ -249,25 +403,46 @@ function readKeyFile(conn: CephConn): string {
 
 const bridges = new Map<string, Bridge>();
 
-/** Runs one mon or mgr command as the connection's identity; returns its output (JSON when asked). */
-export async function cephCommand(conn: CephConn, target: 'mon' | 'mgr', cmd: CephCommand, opts: { timeoutMs?: number; log?: Logger } = {}): Promise<string> {
+function bridgeFor(conn: CephConn): Bridge {
   const key = `${conn.monitors.join(',')}\0${conn.identity.id}\0${conn.identity.keyFile}`;
   let b = bridges.get(key);
   if (!b || b.closed) {
-    b = new Bridge(conn, () => {
-      if (bridges.get(key) === b) bridges.delete(key);
+    const made = new Bridge(conn, () => {
+      if (bridges.get(key) === made) bridges.delete(key);
     });
-    bridges.set(key, b);
+    bridges.set(key, made);
+    b = made;
   }
+  return b;
+}
+
+async function timed<T>(what: string, log: Logger | undefined, fn: () => Promise<T>): Promise<T> {
   const t0 = performance.now();
   try {
-    const out = await b.command(target, cmd, opts.timeoutMs ?? 45_000);
-    opts.log?.debug({ cmd: cmd.prefix, ms: Math.round(performance.now() - t0) }, 'ceph command');
+    const out = await fn();
+    log?.debug({ cmd: what, ms: Math.round(performance.now() - t0) }, 'ceph command');
     return out;
   } catch (e) {
-    opts.log?.debug({ cmd: cmd.prefix, ms: Math.round(performance.now() - t0), err: (e as Error).message }, 'ceph command failed');
+    log?.debug({ cmd: what, ms: Math.round(performance.now() - t0), err: (e as Error).message }, 'ceph command failed');
     throw e;
   }
+}
+
+/** Runs one mon or mgr command as the connection's identity; returns its output (JSON when asked). */
+export async function cephCommand(conn: CephConn, target: 'mon' | 'mgr', cmd: CephCommand, opts: { timeoutMs?: number; log?: Logger } = {}): Promise<string> {
+  const name = `ceph ${cmd.prefix}`;
+  const out = await timed(name, opts.log, () => bridgeFor(conn).call('cmd', name, { target, cmd }, opts.timeoutMs ?? 45_000));
+  return typeof out === 'string' ? out : '';
+}
+
+/**
+ * Runs one librbd operation (see OPS in the client) as the connection's
+ * identity; returns its result as the client sent it, unchecked: the caller
+ * checks its shape. Failures are ExecError "rbd <op>" with librbd's errno.
+ */
+export function rbdCall(conn: CephConn, op: string, args: Record<string, unknown>, opts: { timeoutMs?: number; log?: Logger } = {}): Promise<unknown> {
+  const name = `rbd ${op}`;
+  return timed(name, opts.log, () => bridgeFor(conn).call('rbd', name, { target: 'rbd', op, args }, opts.timeoutMs ?? 45_000));
 }
 
 /** Closes every client (shutdown, tests). */

@@ -6,7 +6,8 @@ import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
 import { GiB, MiB, isBlock, isMultiNodeWriter, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
 import type * as csi from '../../csi/types.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../../errors.js';
+import { status } from '@grpc/grpc-js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, isCsiError, notFound, outOfRange } from '../../errors.js';
 import type { ControllerBackend, PublishedVolume } from '../types.js';
 import { toCsiVolume } from '../volume.js';
 import { parseRecord } from '../../util/json.js';
@@ -14,7 +15,8 @@ import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
-import { EBUSY, EEXIST, ENOENT, RbdCli, isErrno } from './rbd-cli.js';
+import { EBUSY, EEXIST, ENOENT, isErrno, type CreateOptions, type RbdApi, type RbdConnector } from './rbd-api.js';
+import { LibRbd } from './librbd.js';
 import { Debounced, purgeTrash } from './trash.js';
 import { outsideCall } from '../../util/call-context.js';
 
@@ -56,12 +58,13 @@ export class RbdController implements ControllerBackend {
   constructor(
     private readonly cfg: Config,
     private readonly log: Logger,
+    private readonly connect: RbdConnector = (conn, log) => new LibRbd(conn, log),
   ) {
     this.clusters = new CephClusters(cfg);
   }
 
-  cli(clusterId: string, secrets: Record<string, string> | undefined, log?: Logger): RbdCli {
-    return new RbdCli(this.clusters.conn(clusterId, secrets), log);
+  private api(clusterId: string, secrets: Record<string, string> | undefined, log?: Logger): RbdApi {
+    return this.connect(this.clusters.conn(clusterId, secrets), log);
   }
 
   validateCapabilities(caps: csi.VolumeCapability[]): string | undefined {
@@ -82,21 +85,29 @@ export class RbdController implements ControllerBackend {
     const size = minimumForFs(sizeFromRange(req.capacity_range, DEFAULT_SIZE, MiB), hasMount ? fsType : undefined, req.capacity_range?.limit_bytes);
     const image = `csi-vol-${nameHash(this.cfg.driverName, req.name)}`;
     const id = encodeId({ kind: 'v', backend: 'rbd', cluster: params.clusterID, location: [params.pool, image] });
-    const rbd = this.cli(params.clusterID, req.secrets, ctx.log);
-    const meta: VolumeMeta = { v: 1, name: req.name, fsType, mounter: params.mounter, createdAt: new Date().toISOString() };
+    const rbd = this.api(params.clusterID, req.secrets, ctx.log);
     const src = req.volume_content_source;
+    const source = src?.snapshot ? { snapshot: src.snapshot.snapshot_id } : src?.volume ? { volume: src.volume.volume_id } : undefined;
+    const meta: VolumeMeta = { v: 1, name: req.name, fsType, mounter: params.mounter, createdAt: new Date().toISOString(), source };
+    const record = asciiJson(meta);
     const create = { features: params.imageFeatures, dataPool: params.dataPool };
+    const done = (bytes: number) => this.toVolume(id, params.clusterID, params.pool, image, bytes, meta);
+    // Makes the image and writes its record last (its presence marks the volume complete, so a retry after a crash finishes the job); returns its size.
+    const make = async (): Promise<number> => {
+      if (src?.snapshot) return this.cloneFromSnapshot(rbd, params, src.snapshot.snapshot_id, image, size, create, record);
+      if (src?.volume) return this.cloneFromVolume(rbd, params, src.volume.volume_id, image, size, create, record);
+      await rbd.create(params.pool, image, size, create);
+      await rbd.metaSet(params.pool, image, META_VOLUME, record);
+      return size;
+    };
 
-    if (!src) {
-      // The common case in two commands: create, then record the name. EEXIST
-      // means a retry or a name already taken, which the slow path sorts out.
-      try {
-        await rbd.create(params.pool, image, size, create);
-        await rbd.metaSet(params.pool, image, META_VOLUME, asciiJson(meta));
-        return this.toVolume(id, params.clusterID, params.pool, image, size, meta);
-      } catch (e) {
-        if (!isErrno(e, EEXIST)) throw e;
-      }
+    // The common case, with no lookups first. EEXIST means a retry or a name
+    // already taken; a source gone or grown since may be the retry of a volume
+    // made from it before. The slow path sorts these out.
+    try {
+      return done(await make());
+    } catch (e) {
+      if (!isErrno(e, EEXIST) && !(src && (isCsiError(e, status.NOT_FOUND) || isCsiError(e, status.OUT_OF_RANGE)))) throw e;
     }
     let existing = await rbd.info(params.pool, image);
     let prev = existing ? await this.volumeMeta(rbd, params.pool, image) : undefined;
@@ -111,39 +122,29 @@ export class RbdController implements ControllerBackend {
       existing = undefined;
     }
     if (!existing) {
-      const make = async () => {
-        if (src?.snapshot) await this.cloneFromSnapshot(rbd, params, src.snapshot.snapshot_id, image, size, create);
-        else if (src?.volume) await this.cloneFromVolume(rbd, params, src.volume.volume_id, image, size, create);
-        else await rbd.create(params.pool, image, size, create);
-      };
       try {
-        await make();
+        return done(await make());
       } catch (e) {
         if (!isErrno(e, EEXIST)) throw e;
-        // The name is taken, yet no image opens under it: a create cut short by a crash.
-        await this.removeUnfinished(rbd, params.pool, image);
-        await make();
       }
-      existing = await rbd.info(params.pool, image);
-      if (!existing) throw aborted(`image ${params.pool}/${image} vanished while being created; retry`);
-      if (src?.snapshot) meta.source = { snapshot: src.snapshot.snapshot_id };
-      else if (src?.volume) meta.source = { volume: src.volume.volume_id };
-    } else {
-      const prevSrc = prev?.source?.snapshot ?? prev?.source?.volume;
-      const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
-      if (prev && prevSrc !== wantSrc) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
-      if (!sizeFits(existing.size, req.capacity_range) || (!req.capacity_range && existing.size !== DEFAULT_SIZE && !wantSrc)) {
-        throw alreadyExists(`volume "${req.name}" exists with size ${existing.size}, which does not match the request`);
-      }
-      // Complete, or a blank image whose create stopped before its record: that is all it lacks.
-      if (prev) return this.toVolume(id, params.clusterID, params.pool, image, existing.size, prev);
+      // The name is taken, yet no image opens under it: a create cut short by a crash.
+      await this.removeUnfinished(rbd, params.pool, image);
+      return done(await make());
     }
-    // Written last: its presence marks the volume complete, so a retry after a crash finishes the job.
-    await rbd.metaSet(params.pool, image, META_VOLUME, asciiJson(meta));
-    return this.toVolume(id, params.clusterID, params.pool, image, existing.size, meta);
+    const prevSrc = prev?.source?.snapshot ?? prev?.source?.volume;
+    const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
+    if (prev && prevSrc !== wantSrc) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
+    if (!sizeFits(existing.size, req.capacity_range) || (!req.capacity_range && existing.size !== DEFAULT_SIZE && !wantSrc)) {
+      throw alreadyExists(`volume "${req.name}" exists with size ${existing.size}, which does not match the request`);
+    }
+    // Complete, or a blank image whose create stopped before its record: that is all it lacks.
+    if (prev) return this.toVolume(id, params.clusterID, params.pool, image, existing.size, prev);
+    await rbd.metaSet(params.pool, image, META_VOLUME, record);
+    return done(existing.size);
   }
 
-  private async cloneFromSnapshot(rbd: RbdCli, params: RbdParams, snapshotId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
+  /** A clone of the snapshot image's snapshot, grown to `size`, with only its own record; returns its size. */
+  private async cloneFromSnapshot(rbd: RbdApi, params: RbdParams, snapshotId: string, image: string, size: number, create: CreateOptions, record: string): Promise<number> {
     const sid = parseId(snapshotId, 's');
     if (!sid || sid.backend !== 'rbd') throw notFound(`snapshot ${snapshotId} not found`);
     const [spool, simage] = sid.location as [string, string];
@@ -154,11 +155,12 @@ export class RbdController implements ControllerBackend {
     if (!snapInfo) throw notFound(`snapshot ${snapshotId} not found`);
     if (size < snapInfo.size) throw outOfRange(`requested size ${size} is smaller than the snapshot (${snapInfo.size} bytes)`);
     await rbd.clone(params.pool, simage, SNAP_NAME, image, create);
-    await rbd.metaStrip(params.pool, image, META_PREFIX);
-    if (size > snapInfo.size) await rbd.resize(params.pool, image, size);
+    if (size > snapInfo.size) await rbd.grow(params.pool, image, size);
+    await rbd.metaStrip(params.pool, image, META_PREFIX, { [META_VOLUME]: record });
+    return size;
   }
 
-  private async cloneFromVolume(rbd: RbdCli, params: RbdParams, volumeId: string, image: string, size: number, create: { features: string[]; dataPool?: string }) {
+  private async cloneFromVolume(rbd: RbdApi, params: RbdParams, volumeId: string, image: string, size: number, create: CreateOptions, record: string): Promise<number> {
     const vid = parseId(volumeId, 'v');
     if (!vid || vid.backend !== 'rbd') throw notFound(`source volume ${volumeId} not found`);
     const [vpool, vimage] = vid.location as [string, string];
@@ -169,10 +171,17 @@ export class RbdController implements ControllerBackend {
     // A temporary snapshot named after the new image; with clone v2 removing it
     // only moves it to the trash namespace until the clone no longer needs it.
     await rbd.snapCreate(vpool, vimage, image);
-    await rbd.clone(vpool, vimage, image, image, create);
-    await rbd.metaStrip(params.pool, image, META_PREFIX);
+    try {
+      await rbd.clone(vpool, vimage, image, image, create);
+    } catch (e) {
+      // Taken: a retry, whose temporary snapshot must not stay on the source.
+      if (isErrno(e, EEXIST)) await rbd.snapRemove(vpool, vimage, image);
+      throw e;
+    }
     await rbd.snapRemove(vpool, vimage, image);
-    if (size > srcInfo.size) await rbd.resize(params.pool, image, size);
+    if (size > srcInfo.size) await rbd.grow(params.pool, image, size);
+    await rbd.metaStrip(params.pool, image, META_PREFIX, { [META_VOLUME]: record });
+    return size;
   }
 
   private toVolume(id: string, clusterID: string, pool: string, image: string, size: number, meta: VolumeMeta): csi.Volume {
@@ -182,13 +191,13 @@ export class RbdController implements ControllerBackend {
     return toCsiVolume(id, size, ctx, meta.source, this.clusters.cluster(clusterID).topology);
   }
 
-  private async volumeMeta(rbd: RbdCli, pool: string, image: string): Promise<VolumeMeta | undefined> {
+  private async volumeMeta(rbd: RbdApi, pool: string, image: string): Promise<VolumeMeta | undefined> {
     const all = await rbd.metaList(pool, image);
     return parseRecord<VolumeMeta>(all[META_VOLUME]);
   }
 
   /** Removes an image no one was ever handed (it has no record). A killed command's watch holds `rbd rm` up to 30 s. */
-  private async removeUnfinished(rbd: RbdCli, pool: string, image: string): Promise<void> {
+  private async removeUnfinished(rbd: RbdApi, pool: string, image: string): Promise<void> {
     try {
       await rbd.remove(pool, image);
     } catch (e) {
@@ -199,7 +208,7 @@ export class RbdController implements ControllerBackend {
 
   async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
-    await this.removeImage(this.cli(id.cluster, secrets, ctx.log), id.cluster, pool, image, secrets, ctx);
+    await this.removeImage(this.api(id.cluster, secrets, ctx.log), id.cluster, pool, image, secrets, ctx);
   }
 
   /**
@@ -207,7 +216,7 @@ export class RbdController implements ControllerBackend {
    * snapshots. Trashed ancestors that nothing needs any more are purged in
    * the background, so the caller waits for one command only.
    */
-  private async removeImage(rbd: RbdCli, clusterId: string, pool: string, image: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
+  private async removeImage(rbd: RbdApi, clusterId: string, pool: string, image: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     let result: 'removed' | 'has-snapshots' | 'trashed' | 'missing';
     try {
       result = await rbd.remove(pool, image);
@@ -215,7 +224,7 @@ export class RbdController implements ControllerBackend {
         // Our images' only user snapshots are the temporary sources of clones and
         // snapshots; one still here was left by a crash (a clone that still
         // needs it keeps it in the trash namespace after removal).
-        const leftovers = (await rbd.snapList(pool, image)).filter((s) => (s.namespace?.type ?? 'user') === 'user' && TEMP_SNAPSHOT.test(s.name));
+        const leftovers = (await rbd.snapList(pool, image)).filter((s) => s.namespace === 'user' && TEMP_SNAPSHOT.test(s.name));
         for (const s of leftovers) await rbd.snapRemove(pool, image, s.name);
         if (leftovers.length) result = await rbd.remove(pool, image);
       }
@@ -248,7 +257,7 @@ export class RbdController implements ControllerBackend {
       this.purger.schedule(
         `${clusterId}/${pool}`,
         async () => {
-          const left = await purgeTrash(this.cli(clusterId, secrets), pool, this.log);
+          const left = await purgeTrash(this.api(clusterId, secrets), pool, this.log);
           if (left && attempt < PURGE_RETRIES) setTimeout(() => this.purge(clusterId, pool, secrets, attempt + 1), PURGE_RETRY_MS).unref();
         },
         (e) => this.log.warn({ err: String(e), pool }, 'trash purge failed; the next delete retries'),
@@ -258,7 +267,7 @@ export class RbdController implements ControllerBackend {
 
   async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
     const [pool, image] = id.location as [string, string];
-    const rbd = this.cli(id.cluster, req.secrets, ctx.log);
+    const rbd = this.api(id.cluster, req.secrets, ctx.log);
     if (!(await rbd.info(pool, image))) throw notFound(`volume ${req.volume_id} not found`);
     const mode = modeOf(req.volume_capability);
     if (decidePublish(attachmentsIn(await rbd.metaList(pool, image)), req.node_id, mode, req.readonly) === 'exists') return {};
@@ -268,7 +277,7 @@ export class RbdController implements ControllerBackend {
 
   async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
-    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    const rbd = this.api(id.cluster, secrets, ctx.log);
     if (!(await rbd.info(pool, image))) return;
     if (nodeId) return rbd.metaRemove(pool, image, attachKey(nodeId));
     const meta = await rbd.metaList(pool, image);
@@ -278,7 +287,7 @@ export class RbdController implements ControllerBackend {
   async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {
     const [pool, image] = id.location as [string, string];
     if (!image?.startsWith('csi-vol-')) return undefined;
-    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    const rbd = this.api(id.cluster, secrets, ctx.log);
     const info = await rbd.info(pool, image);
     if (!info) return undefined;
     const meta = await rbd.metaList(pool, image);
@@ -296,7 +305,7 @@ export class RbdController implements ControllerBackend {
   }
 
   private async listImages(clusterId: string, prefix: string, kind: 'v' | 's', secrets: Record<string, string>, ctx: RpcContext): Promise<string[]> {
-    const rbd = this.cli(clusterId, secrets, ctx.log);
+    const rbd = this.api(clusterId, secrets, ctx.log);
     const pools = await rbd.rbdPools();
     const ids: string[] = [];
     for (const p of pools) {
@@ -311,7 +320,7 @@ export class RbdController implements ControllerBackend {
     // A StorageClass's parameters are checked as CreateVolume checks them; with none beyond backend and clusterID, every pool counts.
     const named = Object.keys(params).some((k) => k !== 'backend' && k !== 'clusterID' && !k.startsWith('csi.storage.k8s.io/'));
     const pool = named ? parseRbdParams(params).pool : undefined;
-    const rbd = this.cli(clusterId, {}, ctx.log);
+    const rbd = this.api(clusterId, {}, ctx.log);
     if (pool) return (await rbd.poolAvailable(pool)) ?? 0;
     // No pool named: the largest any RBD pool can take (pools share OSDs, so a sum would overstate).
     return Math.max(0, ...(await rbd.rbdPools()).map((p) => p.maxAvail));
@@ -319,12 +328,14 @@ export class RbdController implements ControllerBackend {
 
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
     const [pool, image] = id.location as [string, string];
-    const rbd = this.cli(id.cluster, req.secrets, ctx.log);
-    const info = await rbd.info(pool, image);
-    if (!info) throw notFound(`volume ${req.volume_id} not found`);
-    const size = sizeFromRange(req.capacity_range, info.size, MiB);
-    if (size > info.size) await rbd.resize(pool, image, size);
-    return { capacity_bytes: Math.max(size, info.size), node_expansion_required: !isBlock(req.volume_capability) };
+    const rbd = this.api(id.cluster, req.secrets, ctx.log);
+    const required = Number(req.capacity_range?.required_bytes ?? 0);
+    // With required_bytes the size needs no lookup: one librbd call opens, compares and grows.
+    const current = required > 0 ? await rbd.grow(pool, image, sizeFromRange(req.capacity_range, 0, MiB)) : (await rbd.info(pool, image))?.size;
+    if (current === undefined) throw notFound(`volume ${req.volume_id} not found`);
+    const size = sizeFromRange(req.capacity_range, current, MiB);
+    if (required <= 0 && size > current) await rbd.grow(pool, image, size);
+    return { capacity_bytes: Math.max(size, current), node_expansion_required: !isBlock(req.volume_capability) };
   }
 
   /**
@@ -335,7 +346,7 @@ export class RbdController implements ControllerBackend {
    */
   async createSnapshot(sourceId: ObjectId, req: csi.CreateSnapshotRequest, ctx: RpcContext): Promise<csi.Snapshot> {
     const [pool, srcImage] = sourceId.location as [string, string];
-    const rbd = this.cli(sourceId.cluster, req.secrets, ctx.log);
+    const rbd = this.api(sourceId.cluster, req.secrets, ctx.log);
     const snapImage = `csi-snap-${nameHash(this.cfg.driverName, req.name)}`;
     const snapshotId = encodeId({ kind: 's', backend: 'rbd', cluster: sourceId.cluster, location: [pool, snapImage] });
     const sourceVolumeId = encodeId(sourceId);
@@ -359,7 +370,11 @@ export class RbdController implements ControllerBackend {
       await rbd.clone(pool, srcImage, snapImage, snapImage, { features: SNAPSHOT_FEATURES });
     } catch (e) {
       if (!isErrno(e, EEXIST)) throw e;
-      const done = await finished();
+      // The name taken for another source: the temporary snapshot just made must not stay on this one.
+      const done = await finished().catch(async (err: unknown) => {
+        await rbd.snapRemove(pool, srcImage, snapImage);
+        throw err;
+      });
       if (done) {
         await rbd.snapRemove(pool, srcImage, snapImage);
         return done;
@@ -377,7 +392,7 @@ export class RbdController implements ControllerBackend {
     return toSnapshot(snapshotId, meta);
   }
 
-  private async snapshotMeta(rbd: RbdCli, pool: string, image: string): Promise<SnapshotMeta | undefined> {
+  private async snapshotMeta(rbd: RbdApi, pool: string, image: string): Promise<SnapshotMeta | undefined> {
     try {
       const all = await rbd.metaList(pool, image);
       return parseRecord<SnapshotMeta>(all[META_SNAPSHOT]);
@@ -390,7 +405,7 @@ export class RbdController implements ControllerBackend {
   async deleteSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
     if (!image?.startsWith('csi-snap-')) return;
-    const rbd = this.cli(id.cluster, secrets, ctx.log);
+    const rbd = this.api(id.cluster, secrets, ctx.log);
     await rbd.snapRemove(pool, image, SNAP_NAME);
     await this.removeImage(rbd, id.cluster, pool, image, secrets, ctx);
   }
@@ -398,7 +413,7 @@ export class RbdController implements ControllerBackend {
   async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {
     const [pool, image] = id.location as [string, string];
     if (!image?.startsWith('csi-snap-')) return undefined;
-    const meta = await this.snapshotMeta(this.cli(id.cluster, secrets, ctx.log), pool, image);
+    const meta = await this.snapshotMeta(this.api(id.cluster, secrets, ctx.log), pool, image);
     return meta ? toSnapshot(encodeId(id), meta) : undefined;
   }
 
@@ -407,7 +422,7 @@ export class RbdController implements ControllerBackend {
     if (!source) return all;
     const want = encodeId(source);
     const limit = pLimit(8);
-    const rbd = this.cli(clusterId, secrets, ctx.log);
+    const rbd = this.api(clusterId, secrets, ctx.log);
     const metas = await Promise.all(all.map((sid) => limit(() => this.snapshotMeta(rbd, ...(parseId(sid, 's')!.location as [string, string])))));
     return all.filter((_, i) => metas[i]?.source === want);
   }

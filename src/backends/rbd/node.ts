@@ -12,7 +12,7 @@ import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, lo
 import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
 import { FS_TYPES, MOUNTERS, type FsType, type RbdMounter } from './params.js';
-import { RbdCli } from './rbd-cli.js';
+import { LibRbd as RbdCli } from './librbd.js';
 
 /**
  * Node side of RBD: attach the image, make a file system only on a blank

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { RbdCli } from './rbd-cli.js';
+import type { RbdApi } from './rbd-api.js';
 
 /**
  * Images that clones still depend on wait in the RBD trash; once their last
@@ -14,7 +14,7 @@ const OURS = /^csi-(vol|snap)-[0-9a-f]{32}$/;
  * Purges our trashed images until a pass frees nothing (a purge can free its
  * parent). Returns how many of ours are left in the trash.
  */
-export async function purgeTrash(rbd: RbdCli, pool: string, log: Logger): Promise<number> {
+export async function purgeTrash(rbd: RbdApi, pool: string, log: Logger): Promise<number> {
   let entries: Array<{ id: string; name: string }> = [];
   for (let pass = 0; pass < 16; pass++) {
     entries = (await rbd.trashList(pool)).filter((e) => OURS.test(e.name));
