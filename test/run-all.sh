@@ -6,16 +6,25 @@
 # 127.0.0.1, or of STRATA_LAB_ADDR). Arguments go to the first runner (the Ceph suites).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+K8S_LOG=/tmp/strata-k8s-prepare.log
+# Nothing started in the background outlives the command.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+# Kubernetes and the CSI sidecars need only Go: their builds (~30 min of two cores on a fresh
+# machine, nothing when cached) start first, at nice 19 and one package at a time each, and
+# test/k8s/prepare.sh below waits for them (build.sh locks each target).
+: > "$K8S_LOG"
+for target in k8s sidecars; do
+  STRATA_K8S_GO_P=1 timeout --kill-after=30 3600 bash test/k8s/build.sh "$target" >> "$K8S_LOG" 2>&1 &
+done
 bash test/install-deps.sh
 # Helm builds from source in the background while the Ceph suites run; the deploy tests
 # (test/validate-deploy, last in the runner's sorted order) wait for it.
 export STRATA_HELM_STATUS=/tmp/strata-install-helm.status
 bash test/install-helm.sh > /tmp/strata-install-helm.log 2>&1 &
-# Kubernetes, the CSI sidecars and Strata's image build in the background too (nice 19, at most
-# two compilers; ~30 min of two cores on a fresh machine, seconds when cached).
-K8S_LOG=/tmp/strata-k8s-prepare.log
+# The rest of the Kubernetes lab (Debian packages, stand-ins, Strata's image) in the background
+# too, after install-deps (one apt at a time); it ends when the Go builds above are done.
 export STRATA_K8S_STATUS=/tmp/strata-k8s-prepare.status
-bash test/k8s/prepare.sh > "$K8S_LOG" 2>&1 &
+bash test/k8s/prepare.sh >> "$K8S_LOG" 2>&1 &
 k8s_prepare=$!
 
 status=0

@@ -2,7 +2,8 @@
 # Everything the Kubernetes tests (dist/test/k8s) need, built before they start: the Debian
 # packages, the stand-ins, Kubernetes and the CSI sidecars (test/k8s/build.sh, cached in
 # /var/cache/strata-k8s), and Strata's image (test/k8s/strata-image.sh). test/run-all.sh runs it
-# in the background while the Ceph suites run and waits for it before the Kubernetes tests.
+# in the background while the Ceph suites run and waits for it before the Kubernetes tests. It
+# starts the Go builds even earlier, before install-deps: build.sh then waits on its lock here.
 #
 # On a fresh machine the Go builds take about 30 min of two busy cores (../shared/k8s-lab/FACTS.md):
 # Kubernetes and the sidecars build side by side, one package at a time each (`go build -p 1`),
