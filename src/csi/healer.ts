@@ -1,4 +1,3 @@
-import { mkdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { NodeBackend } from '../backends/types.js';
@@ -13,7 +12,7 @@ import type { StageRecord, StageRecords } from './stage-records.js';
  * restarted (taking its FUSE processes with it), a daemon crashed or was
  * OOM-killed. Kubelet does not stage again for pods already running, so the
  * plugin does it from its stage records, at start and then periodically,
- * and rebinds every pod target that pointed at the dead mount.
+ * and binds the new mount onto every pod target that pointed at the dead one.
  */
 
 export class Healer {
@@ -100,8 +99,9 @@ export class Healer {
     let rebound = 0;
     for (const [target, t] of Object.entries(r.targets)) {
       if ((await mountHealth(target)) !== 'dead') continue;
-      await unmount(target, ctx.log);
-      mkdirSync(target, { recursive: true });
+      // Stacked on the dead mount, never in its place: a running pod's container holds its own
+      // copy of the target (HostToContainer propagation), which sees mounts made on the target
+      // but not a new one after the target was unmounted. NodeUnpublish unmounts the whole stack.
       await bindMount(staging, target, t.readonly, t.flags, ctx.log);
       rebound++;
     }

@@ -73,21 +73,25 @@ const DEAD = new Set(['ENOTCONN', 'ECONNABORTED']);
 
 /** Unmounts if mounted; a path that is not a mount point is fine. */
 export async function unmount(target: string, log?: Logger): Promise<void> {
-  for (let i = 0; i < 8; i++) {
+  // Until nothing is mounted there: a healed target is a stack, a live mount on dead ones.
+  for (let i = 0, layers = 0; i < 8; ) {
     const entries = await readMountInfo();
     if (!(await findMount(target, entries))) return;
+    if (++layers > 64) break;
     // Nothing can be flushed through a dead FUSE mount, and pods holding files
     // open in it would keep a plain umount busy forever: detach it lazily.
     const lazy = (await mountHealth(target, entries)) === 'dead';
     const r = await runAllowFail('umount', lazy ? ['-l', target] : [target], { timeoutMs: T, log });
     if (r.exitCode !== 0 && (await findMount(target))) {
       if (/target is busy/.test(r.stderr) && i < 7) {
-        await new Promise((res) => setTimeout(res, 100 * (i + 1)));
+        i++;
+        await new Promise((res) => setTimeout(res, 100 * i));
         continue;
       }
       throw new ExecError('umount', r.exitCode, r.stderr, false);
     }
   }
+  if (await findMount(target)) throw new ExecError('umount', 1, `${target} is still mounted`, false);
 }
 
 /** The file-system type on a device, or undefined when blkid finds none (a blank device). */

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
@@ -60,6 +61,24 @@ const errno = (p: string): string => {
   }
 };
 
+/**
+ * A pod's container with the volume at /data under mountPropagation HostToContainer: a mount
+ * namespace of its own with a private root, the target bound in and made a slave, as the
+ * container runtime does. It sees mounts made on the target afterwards, not a target unmounted
+ * and mounted anew.
+ */
+function containerView(target: string, root: string): ChildProcess {
+  const data = path.join(root, 'data');
+  const script = `set -e; mkdir -p ${root}; mount -t tmpfs none ${root}; mount --make-private ${root}; mkdir ${data}; mount --rbind ${target} ${data}; mount --make-rslave ${data}; echo ready; exec sleep 600`;
+  return spawn('unshare', ['-m', '--propagation', 'unchanged', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+}
+
+/** Runs a shell line inside the container's mount namespace: its exit code and output. */
+function inContainer(c: ChildProcess, line: string): { code: number | null; out: string } {
+  const r = spawnSync('nsenter', ['-t', String(c.pid), '-m', 'sh', '-c', line], { timeout: 20_000, encoding: 'utf8' });
+  return { code: r.status, out: `${r.stdout}${r.stderr}`.trim() };
+}
+
 async function until(what: string, ok: () => boolean, ms = 60_000): Promise<void> {
   const end = Date.now() + ms;
   while (!ok()) {
@@ -77,6 +96,9 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
   let s3: S3Client;
   const vols: Volume[] = [];
   const attached: Attached[] = [];
+  // kubelet's directory is a shared mount (the node plugin's Bidirectional mount of it):
+  // targets made below it propagate into pods' containers.
+  let kubeletDir = '';
 
   before(async () => {
     lab = await CephLab.start({ components: ['cephfs', 's3'] });
@@ -87,14 +109,19 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
     cc = connect(ctrl.socket);
     cn = { ...connect(node.socket), controller: cc.controller };
     s3 = labS3Client(lab);
+    kubeletDir = path.join(node.dir, 'kubelet');
+    mkdirSync(kubeletDir);
+    spawnSync('mount', ['--bind', kubeletDir, kubeletDir]);
+    assert.equal(spawnSync('mount', ['--make-rshared', kubeletDir]).status, 0);
     for (const v of VOLUMES) {
       const vol = (await cc.controller.CreateVolume({ name: v.name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [RWX], parameters: v.params, secrets: v.secrets }))!.volume!;
       vols.push(vol);
-      attached.push(await attach(cn, vol, 'node-h', path.join(node.dir, v.name), RWX, v.secrets));
+      attached.push(await attach(cn, vol, 'node-h', path.join(kubeletDir, v.name), RWX, v.secrets));
     }
   });
 
   after(async () => {
+    if (kubeletDir) spawnSync('umount', ['-l', kubeletDir]);
     s3?.destroy();
     cc?.close();
     cn?.close();
@@ -103,8 +130,19 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
     await lab?.stop();
   });
 
-  it('a restarted node plugin remounts every FUSE volume and rebinds its targets', async (ctx) => {
+  it('a restarted node plugin remounts every FUSE volume, and running pods with HostToContainer see it', async (ctx) => {
     VOLUMES.forEach((v, i) => writeFileSync(path.join(attached[i]!.target, 'before.txt'), `written before the restart to ${v.name}`));
+    const pods = VOLUMES.map((v) => containerView(attached[VOLUMES.indexOf(v)]!.target, path.join(node.dir, `pod-${v.name}`)));
+    try {
+      await Promise.all(pods.map((c) => new Promise<void>((res, rej) => (c.stdout!.once('data', () => res()), c.once('exit', (code) => rej(new Error(`container view exited ${code}`)))))));
+      for (const [i, c] of pods.entries()) assert.equal(inContainer(c, `cat ${path.join(node.dir, `pod-${VOLUMES[i]!.name}`, 'data', 'before.txt')}`).out, `written before the restart to ${VOLUMES[i]!.name}`);
+      await restartAndHeal(ctx, pods);
+    } finally {
+      for (const c of pods) c.kill('SIGKILL');
+    }
+  });
+
+  async function restartAndHeal(ctx: { diagnostic: (m: string) => void }, pods: ChildProcess[]): Promise<void> {
     const records = readdirSync(path.join(node.stateDir, 'staged'));
     assert.equal(records.length, VOLUMES.length, 'one stage record per FUSE volume');
     for (const r of records) assert.equal(statSync(path.join(node.stateDir, 'staged', r)).mode & 0o777, 0o600, 'records hold secrets: owner only');
@@ -114,6 +152,7 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
     await until('the plugin to exit', () => node.child.exitCode !== null || node.child.signalCode !== null);
     assert.equal(killFuseDaemons(node.dir), VOLUMES.length);
     await until('the mounts to go dead', () => attached.every((a) => errno(a.target) === 'ENOTCONN'));
+    for (const [i, c] of pods.entries()) assert.match(inContainer(c, `ls ${path.join(node.dir, `pod-${VOLUMES[i]!.name}`, 'data')}`).out, /not connected/, 'the container sees the dead mount');
 
     cn.close();
     const t0 = Date.now();
@@ -140,13 +179,20 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
     const log = readFileSync(node.logFile, 'utf8');
     assert.equal((log.match(/"msg":"volume healed"/g) ?? []).length, VOLUMES.length, 'the start-up pass healed each volume once');
     assert.ok(!log.includes(LAB_S3.secretAccessKey), 'no secret in the log');
-  });
+    // The pods' containers read what was written before and write again, with no restart.
+    for (const [i, c] of pods.entries()) {
+      const data = path.join(node.dir, `pod-${VOLUMES[i]!.name}`, 'data');
+      const r = inContainer(c, `cat ${data}/before.txt && echo from-the-pod > ${data}/pod.txt && cat ${data}/pod.txt`);
+      assert.deepEqual(r, { code: 0, out: `written before the restart to ${VOLUMES[i]!.name}from-the-pod` }, `${VOLUMES[i]!.name}: the running container sees the healed mount`);
+      assert.equal(readFileSync(path.join(attached[i]!.target, 'pod.txt'), 'utf8'), 'from-the-pod\n');
+    }
+  }
 
   it('a stuck FUSE daemon is left alone and does not hold up healing the others', async () => {
     // s3fs stopped (alive, never answering: a network partition looks the same); ceph-fuse dead.
-    const [stuck] = fuseDaemons(node.dir, path.join(node.dir, 'heal-s3fs'));
+    const [stuck] = fuseDaemons(node.dir, path.join(kubeletDir, 'heal-s3fs'));
     assert.ok(stuck, 'the s3fs daemon');
-    assert.equal(killFuseDaemons(node.dir, path.join(node.dir, 'heal-cephfs')), 1);
+    assert.equal(killFuseDaemons(node.dir, path.join(kubeletDir, 'heal-cephfs')), 1);
     process.kill(stuck, 'SIGSTOP');
     try {
       // Never stat the stuck mount from here: this process would hang on it.
@@ -183,8 +229,8 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
       await cn.node.NodePublishVolume({ volume_id: v.volume_id!, staging_target_path: attached[i]!.staging, target_path: attached[i]!.target, volume_capability: cap, volume_context: v.volume_context });
       assert.equal(readFileSync(path.join(attached[i]!.target, 'before.txt'), 'utf8'), `written before the restart to ${VOLUMES[i]!.name}`);
     }
-    const stacked = (await readMountInfo()).filter((m) => m.mountPoint.startsWith(node.dir + '/'));
-    assert.equal(stacked.length, 2 * VOLUMES.length, 'one staging and one target mount per volume, no dead ones stacked under them');
+    const mounts = await readMountInfo();
+    for (const a of attached) assert.equal(mounts.filter((m) => m.mountPoint === a.staging).length, 1, 'no dead staging mount stacked under the new one');
   });
 
   it('unstaging a healed volume leaves nothing behind, records included', async () => {
@@ -192,6 +238,8 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
       await detach(cn, v.volume_id!, 'node-h', attached[i]!, VOLUMES[i]!.secrets);
       await cc.controller.DeleteVolume({ volume_id: v.volume_id!, secrets: VOLUMES[i]!.secrets });
     }
+    assert.equal(spawnSync('umount', [kubeletDir]).status, 0, 'nothing mounted below the kubelet directory');
+    kubeletDir = '';
     assert.deepEqual(await leftovers(node.dir), []);
     const dir = path.join(node.stateDir, 'staged');
     assert.deepEqual(existsSync(dir) ? readdirSync(dir) : [], []);

@@ -177,8 +177,8 @@ build_standins() {
 }
 
 # A manifest of where everything is, read by lab.ts.
-write_paths() {
-  cat > "$CACHE/paths.env.tmp" <<EOF
+write_paths() { # through a file of its own: two builds (k8s, sidecars) may run side by side
+  cat > "$CACHE/paths.env.$$" <<EOF
 K8S_VERSION=$K8S_VERSION
 K8S_BIN=$K8S_DIR/bin
 PROVISIONER_VERSION=$PROVISIONER_VERSION
@@ -195,7 +195,7 @@ NODE_DRIVER_REGISTRAR=$STANDINS_DIR/bin/node-driver-registrar
 LIVENESSPROBE=$STANDINS_DIR/bin/livenessprobe
 PAUSE=$STANDINS_DIR/bin/pause
 EOF
-  mv "$CACHE/paths.env.tmp" "$CACHE/paths.env"
+  mv "$CACHE/paths.env.$$" "$CACHE/paths.env"
 }
 
 # One lock per target: two runs never build the same thing at once, but the stand-ins can be

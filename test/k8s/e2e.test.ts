@@ -3,23 +3,27 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CephLab, LAB_RGW_ADMIN, LAB_S3 } from '../lab/ceph-lab.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CephLab, LAB_RGW_ADMIN, LAB_S3, RGW_PORT } from '../lab/ceph-lab.js';
 import { run } from '../../src/util/exec.js';
-import { KubeLab } from './lab.js';
+import { hostAddress, KubeLab, KUBELET_DIR, POD_SUBNET } from './lab.js';
+import { leftovers } from '../helpers/leftovers.js';
+import { readMountInfo } from '../../src/mount/mountinfo.js';
 import { K8S_CACHE, K8S_DIR } from './paths.js';
 import type { Obj } from './api.js';
 import { busyboxPod, createAndWait, deletePodAndWait, podLog, runToCompletion, volumeStats } from './pods.js';
 
 /**
- * Issue 15's scenarios 1-3 and 7 for each backend (rbd through rbd-fuse with xfs, cephfs through
- * ceph-fuse, s3 through s3fs) with Strata installed by its chart:
- * PVC bound and a non-root pod with an fsGroup writes and fsyncs; a snapshot restored into a PVC
- * that a second pod reads; the PVC grown by editing it, seen by the running pod and in kubelet's
- * volume stats; everything deleted with nothing left. Starts a Ceph lab: run under the lab lock.
+ * Issue 15's scenarios for each backend (rbd through rbd-fuse with xfs, cephfs through ceph-fuse,
+ * s3 through s3fs) with Strata installed by its chart, as users install it:
+ * 1. PVC bound and a non-root pod with an fsGroup writes and fsyncs; 2. a snapshot restored into
+ * a PVC that a second pod reads; 3. the PVC grown by editing it, seen by the running pod and in
+ * kubelet's volume stats; 6. a ReadWriteOncePod PVC admits one pod at a time; 4. the node plugin
+ * pod deleted under pods using FUSE volumes, healed for a pod with HostToContainer propagation;
+ * 5. Ceph (for the controller) and S3 unreachable for 3 minutes; 7. everything deleted, nothing left.
  *
- * Lab workaround: the Ceph lab listens on 127.0.0.1, which a pod network cannot reach, so the
- * controller Deployment is patched onto the host network after `helm install` (the node plugin
- * is there already). Once the Ceph lab can bind the node's address this patch goes.
+ * The Ceph lab binds the node's own address (STRATA_LAB_ADDR is not used here): the controller
+ * runs in the pod network, which reaches the node's address and not its loopback.
  */
 
 const NS = 'strata';
@@ -54,13 +58,23 @@ describe('every backend through the chart on the Kubernetes lab', { timeout: 1_8
       { volumes: [{ name: 'data', persistentVolumeClaim: { claimName: `data-${b}` } }], securityContext: sc, restartPolicy: 'Always' },
     );
   const checksums: Partial<Record<Backend, string>> = {};
+  let helmBin = '';
+  const allRunning = (ps: Obj[]) =>
+    ps.length === 1 && ps[0]!.status?.phase === 'Running' && (ps[0]!.status.containerStatuses as Obj[] | undefined)?.length === ps[0]!.spec.containers.length &&
+    (ps[0]!.status.containerStatuses as Obj[]).every((c) => c.state?.running);
+  const registered = async () => {
+    const n = await api().get(`/apis/storage.k8s.io/v1/csinodes/${lab!.nodeName}`);
+    return ((n.spec?.drivers ?? []) as Obj[]).find((d) => d.name === 'strata.csi.dev');
+  };
+  const strataPods = async (component: 'controller' | 'node') =>
+    ((await api().get(`/api/v1/namespaces/${NS}/pods?labelSelector=app.kubernetes.io/component%3D${component}`)).items as Obj[]).filter((p) => !p.metadata.deletionTimestamp);
 
   before(async () => {
     const image = path.join(K8S_CACHE, 'images', 'strata.tar');
     execFileSync('bash', [path.join(K8S_DIR, 'strata-image.sh'), image], { stdio: ['ignore', 'inherit', 'inherit'], timeout: 1_200_000 });
-    const helmBin = path.join(execFileSync('go', ['env', 'GOPATH']).toString().trim(), 'bin', 'helm');
+    helmBin = path.join(execFileSync('go', ['env', 'GOPATH']).toString().trim(), 'bin', 'helm');
     if (!existsSync(helmBin)) execFileSync('bash', [path.join(REPO, 'test/install-helm.sh')], { stdio: ['ignore', 'inherit', 'inherit'] });
-    ceph = await CephLab.start({ components: ['rbd', 'cephfs', 's3'], osdStore: 'memstore' });
+    ceph = await CephLab.start({ components: ['rbd', 'cephfs', 's3'], osdStore: 'memstore', address: hostAddress() });
     lab = await KubeLab.start({ csi: true, log: say });
     await lab.importImage(image);
     await api().create('/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS } });
@@ -104,16 +118,13 @@ describe('every backend through the chart on the Kubernetes lab', { timeout: 1_8
     };
     writeFileSync(lab.p('values.json'), JSON.stringify(values));
     execFileSync(helmBin, ['install', 'strata', path.join(REPO, 'deploy/helm/strata'), '--kubeconfig', lab.kubeconfig, '-n', NS, '-f', lab.p('values.json')], { timeout: 300_000 });
-    await api().patch(`/apis/apps/v1/namespaces/${NS}/deployments/strata-controller`, { spec: { template: { spec: { hostNetwork: true, dnsPolicy: 'ClusterFirstWithHostNet' } } } });
-    await api().waitFor('one controller pod, on the host network, running', async () => {
-      const ps = (await api().get(`/api/v1/namespaces/${NS}/pods?labelSelector=app.kubernetes.io/component%3Dcontroller`)).items as Obj[];
-      return ps.length === 1 && ps[0]!.spec.hostNetwork && ps[0]!.status?.phase === 'Running' && !ps[0]!.metadata.deletionTimestamp ? true : undefined;
-    }, 180_000, 500);
+    await timed('chart installed: every container of the controller and the node plugin running', () =>
+      api().waitFor('every Strata container running', async () => (allRunning(await strataPods('controller')) && allRunning(await strataPods('node')) ? true : undefined), 180_000, 500),
+    );
+    assert.equal((await api().get('/apis/storage.k8s.io/v1/csidrivers/strata.csi.dev')).spec.attachRequired, true);
     // An attach before the node plugin registered fails once (CSINode lacks the driver).
-    await api().waitFor('strata.csi.dev in CSINode', async () => {
-      const n = await api().get(`/apis/storage.k8s.io/v1/csinodes/${lab!.nodeName}`);
-      return ((n.spec?.drivers ?? []) as Obj[]).some((d) => d.name === 'strata.csi.dev') ? true : undefined;
-    }, 120_000);
+    const d = await api().waitFor('strata.csi.dev in CSINode', registered, 120_000);
+    assert.equal(d.nodeID, lab.nodeName, 'the node plugin registered with kubelet (node-driver-registrar) under the node name');
   });
 
   after(async () => {
@@ -122,11 +133,11 @@ describe('every backend through the chart on the Kubernetes lab', { timeout: 1_8
     await ceph?.stop();
   });
 
-  const pvc = (b: Backend, name: string, size: string, dataSource?: Obj): Obj => ({
+  const pvc = (b: Backend, name: string, size: string, dataSource?: Obj, accessMode = 'ReadWriteOnce'): Obj => ({
     apiVersion: 'v1',
     kind: 'PersistentVolumeClaim',
     metadata: { name },
-    spec: { accessModes: ['ReadWriteOnce'], storageClassName: `strata-${b}`, resources: { requests: { storage: size } }, ...(dataSource ? { dataSource } : {}) },
+    spec: { accessModes: [accessMode], storageClassName: `strata-${b}`, resources: { requests: { storage: size } }, ...(dataSource ? { dataSource } : {}) },
   });
   const bound = (name: string) => async () => ((await api().get(`${APP}/persistentvolumeclaims/${name}`)).status?.phase === 'Bound' ? true : undefined);
 
@@ -179,7 +190,137 @@ describe('every backend through the chart on the Kubernetes lab', { timeout: 1_8
     });
   }
 
-  it('7. everything deleted: no PV, VolumeAttachment, VolumeSnapshotContent, rbd image, subvolume or bucket is left', async () => {
+  it('6. a ReadWriteOncePod PVC admits a single pod at a time', async () => {
+    await Promise.all(
+      BACKENDS.map(async (b) => {
+        const vol = [{ name: 'data', persistentVolumeClaim: { claimName: `once-${b}` } }];
+        const first = busyboxPod(`once-first-${b}`, 'echo "from the first pod" > /data/once && sync /data/once && sleep 3600', { volumes: vol, securityContext: sc, restartPolicy: 'Always' });
+        const second = busyboxPod(`once-second-${b}`, 'cat /data/once', { volumes: vol, securityContext: sc });
+        await api().create(`${APP}/persistentvolumeclaims`, pvc(b, `once-${b}`, '1Gi', undefined, 'ReadWriteOncePod'));
+        await createAndWait(api(), first, ['Running'], 180_000);
+        await api().create(`${APP}/pods`, second);
+        // The scheduler holds the second pod back while the first uses the volume.
+        const why = await api().waitFor(`${b}: the second pod held back`, async () => {
+          const p = await api().get(`${APP}/pods/once-second-${b}`);
+          const c = ((p.status?.conditions ?? []) as Obj[]).find((x) => x.type === 'PodScheduled');
+          return c?.status === 'False' ? `${c.reason}: ${c.message}` : undefined;
+        }, 60_000, 500);
+        say(`${b}: second pod of a ReadWriteOncePod PVC: ${why}`);
+        assert.match(why, /ReadWriteOncePod/);
+        await sleep(5000);
+        assert.equal((await api().get(`${APP}/pods/once-second-${b}`)).status?.phase, 'Pending', 'still held back 5 s later');
+        const t = Date.now();
+        await deletePodAndWait(api(), first);
+        const done = await api().waitFor(`${b}: the second pod to run`, async () => {
+          const p = await api().get(`${APP}/pods/once-second-${b}`);
+          return ['Succeeded', 'Failed'].includes(p.status?.phase) ? p.status.phase : undefined;
+        }, 180_000, 500);
+        times[`${b} RWOP second pod done after the first went`] = (Date.now() - t) / 1000;
+        assert.equal(done, 'Succeeded');
+        assert.equal((await podLog(api(), second)).trim(), 'from the first pod');
+        await deletePodAndWait(api(), second);
+        await api().delete(`${APP}/persistentvolumeclaims/once-${b}`);
+      }),
+    );
+  });
+
+  it('4. the node plugin pod deleted under FUSE volumes: its new pod heals them, and a pod with HostToContainer reads and writes again without a restart', async () => {
+    // rbd-fuse volumes are left out: their staging mount is xfs on a loop device over the FUSE
+    // file, which the healer does not remount (only FUSE staging mounts have stage records).
+    const healed: Backend[] = ['cephfs', 's3'];
+    const probe = (b: Backend) =>
+      busyboxPod(`probe-${b}`, 'i=0; while true; do i=$((i+1)); if echo $i > /data/probe && [ "$(cat /data/probe)" = "$i" ]; then echo "ok $i"; else echo "fail $i"; fi; sleep 1; done', {
+        volumes: [{ name: 'data', persistentVolumeClaim: { claimName: `restored-${b}` } }],
+        securityContext: sc,
+        restartPolicy: 'Always',
+        mountPropagation: 'HostToContainer',
+      });
+    const lines = async (b: Backend) => (await podLog(api(), probe(b))).split('\n').filter((l) => /^(ok|fail) \d+$/.test(l));
+    for (const b of healed) await createAndWait(api(), probe(b), ['Running'], 180_000);
+    for (const b of healed) await api().waitFor(`${b}: the probe pod writing`, async () => ((await lines(b)).at(-1)?.startsWith('ok') ? true : undefined), 60_000, 500);
+    const [old] = await strataPods('node');
+    assert.ok(old, 'the node plugin pod');
+    const t = Date.now();
+    await api().delete(`/api/v1/namespaces/${NS}/pods/${old.metadata.name}`);
+    for (const b of healed) await api().waitFor(`${b}: the probe pod to see its mount die`, async () => ((await lines(b)).at(-1)?.startsWith('fail') ? true : undefined), 120_000, 500);
+    times['node plugin pod deleted: mounts dead after'] = (Date.now() - t) / 1000;
+    await api().waitFor('a new node plugin pod running', async () => {
+      const ps = await strataPods('node');
+      return ps.length === 1 && ps[0]!.metadata.name !== old.metadata.name && ps[0]!.status?.phase === 'Running' ? true : undefined;
+    }, 180_000, 500);
+    times['node plugin pod deleted: new pod running after'] = (Date.now() - t) / 1000;
+    await Promise.all(
+      healed.map(async (b) => {
+        await api().waitFor(`${b}: the probe pod writing and reading again`, async () => {
+          const ls = await lines(b);
+          const lastFail = ls.map((l) => l.startsWith('fail')).lastIndexOf(true);
+          return lastFail >= 0 && ls.slice(lastFail + 1).filter((l) => l.startsWith('ok')).length >= 2 ? true : undefined;
+        }, 180_000, 1000);
+        times[`${b} healed in the running pod after the node plugin pod was deleted`] = (Date.now() - t) / 1000;
+        const pod = await api().get(`${APP}/pods/probe-${b}`);
+        assert.equal(pod.status.containerStatuses[0].restartCount, 0, `${b}: the probe pod was not restarted`);
+      }),
+    );
+    for (const b of healed) await deletePodAndWait(api(), probe(b));
+  });
+
+  it('5. Ceph (for the controller) and the S3 endpoint (for all) unreachable for 3 minutes: no Strata pod restarted, calls fail clearly, then recover', async () => {
+    const restarts = async () =>
+      Object.fromEntries([...(await strataPods('controller')), ...(await strataPods('node'))].flatMap((p) => ((p.status?.containerStatuses ?? []) as Obj[]).map((c) => [`${p.metadata.name}/${c.name}`, c.restartCount as number])));
+    const before = await restarts();
+    // One outage for every backend. The controller's pod (in the pod network) loses the monitor
+    // and every Ceph daemon (with the monitor alone, a client already connected to the mgr still
+    // creates subvolumes: seen), everyone loses the S3 endpoint; the Ceph daemons keep talking to
+    // each other, and the apiserver (6443) stays reachable.
+    const rules = [
+      ['-s', POD_SUBNET, '-d', ceph!.address, '-p', 'tcp', '-m', 'multiport', '--dports', '3300,6789,6800:7300', '-j', 'DROP'],
+      ['-d', ceph!.address, '-p', 'tcp', '--dport', String(RGW_PORT), '-j', 'DROP'],
+    ];
+    const t = Date.now();
+    for (const r of rules) await run('iptables', ['-w', '5', '-I', 'INPUT', ...r], { timeoutMs: 30_000 });
+    const messages: Record<string, string> = {};
+    let outage = true;
+    try {
+      for (const b of BACKENDS) await api().create(`${APP}/persistentvolumeclaims`, pvc(b, `outage-${b}`, '1Gi'));
+      const failures = async () => {
+        const events = (await api().get(`${APP}/events?fieldSelector=reason%3DProvisioningFailed`)).items as Obj[];
+        for (const b of BACKENDS) {
+          const e = events.filter((x) => x.involvedObject?.name === `outage-${b}`).at(-1);
+          if (e) messages[b] = e.message as string;
+        }
+        return BACKENDS.every((b) => messages[b]) ? true : undefined;
+      };
+      await api().waitFor('every outage PVC to have a provisioning failure', failures, 175_000, 2000).catch(async (e: Error) => {
+        // What the PVCs and the controller said instead.
+        const events = ((await api().get(`${APP}/events`)).items as Obj[]).filter((x) => String(x.involvedObject?.name).startsWith('outage-'));
+        say(`outage events: ${JSON.stringify(events.map((x) => [x.involvedObject.name, x.reason, x.count, x.message]))}`);
+        const [c] = await strataPods('controller');
+        for (const container of ['strata', 'csi-provisioner']) say(`${container} log: ${(await podLog(api(), { metadata: { name: c!.metadata.name, namespace: NS } }, container)).split('\n').slice(-30).join('\n')}`);
+        throw e;
+      });
+      for (const b of BACKENDS) {
+        say(`${b} during the outage: ${messages[b]}`);
+        assert.match(messages[b]!, /code = (Unavailable|DeadlineExceeded)/, `${b}: a clear error`);
+        assert.equal((await api().get(`${APP}/persistentvolumeclaims/outage-${b}`)).status?.phase, 'Pending');
+      }
+      while (Date.now() - t < 180_000) {
+        assert.deepEqual(await restarts(), before, 'no Strata container restarted during the outage');
+        await sleep(10_000);
+      }
+      for (const r of rules) await run('iptables', ['-w', '5', '-D', 'INPUT', ...r], { timeoutMs: 30_000 });
+      outage = false;
+      times['outage'] = (Date.now() - t) / 1000;
+      const back = Date.now();
+      await Promise.all(BACKENDS.map((b) => api().waitFor(`PVC outage-${b} bound after the outage`, bound(`outage-${b}`), 300_000, 1000)));
+      times['every outage PVC bound after the outage ended'] = (Date.now() - back) / 1000;
+      assert.deepEqual(await restarts(), before, 'no Strata container restarted');
+    } finally {
+      if (outage) for (const r of rules) await run('iptables', ['-w', '5', '-D', 'INPUT', ...r], { timeoutMs: 30_000 });
+      for (const b of BACKENDS) await api().delete(`${APP}/persistentvolumeclaims/outage-${b}`);
+    }
+  });
+
+  it('7. everything deleted: no PV, VolumeAttachment, VolumeSnapshotContent, rbd image, subvolume, bucket, mount or FUSE process is left', async () => {
     for (const b of BACKENDS) {
       await deletePodAndWait(api(), writer(b));
       await api().delete(`${SNAPS}/snap-${b}`);
@@ -197,5 +338,17 @@ describe('every backend through the chart on the Kubernetes lab', { timeout: 1_8
       }, 180_000, 1000),
     );
     say(`rbd trash after the deletes: ${JSON.stringify((await ceph!.rbd(['trash', 'ls', 'rbd'])).trim())}`);
+    // On the node: no staging or state mount, no pod target, no FUSE daemon.
+    const left = [
+      ...(await leftovers(`${KUBELET_DIR}/plugins/`)),
+      ...(await readMountInfo()).filter((m) => m.mountPoint.startsWith(KUBELET_DIR) && m.mountPoint.includes('/volumes/kubernetes.io~csi/')).map((m) => `mount ${m.mountPoint}`),
+    ];
+    assert.deepEqual(left, [], 'nothing of a volume left on the node');
+  });
+
+  it('helm uninstall removes the pods, and kubelet forgets the driver', async () => {
+    execFileSync(helmBin, ['uninstall', 'strata', '--kubeconfig', lab!.kubeconfig, '-n', NS, '--wait', '--timeout', '120s'], { timeout: 180_000 });
+    await api().waitFor('Strata pods gone', async () => ((await strataPods('controller')).length + (await strataPods('node')).length === 0 ? true : undefined), 120_000, 500);
+    await api().waitFor('strata.csi.dev gone from CSINode', async () => ((await registered()) ? undefined : true), 60_000);
   });
 });

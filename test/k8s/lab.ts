@@ -30,7 +30,7 @@ export const APISERVER_PORT = 6443;
 const KUBELET_PORT = 10250;
 const SERVICE_CIDR = '10.0.0.0/24';
 const SERVICE_IP = '10.0.0.1';
-const POD_SUBNET = '10.88.0.0/16';
+export const POD_SUBNET = '10.88.0.0/16';
 const BRIDGE = 'strata0';
 const CNI_BIN = '/usr/lib/cni';
 const STATE_FILE = '/run/strata-k8s-lab.json';
@@ -560,7 +560,7 @@ function nodeNameOf(host: string): string {
 }
 
 /** The node's first real IPv4 address (not loopback, not the lab's own bridge or veths). */
-function hostAddress(): string {
+export function hostAddress(): string {
   for (const [name, addrs] of Object.entries(networkInterfaces())) {
     if (name === BRIDGE || name.startsWith('veth')) continue;
     const a = addrs?.find((x) => x.family === 'IPv4' && !x.internal);

@@ -9,6 +9,8 @@ export interface PodOptions {
   volumes?: Obj[];
   securityContext?: Obj;
   restartPolicy?: 'Never' | 'Always';
+  /** mountPropagation of every volume mount (HostToContainer: the container sees later mounts). */
+  mountPropagation?: 'None' | 'HostToContainer';
 }
 
 export function busyboxPod(name: string, script: string, opts: PodOptions = {}): Obj {
@@ -27,7 +29,7 @@ export function busyboxPod(name: string, script: string, opts: PodOptions = {}):
           image: BUSYBOX_IMAGE,
           imagePullPolicy: 'Never',
           command: ['sh', '-c', script],
-          volumeMounts: volumes.map((v) => ({ name: v.name, mountPath: `/${v.name}` })),
+          volumeMounts: volumes.map((v) => ({ name: v.name, mountPath: `/${v.name}`, ...(opts.mountPropagation ? { mountPropagation: opts.mountPropagation } : {}) })),
         },
       ],
     },

@@ -38,7 +38,7 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
   });
 
   it('runs a busybox pod as a non-root user to completion and serves its log', async () => {
-    const pod = busyboxPod('smoke', 'echo hello > /scratch/f && sync && echo "uid=$(id -u) $(cat /scratch/f) $(hostname)"', {
+    const pod = busyboxPod('smoke', 'echo hello > /scratch/f && sync /scratch/f && echo "uid=$(id -u) $(cat /scratch/f) $(hostname)"', {
       securityContext: { runAsUser: 1000, runAsGroup: 1000, fsGroup: 1000 },
       volumes: [{ name: 'scratch', emptyDir: {} }],
     });
@@ -50,7 +50,7 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
   });
 
   it("reports a running pod's volume usage in kubelet's stats within seconds", async () => {
-    const pod = busyboxPod('stats', 'dd if=/dev/zero of=/scratch/f bs=1M count=3 2>/dev/null && sync && echo written && sleep 600', {
+    const pod = busyboxPod('stats', 'dd if=/dev/zero of=/scratch/f bs=1M count=3 2>/dev/null && sync /scratch/f && echo written && sleep 600', {
       restartPolicy: 'Always',
       volumes: [{ name: 'scratch', emptyDir: {} }],
     });
@@ -62,7 +62,8 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
     }, 60_000, 500);
     say(`volume stats showed the write after ${(Date.now() - t) / 1000} s`);
     assert.ok(stats.capacityBytes > stats.usedBytes, JSON.stringify(stats));
-    assert.equal((await podLog(lab!.api, pod)).trim(), 'written');
+    // The stats may count the blocks before the pod's fsync returns.
+    await lab!.api.waitFor('the pod to log its write', async () => ((await podLog(lab!.api, pod)).trim() === 'written' ? true : undefined), 30_000, 500);
     await deletePod(lab!.api, pod);
   });
 
