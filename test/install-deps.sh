@@ -42,4 +42,6 @@ if ! [ -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   echo "install-deps: npm ci"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+# A clean build: compiled files of removed sources must not run as tests.
+rm -rf dist
 npx tsc -p tsconfig.json
