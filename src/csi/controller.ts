@@ -30,8 +30,13 @@ const CAPS: ControllerServiceCapability_RPC_Type[] = [
   'PUBLISH_READONLY',
   'EXPAND_VOLUME',
 ];
-/** RPCs whose requests carry no secrets: offered only when the config has an identity to run them as. */
-const CONFIG_IDENTITY_CAPS: ControllerServiceCapability_RPC_Type[] = ['LIST_VOLUMES', 'LIST_VOLUMES_PUBLISHED_NODES', 'GET_CAPACITY', 'GET_VOLUME', 'VOLUME_CONDITION'];
+/**
+ * RPCs whose requests carry no secrets: offered only when the config has an identity to run them as.
+ * GetCapacity answers, but GET_CAPACITY is not offered: the volumes have no topology, so the
+ * scheduler's capacity tracking would decide nothing, and an S3 store reports no free space (0),
+ * which would hold every WaitForFirstConsumer S3 claim back.
+ */
+const CONFIG_IDENTITY_CAPS: ControllerServiceCapability_RPC_Type[] = ['LIST_VOLUMES', 'LIST_VOLUMES_PUBLISHED_NODES', 'GET_VOLUME', 'VOLUME_CONDITION'];
 
 const required = (v: string | undefined, field: string): string => {
   if (!v) throw invalidArgument(`${field} is required`);
