@@ -24,8 +24,8 @@ import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
  * python3-rados process (ceph-baseline.py), the practical floor. "sv X" is
  * `fs subvolume X`; (ENOENT) marks a lookup whose miss is the answer. The
  * baseline sends them one after the other; the driver sends independent
- * ones side by side (CreateSnapshot's first three reads, DeleteSnapshot's
- * steps after the snapshot rm).
+ * ones side by side (CreateVolume's last two, CreateSnapshot's first three
+ * reads, DeleteSnapshot's steps after the snapshot rm).
  *   CreateVolume            sv info (ENOENT); sv create --size --namespace-isolated; sv info; sv metadata set
  *   ControllerExpandVolume  sv info; sv resize --no-shrink
  *   CreateSnapshot          sv snapshot metadata ls (ENOENT); sv info; config-key get (ENOENT); config-key set;

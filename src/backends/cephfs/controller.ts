@@ -78,9 +78,7 @@ export class CephfsController implements ControllerBackend {
     const src = req.volume_content_source;
     const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
     let info = await fs.info(name);
-    let fresh = false;
     if (!info) {
-      fresh = !wantSrc;
       if (wantSrc) await this.startClone(fs, p.clusterID, src!, name, size, p.pool);
       else {
         try {
@@ -91,14 +89,19 @@ export class CephfsController implements ControllerBackend {
           await fs.ensureGroup();
           await fs.create(name, size, p.pool);
         }
+        // Made by this call: complete, with the size as quota and no metadata. The record need not
+        // wait for the info, which only gives the path: both in one round trip.
+        const vm: VolumeMeta = { v: 1, name: req.name, createdAt: new Date().toISOString() };
+        const [made] = await Promise.all([fs.info(name), fs.metaSet(name, META_VOLUME, metaValue(vm))]);
+        if (!made) throw internal(`subvolume ${name} vanished while being created`);
+        return this.toVolume(id, p.clusterID, size, made.path, vm, p);
       }
       info = await fs.info(name);
       if (!info) throw internal(`subvolume ${name} vanished while being created`);
     }
     if (info.state !== 'complete') info = await this.awaitClone(fs, name, ctx);
 
-    // A subvolume made by this call has no metadata yet: skip the round trip (each `ceph` call costs ~0.3 s).
-    const meta = fresh ? {} : await fs.metaList(name);
+    const meta = await fs.metaList(name);
     const prev = parseRecord<VolumeMeta>(meta[META_VOLUME]);
     if (prev) {
       const prevSrc = prev.source?.snapshot ?? prev.source?.volume;
