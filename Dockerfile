@@ -39,7 +39,8 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /src/dist/src ./dist/src
 COPY proto ./proto
 COPY package.json ./
-RUN printf '#!/bin/sh\nexec node /app/dist/src/cli.js "$@"\n' > /usr/local/bin/strata && chmod 0755 /usr/local/bin/strata
+# A 1 MiB young generation (V8's default is 16) keeps each idle process ~10 MB smaller; the control plane allocates little.
+RUN printf '#!/bin/sh\nexec node --max-semi-space-size=1 /app/dist/src/cli.js "$@"\n' > /usr/local/bin/strata && chmod 0755 /usr/local/bin/strata
 ENV NODE_ENV=production
 # FUSE daemons fork away from the driver and are re-parented to PID 1: tini, as PID 1, reaps
 # them (Node reaps only the children it spawned, so under it they would stay zombies).

@@ -17,7 +17,10 @@ export type BaselineStep =
   | { op: 'snap_create' | 'snap_remove'; pool: string; image: string; snap: string }
   | { op: 'clone'; pool: string; parent: string; snap: string; child: string; features: string[] }
   | { op: 'remove'; pool: string; image: string }
-  | { op: 'mon' | 'mgr'; cmd: Record<string, unknown> };
+  | { op: 'mon' | 'mgr'; cmd: Record<string, unknown> }
+  // CephFS: `allow` lists errnos taken as an answer (a lookup's ENOENT); clone_wait polls `fs clone status` until complete.
+  | { op: 'mon' | 'mgr'; cmd: Record<string, unknown>; allow: number[] }
+  | { op: 'clone_wait'; fs: string; group: string; clone: string };
 
 const SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../bench/ceph-baseline.py');
 

@@ -1,33 +1,52 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import pLimit from 'p-limit';
 import { CephLab } from '../test/lab/ceph-lab.js';
 import { codeOf, connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
 import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { CEPH_TIMEOUTS } from '../src/ceph/conn.js';
 import { run } from '../src/util/exec.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
-import { LATENCY_HEADER, latencyRow } from './stats.js';
+import { measure, rssMb, type Sample } from './stats.js';
+import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
 
 /**
- * CephFS benchmark: each CSI call against the bare `ceph fs subvolume`
- * commands that do the same work, side by side in one run on one lab.
- * Prints figures; asserts nothing.
+ * CephFS benchmark: each CSI call against a baseline doing the same Ceph work,
+ * side by side in one run on one lab, at concurrency 1 and 16; then 100
+ * concurrent CreateVolume calls, CreateSnapshot with 10 and with 200 volumes
+ * present, and the RSS of the controller and node processes. Prints figures;
+ * asserts nothing (targets are in the README).
  *
- * "The same work" per row:
- *   CreateVolume          subvolume create --size --namespace-isolated; subvolume metadata set
- *   NodeStage+Publish     ceph-fuse -r <path>; mount --bind (the driver gets the path and key from the
- *                         volume context and publish context, made untimed by ControllerPublish)
- *   CreateSnapshot        subvolume snapshot create; snapshot metadata set
- *   Restore to ready      subvolume snapshot clone; clone status until complete
- *   NodeUnpublish+Unstage umount x2; wait for ceph-fuse to exit
- *   DeleteVolume          subvolume rm
+ * Controller rows are measured against librados: the same mon and mgr
+ * commands the driver's controller sends for the call (src/backends/cephfs/
+ * controller.ts, first-time path), in order, sent from one long-lived
+ * python3-rados process (ceph-baseline.py), the practical floor. "sv X" is
+ * `fs subvolume X`; (ENOENT) marks a lookup whose miss is the answer. The
+ * baseline sends them one after the other; the driver sends independent
+ * ones side by side (CreateVolume's last two, CreateSnapshot's first three
+ * reads, DeleteSnapshot's steps after the snapshot rm).
+ *   CreateVolume            sv info (ENOENT); sv create --size --namespace-isolated; sv info; sv metadata set
+ *   ControllerExpandVolume  sv info; sv resize --no-shrink
+ *   CreateSnapshot          sv snapshot metadata ls (ENOENT); sv info; config-key get (ENOENT); config-key set;
+ *                           sv snapshot create; sv snapshot metadata set
+ *   Restore until ready     sv info (ENOENT); sv snapshot metadata ls; sv snapshot clone; sv info (EAGAIN);
+ *                           clone status every 250 ms until complete; sv info; sv metadata ls; sv metadata set
+ *   Clone until ready       sv info (ENOENT); sv info; sv snapshot create; sv snapshot clone; sv info (EAGAIN);
+ *                           clone status until complete; sv info; sv metadata ls; sv snapshot rm; sv metadata set
+ *   DeleteSnapshot          sv snapshot rm; config-key rm; config-key get; config-key rm; sv info
+ *   DeleteVolume            sv info; sv deauthorize; sv snapshot ls; sv rm
+ * Node rows are measured against the bare commands:
+ *   NodeStage+Publish       ceph-fuse -r <path>; mount --bind (the driver gets the path and key from the
+ *                           volume and publish contexts, made untimed by CreateVolume and ControllerPublish)
+ *   NodeUnpublish+Unstage   umount x2; wait for ceph-fuse to exit
  */
 
 const FS = 'cephfs';
 const GROUP = 'csi';
 const SIZE = 64 * MiB;
-const N = 8;
+const ENOENT = 2;
+const EAGAIN = 11;
 const PARAMS = { backend: 'cephfs', clusterID: 'lab', fsName: FS };
 const cap = mountCap('', 'MULTI_NODE_MULTI_WRITER');
 
@@ -39,10 +58,37 @@ const c: CsiClients = { ...connect(ctrl.socket), node: connect(node.socket).node
 const secrets = { userID: 'admin', userKey: lab.adminKey };
 const conn = ['-c', '/dev/null', '-m', lab.monitors.join(','), '--id', 'admin', '--keyfile', lab.adminKeyFile, ...CEPH_TIMEOUTS];
 const ceph = async (args: string[]) => (await run('ceph', [...conn, ...args], { timeoutMs: 60_000 })).stdout;
-const sv = (args: string[]) => ceph(['fs', 'subvolume', ...args, '--group_name', GROUP]);
 const work = path.join(node.dir, 'bench');
+const lib = new CephBaseline({ monitors: lab.monitors, id: 'admin', keyFile: lab.adminKeyFile });
+await lib.ready;
 
-const row = (op: string, driver: (i: number) => Promise<unknown>, bare: (i: number) => Promise<unknown>) => latencyRow(op, N, driver, bare);
+// The driver's commands, as src/backends/cephfs/fs-cli.ts words them.
+const sv = (verb: string, name: string, args: Record<string, unknown> = {}) => ({ format: 'json', prefix: `fs subvolume ${verb}`, vol_name: FS, group_name: GROUP, sub_name: name, ...args });
+const mgr = (cmd: Record<string, unknown>, ...allow: number[]): BaselineStep => (allow.length ? { op: 'mgr', cmd, allow } : { op: 'mgr', cmd });
+const mon = (cmd: Record<string, unknown>, ...allow: number[]): BaselineStep => (allow.length ? { op: 'mon', cmd, allow } : { op: 'mon', cmd });
+const configKey = (verb: 'get' | 'set' | 'rm', key: string, val?: string) => ({ format: verb === 'get' ? 'plain' : 'json', prefix: `config-key ${verb}`, key, ...(val === undefined ? {} : { val }) });
+const record = (name: string) => JSON.stringify({ v: 1, name, createdAt: new Date().toISOString() });
+const retainedKey = (name: string, snap: string) => `strata/cephfs/${FS}/${GROUP}/${name}/${snap}`;
+const claimKey = (snap: string) => `strata/cephfs/snapshot-names/${snap}`;
+
+const createSteps = (name: string, size = SIZE): BaselineStep[] => [
+  mgr(sv('info', name), ENOENT),
+  mgr(sv('create', name, { size, namespace_isolated: true })),
+  mgr(sv('info', name)),
+  mgr(sv('metadata set', name, { key_name: 'strata.volume', value: record(name) })),
+];
+
+await sleep(1000);
+const idle = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
+
+interface Row {
+  op: string;
+  conc: number;
+  n: number;
+  driver: Sample;
+  bare: Sample;
+  baseline: 'librados' | 'cli';
+}
 
 /** As the provisioner does: ABORTED means a clone is still running, so call again. */
 async function untilReady<T>(fn: () => Promise<T>): Promise<T> {
@@ -56,40 +102,64 @@ async function untilReady<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-const ids: string[] = [];
-const ctxs: Array<{ path: string; pub: Record<string, string> }> = [];
-const snaps: string[] = [];
-const restored: string[] = [];
-const bareVol = (i: number) => `bare-${i}`;
-const dirs = (kind: string, i: number) => ({ staging: path.join(work, `${kind}-${i}`, 'staging'), target: path.join(work, `${kind}-${i}`, 'target') });
+const fmt = (ms: number) => (Number.isNaN(ms) ? '-' : ms.toFixed(0)).padStart(6);
+function printRow(r: Row): void {
+  const ratio = r.driver.p50 / r.bare.p50;
+  const errs = r.driver.errors + r.bare.errors ? `  errors driver ${r.driver.errors} bare ${r.bare.errors}` : '';
+  console.log(`${r.op.padEnd(26)}${String(r.conc).padStart(4)}${String(r.n).padStart(5)}  ${fmt(r.driver.p50)} ${fmt(r.driver.p99)}   ${r.baseline.padStart(8)} ${fmt(r.bare.p50)} ${fmt(r.bare.p99)}   ${ratio.toFixed(2).padStart(5)}x${errs}`);
+}
 
-try {
-  console.log(`CephFS benchmark: Ceph lab on this machine, ${SIZE / MiB} MiB subvolumes, ceph-fuse on the node, concurrency 1; milliseconds`);
-  console.log(LATENCY_HEADER);
+async function round(conc: number, n: number, clones: number): Promise<void> {
+  const ids: string[] = [];
+  const paths: string[] = [];
+  const pubs: Array<Record<string, string>> = [];
+  const snaps: string[] = [];
+  const restored: string[] = [];
+  const cloned: string[] = [];
+  const vname = (i: number) => `b${conc}-${i}`;
+  const bare = (i: number) => `bare-${conc}-${i}`;
+  const bareSnap = (i: number) => `bare-snap-${conc}-${i}`;
+  const dirs = (kind: string, i: number) => ({ staging: path.join(work, `${kind}-${conc}-${i}`, 'staging'), target: path.join(work, `${kind}-${conc}-${i}`, 'target') });
+  const row = async (op: string, driver: (i: number) => Promise<unknown>, baseline: (i: number) => Promise<unknown>, kind: Row['baseline'] = 'librados', count = n) => {
+    const d = await measure(count, conc, driver);
+    const b = await measure(count, conc, baseline);
+    printRow({ op, conc, n: count, driver: d, bare: b, baseline: kind });
+  };
 
   await row(
     'CreateVolume',
     async (i) => {
-      const v = (await c.controller.CreateVolume({ name: `b-${i}`, capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: PARAMS, secrets }))!.volume!;
+      const v = (await c.controller.CreateVolume({ name: vname(i), capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: PARAMS, secrets }))!.volume!;
       ids[i] = v.volume_id!;
-      ctxs[i] = { path: v.volume_context!.subvolumePath!, pub: {} };
+      paths[i] = v.volume_context!.subvolumePath!;
     },
-    async (i) => {
-      await sv(['create', FS, bareVol(i), '--size', String(SIZE), '--namespace-isolated']);
-      await sv(['metadata', 'set', FS, bareVol(i), 'strata.volume', JSON.stringify({ v: 1, name: bareVol(i) })]);
-    },
+    (i) => lib.run(createSteps(bare(i))),
   );
-  for (let i = 0; i < N; i++) {
-    ctxs[i]!.pub = (await c.controller.ControllerPublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', volume_capability: cap, secrets }))!.publish_context as Record<string, string>;
-  }
-  const barePaths = await Promise.all(Array.from({ length: N }, async (_, i) => (await sv(['getpath', FS, bareVol(i)])).trim()));
+
+  await row(
+    'ControllerExpandVolume',
+    (i) => c.controller.ControllerExpandVolume({ volume_id: ids[i]!, capacity_range: { required_bytes: 2 * SIZE }, secrets }),
+    (i) => lib.run([mgr(sv('info', bare(i))), mgr(sv('resize', bare(i), { new_size: String(2 * SIZE), no_shrink: true }))]),
+  );
+
+  // Untimed: what ControllerPublish leaves (an attachment and a subvolume user), on both sides.
+  const limit = pLimit(4);
+  await Promise.all(
+    Array.from({ length: n }, (_, i) =>
+      limit(async () => {
+        pubs[i] = (await c.controller.ControllerPublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', volume_capability: cap, secrets }))!.publish_context as Record<string, string>;
+        await lib.run([mgr(sv('authorize', bare(i), { auth_id: `strata-${bare(i)}`, access_level: 'rw' }))]);
+      }),
+    ),
+  );
+  const barePaths = await Promise.all(Array.from({ length: n }, (_, i) => limit(async () => (await ceph(['fs', 'subvolume', 'getpath', FS, bare(i), '--group_name', GROUP])).trim())));
 
   await row(
     'NodeStage+NodePublish',
     async (i) => {
       const d = dirs('drv', i);
       mkdirSync(d.staging, { recursive: true });
-      await c.node.NodeStageVolume({ volume_id: ids[i]!, staging_target_path: d.staging, volume_capability: cap, volume_context: { subvolumePath: ctxs[i]!.path, mounter: 'fuse' }, publish_context: ctxs[i]!.pub });
+      await c.node.NodeStageVolume({ volume_id: ids[i]!, staging_target_path: d.staging, volume_capability: cap, volume_context: { subvolumePath: paths[i]!, mounter: 'fuse' }, publish_context: pubs[i]! });
       await c.node.NodePublishVolume({ volume_id: ids[i]!, staging_target_path: d.staging, target_path: d.target, volume_capability: cap });
     },
     async (i) => {
@@ -99,7 +169,71 @@ try {
       await run('ceph-fuse', [...conn, '-r', barePaths[i]!, '--admin_socket', '', '--pid_file', '', d.staging], { timeoutMs: 60_000 });
       await run('mount', ['--bind', d.staging, d.target], { timeoutMs: 30_000 });
     },
+    'cli',
   );
+
+  await row(
+    'CreateSnapshot',
+    async (i) => {
+      snaps[i] = (await c.controller.CreateSnapshot({ source_volume_id: ids[i]!, name: `s${conc}-${i}`, secrets }))!.snapshot!.snapshot_id!;
+    },
+    (i) =>
+      lib.run([
+        mgr(sv('snapshot metadata ls', bare(i), { snap_name: 'snap' }), ENOENT),
+        mgr(sv('info', bare(i))),
+        mon(configKey('get', claimKey(bareSnap(i))), ENOENT),
+        mon(configKey('set', claimKey(bareSnap(i)), `s1:s:cephfs:lab:${bareSnap(i)}`)),
+        mgr(sv('snapshot create', bare(i), { snap_name: 'snap' })),
+        mgr(sv('snapshot metadata set', bare(i), { snap_name: 'snap', key_name: 'strata.snapshot', value: record(bareSnap(i)) })),
+      ]),
+  );
+
+  await row(
+    'Restore until ready',
+    async (i) => {
+      restored[i] = (await untilReady(() => c.controller.CreateVolume({ name: `r${conc}-${i}`, capacity_range: { required_bytes: 2 * SIZE }, volume_capabilities: [cap], parameters: PARAMS, secrets, volume_content_source: { snapshot: { snapshot_id: snaps[i]! } } })))!.volume!.volume_id!;
+    },
+    (i) => {
+      const t = `bare-r-${conc}-${i}`;
+      return lib.run([
+        mgr(sv('info', t), ENOENT),
+        mgr(sv('snapshot metadata ls', bare(i), { snap_name: 'snap' })),
+        mgr(sv('snapshot clone', bare(i), { snap_name: 'snap', target_sub_name: t, target_group_name: GROUP })),
+        mgr(sv('info', t), EAGAIN, ENOENT),
+        { op: 'clone_wait', fs: FS, group: GROUP, clone: t },
+        mgr(sv('info', t)),
+        mgr(sv('metadata ls', t)),
+        mgr(sv('metadata set', t, { key_name: 'strata.volume', value: record(t) })),
+      ]);
+    },
+    'librados',
+    clones,
+  );
+
+  await row(
+    'Clone until ready',
+    async (i) => {
+      cloned[i] = (await untilReady(() => c.controller.CreateVolume({ name: `c${conc}-${i}`, capacity_range: { required_bytes: 2 * SIZE }, volume_capabilities: [cap], parameters: PARAMS, secrets, volume_content_source: { volume: { volume_id: ids[i]! } } })))!.volume!.volume_id!;
+    },
+    (i) => {
+      const t = `bare-c-${conc}-${i}`;
+      return lib.run([
+        mgr(sv('info', t), ENOENT),
+        mgr(sv('info', bare(i))),
+        mgr(sv('snapshot create', bare(i), { snap_name: t })),
+        mgr(sv('snapshot clone', bare(i), { snap_name: t, target_sub_name: t, target_group_name: GROUP })),
+        mgr(sv('info', t), EAGAIN, ENOENT),
+        { op: 'clone_wait', fs: FS, group: GROUP, clone: t },
+        mgr(sv('info', t)),
+        mgr(sv('metadata ls', t)),
+        mgr(sv('snapshot rm', bare(i), { snap_name: t, force: true })),
+        mgr(sv('metadata set', t, { key_name: 'strata.volume', value: record(t) })),
+      ]);
+    },
+    'librados',
+    clones,
+  );
+
   await row(
     'NodeUnpublish+NodeUnstage',
     async (i) => {
@@ -115,48 +249,79 @@ try {
       // As the driver does: unstaged means the client has flushed and closed its MDS session.
       if (pid) await waitExit(pid, 30_000);
     },
+    'cli',
   );
+
+  // Restores and clones go first (untimed), as in a cluster's usual order.
+  await Promise.all(
+    Array.from({ length: clones }, (_, i) =>
+      limit(async () => {
+        // A restore that failed (a mgr command past its timeout) left nothing to delete by id; its subvolume goes by name.
+        for (const [id, name] of [[restored[i], `r${conc}-${i}`], [cloned[i], `c${conc}-${i}`]] as const) {
+          if (id) await c.controller.DeleteVolume({ volume_id: id, secrets });
+          else await untilReady(() => c.controller.CreateVolume({ name: name, capacity_range: { required_bytes: 2 * SIZE }, volume_capabilities: [cap], parameters: PARAMS, secrets, volume_content_source: name.startsWith('r') ? { snapshot: { snapshot_id: snaps[i]! } } : { volume: { volume_id: ids[i]! } } })).then((r) => c.controller.DeleteVolume({ volume_id: r!.volume!.volume_id!, secrets }));
+        }
+        await lib.run([mgr(sv('rm', `bare-r-${conc}-${i}`)), mgr(sv('rm', `bare-c-${conc}-${i}`))]);
+      }),
+    ),
+  );
+  await Promise.all(Array.from({ length: n }, (_, i) => limit(() => c.controller.ControllerUnpublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', secrets }))));
 
   await row(
-    'CreateSnapshot',
-    async (i) => {
-      snaps[i] = (await c.controller.CreateSnapshot({ source_volume_id: ids[i]!, name: `s-${i}`, secrets }))!.snapshot!.snapshot_id!;
-    },
-    async (i) => {
-      await sv(['snapshot', 'create', FS, bareVol(i), 'snap']);
-      await sv(['snapshot', 'metadata', 'set', FS, bareVol(i), 'snap', 'strata.snapshot', JSON.stringify({ v: 1, name: `bare-snap-${i}` })]);
-    },
+    'DeleteSnapshot',
+    (i) => c.controller.DeleteSnapshot({ snapshot_id: snaps[i]!, secrets }),
+    (i) =>
+      lib.run([
+        mgr(sv('snapshot rm', bare(i), { snap_name: 'snap', force: true })),
+        mon(configKey('rm', retainedKey(bare(i), 'snap')), ENOENT),
+        mon(configKey('get', claimKey(bareSnap(i)))),
+        mon(configKey('rm', claimKey(bareSnap(i)))),
+        mgr(sv('info', bare(i))),
+      ]),
   );
-
-  await row(
-    'Restore to ready (clone)',
-    async (i) => {
-      restored[i] = (await untilReady(() => c.controller.CreateVolume({ name: `r-${i}`, capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: PARAMS, secrets, volume_content_source: { snapshot: { snapshot_id: snaps[i]! } } })))!.volume!.volume_id!;
-    },
-    async (i) => {
-      await sv(['snapshot', 'clone', FS, bareVol(i), 'snap', `bare-r-${i}`, '--target_group_name', GROUP]);
-      for (;;) {
-        const st = JSON.parse(await ceph(['fs', 'clone', 'status', FS, `bare-r-${i}`, '--group_name', GROUP, '--format', 'json'])) as { status: { state: string } };
-        if (st.status.state === 'complete') break;
-        if (st.status.state === 'failed') throw new Error('clone failed');
-        await sleep(250);
-      }
-    },
-  );
-
-  for (let i = 0; i < N; i++) {
-    await c.controller.ControllerUnpublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', secrets });
-    await c.controller.DeleteSnapshot({ snapshot_id: snaps[i]!, secrets });
-    await c.controller.DeleteVolume({ volume_id: restored[i]!, secrets });
-    await sv(['snapshot', 'rm', FS, bareVol(i), 'snap']);
-    await sv(['rm', FS, `bare-r-${i}`]);
-  }
   await row(
     'DeleteVolume',
     (i) => c.controller.DeleteVolume({ volume_id: ids[i]!, secrets }),
-    (i) => sv(['rm', FS, bareVol(i)]),
+    (i) =>
+      lib.run([
+        mgr(sv('info', bare(i))),
+        mgr(sv('deauthorize', bare(i), { auth_id: `strata-${bare(i)}` }), ENOENT),
+        mgr(sv('snapshot ls', bare(i))),
+        mgr(sv('rm', bare(i), { retain_snapshots: false, force: false })),
+      ]),
   );
+}
+
+/** CreateSnapshot p50 over `n` volumes, one new snapshot each, at concurrency 1. */
+async function snapshotP50(vols: string[], tag: string): Promise<Sample> {
+  return measure(vols.length, 1, (i) => c.controller.CreateSnapshot({ source_volume_id: vols[i]!, name: `scale-${tag}-${i}`, secrets }));
+}
+
+try {
+  console.log(`CephFS benchmark: Ceph lab on this machine, ${SIZE / MiB} MiB subvolumes, ceph-fuse on the node; milliseconds`);
+  console.log(`${'operation'.padEnd(26)}conc    n  driver p50    p99   baseline p50    p99   p50 ratio`);
+  await round(1, 16, 4);
+  await round(16, 32, 16);
+
+  const vol = async (name: string) => (await c.controller.CreateVolume({ name, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [cap], parameters: PARAMS, secrets }))!.volume!.volume_id!;
+  const scale = await Promise.all(Array.from({ length: 10 }, (_, i) => vol(`scale-${i}`)));
+  const at10 = await snapshotP50(scale, '10');
+
+  const burst = await measure(100, 100, (i) => vol(`burst-${i}`));
+  const bareBurst = await measure(100, 100, (i) => lib.run(createSteps(`bare-burst-${i}`, 16 * MiB)));
+  console.log(`\n100 concurrent CreateVolume: driver ${(burst.wallMs / 1000).toFixed(1)} s wall (p50 ${burst.p50.toFixed(0)} ms, ${burst.errors} errors); baseline ${(bareBurst.wallMs / 1000).toFixed(1)} s wall (p50 ${bareBurst.p50.toFixed(0)} ms, ${bareBurst.errors} errors)`);
+
+  // 10 + 100 driver volumes and 100 bare ones so far; 90 more driver volumes make 200 of the driver's.
+  const limit = pLimit(16);
+  await Promise.all(Array.from({ length: 90 }, (_, i) => limit(() => vol(`fill-${i}`))));
+  const at200 = await snapshotP50(scale, '200');
+  console.log(`CreateSnapshot p50 (n 10, conc 1): ${at10.p50.toFixed(0)} ms with 10 volumes, ${at200.p50.toFixed(0)} ms with 200 volumes (${(at200.p50 / at10.p50).toFixed(2)}x)`);
+
+  const after = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
+  console.log(`\nRSS (MB)        idle   after load   peak`);
+  for (const k of ['controller', 'node'] as const) console.log(`${k.padEnd(14)}${idle[k].rss.toFixed(0).padStart(6)}${after[k].rss.toFixed(0).padStart(13)}${after[k].peak.toFixed(0).padStart(7)}`);
 } finally {
+  lib.close();
   c.close();
   await ctrl.stop();
   await node.stop();

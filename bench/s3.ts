@@ -4,23 +4,28 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pLimit from 'p-limit';
-import { CopyObjectCommand, CreateBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
-import { CephLab, LAB_S3 } from '../test/lab/ceph-lab.js';
+import { CopyObjectCommand, CreateBucketCommand, DeleteBucketCommand, DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { CephLab, LAB_RGW_ADMIN, LAB_S3 } from '../test/lab/ceph-lab.js';
 import { connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
 import { labS3Client } from '../test/helpers/s3.js';
 import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { run } from '../src/util/exec.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
-import { LATENCY_HEADER, latencyRow } from './stats.js';
+import { LATENCY_HEADER, latencyRow, measure, rssMb, type Sample } from './stats.js';
 
 /**
  * S3 benchmark on the lab's RGW: each CSI call beside the bare SDK calls or
- * commands doing the same work, and the throughput of a sequential write and
- * read through the mount beside the SDK's own PUT/GET, in one run. Prints
- * figures; asserts nothing.
+ * commands doing the same work, at concurrency 1 and 16, and the throughput
+ * of a sequential write and read through the mount beside the SDK's own
+ * PUT/GET, in one run; then the RSS of the controller and node processes.
+ * Prints figures; asserts nothing (targets are in the README).
  *
- * "The same work" per row:
- *   CreateVolume          CreateBucket; PutObject of the mount root and of a record
+ * "The same work" per row (a bucket per volume, with a bucket quota):
+ *   CreateVolume          CreateBucket; PutObject of the mount root; the quota PUT on RGW's admin API
+ *                         (owner known); PutObject of the record
+ *   DeleteVolume          ListObjectsV2; DeleteObjects; DeleteBucket
  *   NodeStage+Publish     s3fs <bucket>:/fs with a passwd file; mount --bind (ControllerPublish untimed)
  *   NodeUnpublish+Unstage umount x2; wait for s3fs to exit
  *   Snapshot, 1000 objects CreateSnapshot until ready_to_use vs 1000 CopyObject, 16 at a time
@@ -56,6 +61,8 @@ const bareUnmount = async (d: { staging: string; target: string }) => {
   await run('umount', [d.staging], { timeoutMs: 30_000 });
   if (pid) await waitExit(pid, 60_000);
 };
+await sleep(1000);
+const idle = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
 const mibps = (bytes: number, ms: number) => (bytes / MiB / (ms / 1000)).toFixed(0).padStart(5);
 
 async function timed(fn: () => Promise<unknown> | unknown): Promise<number> {
@@ -86,60 +93,137 @@ function readFile(file: string): number {
   return total;
 }
 
+/** The quota PUT the driver makes through RGW's admin API, with the owner known (the lab's S3 user). */
+const adminSigner = new SignatureV4({ credentials: { accessKeyId: LAB_RGW_ADMIN.accessKeyID, secretAccessKey: LAB_RGW_ADMIN.secretAccessKey }, region: 'us-east-1', service: 's3', sha256: Sha256 });
+async function bareQuota(bucket: string, bytes: number): Promise<void> {
+  const url = new URL('/admin/bucket', lab.s3Endpoint);
+  const query = { quota: '', uid: 'lab', bucket };
+  const body = JSON.stringify({ enabled: true, max_size: bytes, max_objects: -1, check_on_raw: true });
+  const signed = await adminSigner.sign({ method: 'PUT', protocol: url.protocol, hostname: url.hostname, port: Number(url.port), path: url.pathname, query, headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' }, body });
+  const r = await fetch(`${url.origin}${url.pathname}?quota&uid=lab&bucket=${bucket}`, { method: 'PUT', headers: signed.headers, body });
+  await r.text();
+  if (!r.ok) throw new Error(`quota: HTTP ${r.status}`);
+}
+
+interface Row {
+  op: string;
+  conc: number;
+  n: number;
+  driver: Sample;
+  bare: Sample;
+  baseline: 'sdk' | 'cli';
+}
+const fmt = (ms: number) => (Number.isNaN(ms) ? '-' : ms.toFixed(0)).padStart(6);
+function printRow(r: Row): void {
+  const errs = r.driver.errors + r.bare.errors ? `  errors driver ${r.driver.errors} bare ${r.bare.errors}` : '';
+  console.log(`${r.op.padEnd(26)}${String(r.conc).padStart(4)}${String(r.n).padStart(5)}  ${fmt(r.driver.p50)} ${fmt(r.driver.p99)}   ${r.baseline.padStart(6)} ${fmt(r.bare.p50)} ${fmt(r.bare.p99)}   ${(r.driver.p50 / r.bare.p50).toFixed(2).padStart(5)}x${errs}`);
+}
+
+/** Volumes of round `conc`, kept for the snapshot and throughput parts (round 1's). */
 const ids: string[] = [];
 const vols: Array<Record<string, string>> = [];
-try {
-  console.log(`S3 benchmark: Ceph RGW lab on this machine, concurrency 1; milliseconds`);
-  console.log(LATENCY_HEADER);
-  await latencyRow(
+
+async function round(conc: number, n: number): Promise<void> {
+  const bare = (i: number) => `bare-${conc}-${i}`;
+  const row = async (op: string, driver: (i: number) => Promise<unknown>, baseline: (i: number) => Promise<unknown>, kind: Row['baseline'] = 'sdk') => {
+    const d = await measure(n, conc, driver);
+    const b = await measure(n, conc, baseline);
+    printRow({ op, conc, n, driver: d, bare: b, baseline: kind });
+  };
+  const rid: string[] = [];
+  const rvol: Array<Record<string, string>> = [];
+  await row(
     'CreateVolume',
-    N,
     async (i) => {
-      const v = (await c.controller.CreateVolume({ name: `b-${i}`, capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: { backend: 's3', clusterID: 'lab' }, secrets }))!.volume!;
-      ids[i] = v.volume_id!;
-      vols[i] = v.volume_context as Record<string, string>;
+      const v = (await c.controller.CreateVolume({ name: `b${conc}-${i}`, capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: { backend: 's3', clusterID: 'lab' }, secrets }))!.volume!;
+      rid[i] = v.volume_id!;
+      rvol[i] = v.volume_context as Record<string, string>;
     },
     async (i) => {
-      await s3.send(new CreateBucketCommand({ Bucket: `bare-${i}` }));
-      await s3.send(new PutObjectCommand({ Bucket: `bare-${i}`, Key: 'fs/', Body: Buffer.alloc(0) }));
-      await s3.send(new PutObjectCommand({ Bucket: `bare-${i}`, Key: '.strata/record.json', Body: JSON.stringify({ v: 1, name: `bare-${i}` }) }));
+      await s3.send(new CreateBucketCommand({ Bucket: bare(i) }));
+      await s3.send(new PutObjectCommand({ Bucket: bare(i), Key: 'fs/', Body: Buffer.alloc(0) }));
+      await bareQuota(bare(i), SIZE);
+      await s3.send(new PutObjectCommand({ Bucket: bare(i), Key: '.strata/record.json', Body: JSON.stringify({ v: 1, name: bare(i) }), ContentType: 'application/json' }));
     },
   );
-  for (let i = 0; i < N; i++) await c.controller.ControllerPublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', volume_capability: cap, secrets });
-  await latencyRow(
+  for (let i = 0; i < n; i++) await c.controller.ControllerPublishVolume({ volume_id: rid[i]!, node_id: 'bench-node', volume_capability: cap, secrets });
+  await row(
     'NodeStage+NodePublish',
-    N,
     async (i) => {
-      const d = dirs('drv', i);
+      const d = dirs(`drv-${conc}`, i);
       mkdirSync(d.staging, { recursive: true });
-      await c.node.NodeStageVolume({ volume_id: ids[i]!, staging_target_path: d.staging, volume_capability: cap, volume_context: vols[i]!, secrets });
-      await c.node.NodePublishVolume({ volume_id: ids[i]!, staging_target_path: d.staging, target_path: d.target, volume_capability: cap, volume_context: vols[i]! });
+      await c.node.NodeStageVolume({ volume_id: rid[i]!, staging_target_path: d.staging, volume_capability: cap, volume_context: rvol[i]!, secrets });
+      await c.node.NodePublishVolume({ volume_id: rid[i]!, staging_target_path: d.staging, target_path: d.target, volume_capability: cap, volume_context: rvol[i]! });
     },
     async (i) => {
-      const d = dirs('bare', i);
+      const d = dirs(`bare-${conc}`, i);
       mkdirSync(d.staging, { recursive: true });
       mkdirSync(d.target, { recursive: true });
-      await bareS3fs(`bare-${i}`, d.staging);
+      await bareS3fs(bare(i), d.staging);
       await run('mount', ['--bind', d.staging, d.target], { timeoutMs: 30_000 });
     },
+    'cli',
   );
-  await latencyRow(
+  await row(
     'NodeUnpublish+NodeUnstage',
-    N,
     async (i) => {
-      const d = dirs('drv', i);
-      await c.node.NodeUnpublishVolume({ volume_id: ids[i]!, target_path: d.target });
-      await c.node.NodeUnstageVolume({ volume_id: ids[i]!, staging_target_path: d.staging });
+      const d = dirs(`drv-${conc}`, i);
+      await c.node.NodeUnpublishVolume({ volume_id: rid[i]!, target_path: d.target });
+      await c.node.NodeUnstageVolume({ volume_id: rid[i]!, staging_target_path: d.staging });
     },
-    (i) => bareUnmount(dirs('bare', i)),
+    (i) => bareUnmount(dirs(`bare-${conc}`, i)),
+    'cli',
   );
+  if (conc === 1) {
+    ids.push(...rid);
+    vols.push(...rvol);
+    return;
+  }
+  for (let i = 0; i < n; i++) await c.controller.ControllerUnpublishVolume({ volume_id: rid[i]!, node_id: 'bench-node', secrets });
+  await row(
+    'DeleteVolume',
+    (i) => c.controller.DeleteVolume({ volume_id: rid[i]!, secrets }),
+    async (i) => {
+      const keys = ((await s3.send(new ListObjectsV2Command({ Bucket: bare(i) }))).Contents ?? []).map((o) => ({ Key: o.Key! }));
+      await s3.send(new DeleteObjectsCommand({ Bucket: bare(i), Delete: { Objects: keys, Quiet: true } }));
+      await s3.send(new DeleteBucketCommand({ Bucket: bare(i) }));
+    },
+  );
+}
 
+try {
+  console.log(`S3 benchmark: Ceph RGW lab on this machine, a bucket per volume with its quota; milliseconds`);
+  console.log(`${'operation'.padEnd(26)}conc    n  driver p50    p99   baseline p50    p99   p50 ratio`);
+  await round(1, N);
+  await round(16, 32);
+  // DeleteVolume at concurrency 1 on volumes of their own (round 1's stay for the snapshot and throughput parts).
+  {
+    const extra: string[] = [];
+    for (let i = 0; i < N; i++) {
+      extra[i] = (await c.controller.CreateVolume({ name: `d-${i}`, capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: { backend: 's3', clusterID: 'lab' }, secrets }))!.volume!.volume_id!;
+      await s3.send(new CreateBucketCommand({ Bucket: `bare-d-${i}` }));
+      await s3.send(new PutObjectCommand({ Bucket: `bare-d-${i}`, Key: 'fs/', Body: Buffer.alloc(0) }));
+      await s3.send(new PutObjectCommand({ Bucket: `bare-d-${i}`, Key: '.strata/record.json', Body: '{}' }));
+    }
+    const d = await measure(N, 1, (i) => c.controller.DeleteVolume({ volume_id: extra[i]!, secrets }));
+    const b = await measure(N, 1, async (i) => {
+      const keys = ((await s3.send(new ListObjectsV2Command({ Bucket: `bare-d-${i}` }))).Contents ?? []).map((o) => ({ Key: o.Key! }));
+      await s3.send(new DeleteObjectsCommand({ Bucket: `bare-d-${i}`, Delete: { Objects: keys, Quiet: true } }));
+      await s3.send(new DeleteBucketCommand({ Bucket: `bare-d-${i}` }));
+    });
+    printRow({ op: 'DeleteVolume', conc: 1, n: N, driver: d, bare: b, baseline: 'sdk' });
+  }
+  for (let i = 0; i < N; i++) await c.controller.ControllerUnpublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', secrets });
+  const rss = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
+  console.log(`\nRSS (MB)        idle   after load   peak`);
+  for (const k of ['controller', 'node'] as const) console.log(`${k.padEnd(14)}${idle[k].rss.toFixed(0).padStart(6)}${rss[k].rss.toFixed(0).padStart(13)}${rss[k].peak.toFixed(0).padStart(7)}`);
   // Snapshot of 1000 small objects: the driver's copy vs the same CopyObjects straight from the SDK.
+  console.log(`\n${LATENCY_HEADER}`);
   const limit = pLimit(32);
   const fill = (bucket: string, prefix: string) =>
     Promise.all(Array.from({ length: OBJECTS }, (_, k) => limit(() => s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}o/${k}`, Body: randomBytes(512) })))));
   await Promise.all(Array.from({ length: 3 }, (_, i) => fill(vols[i]!.bucket!, vols[i]!.prefix!)));
-  await Promise.all(Array.from({ length: 3 }, (_, i) => fill(`bare-${i}`, 'fs/')));
+  await Promise.all(Array.from({ length: 3 }, (_, i) => fill(`bare-1-${i}`, 'fs/')));
   await latencyRow(
     `Snapshot, ${OBJECTS} objects`,
     3,
@@ -152,9 +236,9 @@ try {
     },
     async (i) => {
       await s3.send(new CreateBucketCommand({ Bucket: `bare-snap-${i}` }));
-      const keys = ((await s3.send(new ListObjectsV2Command({ Bucket: `bare-${i}`, Prefix: 'fs/' }))).Contents ?? []).map((o) => o.Key!);
+      const keys = ((await s3.send(new ListObjectsV2Command({ Bucket: `bare-1-${i}`, Prefix: 'fs/' }))).Contents ?? []).map((o) => o.Key!);
       const copy = pLimit(16);
-      await Promise.all(keys.map((k) => copy(() => s3.send(new CopyObjectCommand({ Bucket: `bare-snap-${i}`, Key: k, CopySource: `bare-${i}/${k}` })))));
+      await Promise.all(keys.map((k) => copy(() => s3.send(new CopyObjectCommand({ Bucket: `bare-snap-${i}`, Key: k, CopySource: `bare-1-${i}/${k}` })))));
     },
   );
 
@@ -163,6 +247,7 @@ try {
   console.log(`\nThroughput, ${SEQ / MiB} MiB sequential, MiB/s, median of ${ROUNDS} rounds (write = write + fsync + close; read = cold, after a fresh mount)`);
   console.log(`${'path'.padEnd(26)}  write   read   write/SDK  read/SDK`);
   const data = randomBytes(SEQ);
+  await s3.send(new CreateBucketCommand({ Bucket: 'bare-seq' }));
   const mounters = ['s3fs', 'rclone'] as const;
   const seqVols = new Map<string, { id: string; vc: Record<string, string> }>();
   for (const mounter of mounters) {
@@ -183,10 +268,10 @@ try {
   const times = new Map<string, { w: number[]; r: number[] }>();
   for (const p of ['SDK', ...mounters]) times.set(p, { w: [], r: [] });
   for (let round = 0; round < ROUNDS; round++) {
-    times.get('SDK')!.w.push(await timed(() => s3.send(new PutObjectCommand({ Bucket: 'bare-0', Key: 'seq.bin', Body: data }))));
+    times.get('SDK')!.w.push(await timed(() => s3.send(new PutObjectCommand({ Bucket: 'bare-seq', Key: 'seq.bin', Body: data }))));
     times.get('SDK')!.r.push(
       await timed(async () => {
-        const r = await s3.send(new GetObjectCommand({ Bucket: 'bare-0', Key: 'seq.bin' }));
+        const r = await s3.send(new GetObjectCommand({ Bucket: 'bare-seq', Key: 'seq.bin' }));
         let n = 0;
         for await (const chunk of r.Body as AsyncIterable<Buffer>) n += chunk.length;
         return n;

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import pLimit from 'p-limit';
-import { DeleteObjectCommand, ListBucketsCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteBucketCommand, DeleteObjectCommand, ListBucketsCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { CephLab, LAB_S3 } from '../lab/ceph-lab.js';
 import { codeOf, connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
@@ -229,6 +229,31 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
     assert.deepEqual(await listKeys(s3, bucket, ''), []);
     const buckets = ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((x) => x.Name!);
     assert.ok(!buckets.includes(bucket), 'the volume bucket is gone');
+    await assert.rejects(ca.controller.ControllerGetVolume({ volume_id: v.volume_id! }), (e) => codeOf(e) === 'NOT_FOUND');
+  });
+
+  it('a bucket holding no data goes in one multi-delete, attachments and all; one a snapshot is still being copied from is refused', async () => {
+    const v = await create(ca, 'empty-del', 4 * MiB, { backend: 's3', clusterID: 'lab' });
+    const { bucket } = where(v);
+    await ca.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-a', volume_capability: RWX, secrets });
+    const keys = await listKeys(s3, bucket, '');
+    assert.equal(keys.length, 3, `root, record and one attachment: ${keys.join(' ')}`);
+    assert.ok(keys.includes('fs/') && keys.includes('.strata/record.json') && keys.some((k) => k.startsWith('.strata/attach/')));
+    // A marker of a snapshot still copying (its record says so) keeps the volume, fast path or not.
+    const marker = '.strata/snapshotting/csi-snap-' + '0'.repeat(32);
+    const snapBucket = 'csi-snap-' + '0'.repeat(32);
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: marker, Body: '' }));
+    await s3.send(new CreateBucketCommand({ Bucket: snapBucket }));
+    await s3.send(new PutObjectCommand({ Bucket: snapBucket, Key: '.strata/record.json', Body: JSON.stringify({ v: 1, kind: 'snapshot', name: 'x', source: v.volume_id, size: 4 * MiB, state: 'copying', createdAt: '' }) }));
+    await assert.rejects(ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets }), (e) => codeOf(e) === 'FAILED_PRECONDITION');
+    assert.ok((await listKeys(s3, bucket, '')).includes('.strata/record.json'), 'the refused delete removed nothing');
+    await s3.send(new DeleteObjectCommand({ Bucket: snapBucket, Key: '.strata/record.json' }));
+    await s3.send(new DeleteBucketCommand({ Bucket: snapBucket }));
+    await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: marker }));
+    await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
+    const buckets = ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((x) => x.Name!);
+    assert.ok(!buckets.includes(bucket), 'the volume bucket is gone');
+    await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
     await assert.rejects(ca.controller.ControllerGetVolume({ volume_id: v.volume_id! }), (e) => codeOf(e) === 'NOT_FOUND');
   });
 

@@ -27,8 +27,9 @@ import {
   type Location,
 } from './layout.js';
 import { parseS3Params, type S3Params } from './params.js';
+import { stopReason } from '../../util/call-context.js';
 import { RgwQuota } from './rgw-quota.js';
-import type { S3Store } from './store.js';
+import { LIST_PAGE, type S3Store } from './store.js';
 
 /**
  * S3 volumes are a bucket of their own or a prefix in a shared bucket (see
@@ -155,8 +156,6 @@ export class S3Controller implements ControllerBackend {
       } else {
         await store.createBucket(bucket);
       }
-      // The mount root exists as a directory object, so every mounter finds it on an empty volume.
-      await store.put(bucket, dataPrefix(l), '');
       rec = {
         v: 1,
         kind: 'volume',
@@ -168,10 +167,11 @@ export class S3Controller implements ControllerBackend {
         params: { mounter: p.mounter, uid: p.uid, gid: p.gid, mode: p.mode, mountOptions: p.mountOptions },
         createdAt: new Date().toISOString(),
       };
-      // The quota before the record, which marks the volume made: a crash between
-      // the two must not leave a volume that retries answer without its quota.
+      // The mount root exists as a directory object, so every mounter finds it on an empty volume.
+      // Root and quota before the record, which marks the volume made: a crash before it must not
+      // leave a volume that retries answer without either; the two are independent and go side by side.
       // A restore or clone gets its quota once its data is in: copies never run into it.
-      if (!from) await this.quota.apply(l, rec.capacity, ctx.log);
+      await settleAll([store.put(bucket, dataPrefix(l), ''), from ? undefined : this.quota.apply(l, rec.capacity, ctx.log, store)]);
       await store.putJson(bucket, recordKey(l), rec);
     }
     if (rec.state === 'copying') rec = await this.fill(store, l, rec, ctx);
@@ -227,6 +227,7 @@ export class S3Controller implements ControllerBackend {
     const store = this.store(l.cluster, secrets);
     const bucket = bucketOf(l);
     await this.jobs.cancel(idOf(l));
+    if (!l.shared && (await removeEmptyBucket(store, l))) return;
     const rec = await store.getJson<VolumeRecord>(bucket, recordKey(l));
     if (rec) {
       for await (const page of store.list(bucket, copyingPrefix(l))) {
@@ -419,6 +420,33 @@ export class S3Controller implements ControllerBackend {
 }
 
 /**
+ * The usual volume at its deletion: a bucket of its own that holds its mount
+ * root and Strata's records and no data. Nothing in it can be half-deleted
+ * into something else (a crash midway leaves no data for a same-named volume
+ * to inherit, and the retry finishes), so its objects go in one request,
+ * records last, and the bucket with them: three requests in all. Anything
+ * else (data, markers of snapshots being copied from it, a full listing page)
+ * is left untouched for the careful way, which answers false.
+ */
+async function removeEmptyBucket(store: S3Store, l: Location): Promise<boolean> {
+  const bucket = bucketOf(l);
+  const page = await store.list(bucket, '').next();
+  const keys = page.done ? [] : page.value.map((o) => o.key);
+  if (keys.length >= LIST_PAGE) return false;
+  const records = keys.filter((k) => k === recordKey(l) || k.startsWith(attachPrefix(l)));
+  if (keys.some((k) => k !== dataPrefix(l) && !records.includes(k))) return false;
+  await store.deleteBatch(bucket, [...keys.filter((k) => !records.includes(k)), ...records.filter((k) => k !== recordKey(l)), ...records.filter((k) => k === recordKey(l))]);
+  try {
+    await store.deleteBucket(bucket);
+  } catch (e) {
+    // Something was written meanwhile (BucketNotEmpty): the careful way takes it from here.
+    if (stopReason()) throw e;
+    return false;
+  }
+  return true;
+}
+
+/**
  * Removes a volume's or snapshot's objects, then its own bucket. Data first,
  * records last: a removal that stops halfway still has its record, so it is
  * seen (and retried) as what it was. Returns the number of objects removed.
@@ -428,4 +456,10 @@ async function removeAll(store: S3Store, l: Location): Promise<number> {
   const n = (await store.deletePrefix(bucket, dataPrefix(l))) + (await store.deletePrefix(bucket, rootOf(l)));
   if (!l.shared) await store.deleteBucket(bucket);
   return n;
+}
+
+/** Waits for every one of `work`, then fails with the first failure: nothing is left running when the call answers. */
+async function settleAll(work: Array<Promise<unknown> | undefined>): Promise<void> {
+  const failed = (await Promise.allSettled(work)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }

@@ -8,6 +8,7 @@ import { isCsiError, unavailable } from '../../errors.js';
 import { boundedSignal, stopReason, throwIfStopped } from '../../util/call-context.js';
 import { bucketOf, type Location } from './layout.js';
 import { readKey, type S3ClusterConfig } from './credentials.js';
+import type { S3Store } from './store.js';
 
 /**
  * Enforced capacity on Ceph RGW: a volume with a bucket of its own gets a
@@ -19,6 +20,8 @@ import { readKey, type S3ClusterConfig } from './credentials.js';
 const TIMEOUT_MS = 10_000;
 
 export class RgwQuota {
+  private readonly owners = new WeakMap<S3Store, Promise<string>>();
+
   constructor(private readonly cfg: Config) {}
 
   enforced(l: Location): boolean {
@@ -63,16 +66,44 @@ export class RgwQuota {
    * Sets the bucket quota to `bytes` where it can be enforced (a no-op
    * elsewhere); `undefined` turns it off. Counted on raw bytes, as the node
    * reports usage: RGW would otherwise count every object as at least 4 KiB.
+   *
+   * The admin API wants the bucket's owner, which only a GET tells. A bucket
+   * made through `creator` (the store of the identity that created it) is
+   * owned by that identity's user, so its owner is remembered per store and
+   * the next volume's quota is one request; a refused PUT looks the owner up
+   * again.
    */
-  async apply(l: Location, bytes: number | undefined, log: Logger): Promise<void> {
+  async apply(l: Location, bytes: number | undefined, log: Logger, creator?: S3Store): Promise<void> {
     const a = !l.shared ? this.admin(l.cluster) : undefined;
     if (!a) return;
     const bucket = bucketOf(l);
+    const quota = JSON.stringify({ enabled: bytes !== undefined, max_size: bytes ?? -1, max_objects: -1, check_on_raw: true });
+    const put = (uid: string) => this.call(a.s3, a.signer, 'PUT', { quota: '', uid, bucket }, quota);
+    const known = creator && this.owners.get(creator);
+    if (known) {
+      try {
+        await put(await known);
+        log.debug({ bucket, bytes }, 'bucket quota set');
+        return;
+      } catch (e) {
+        if (stopReason()) throw e;
+        if (this.owners.get(creator!) === known) this.owners.delete(creator!);
+      }
+    }
+    // Calls side by side share one lookup: a burst of creates asks once.
+    const owner = this.owner(a, bucket);
+    if (creator) {
+      this.owners.set(creator, owner);
+      owner.catch(() => this.owners.get(creator) === owner && this.owners.delete(creator));
+    }
+    await put(await owner);
+    log.debug({ bucket, bytes }, 'bucket quota set');
+  }
+
+  private async owner(a: { s3: S3ClusterConfig; signer: SignatureV4 }, bucket: string): Promise<string> {
     const info = JSON.parse(await this.call(a.s3, a.signer, 'GET', { bucket, format: 'json' })) as { owner?: string };
     if (!info.owner) throw unavailable(`RGW admin API gave no owner for bucket ${bucket}`);
-    const quota = { enabled: bytes !== undefined, max_size: bytes ?? -1, max_objects: -1, check_on_raw: true };
-    await this.call(a.s3, a.signer, 'PUT', { quota: '', uid: info.owner, bucket }, JSON.stringify(quota));
-    log.debug({ bucket, bytes }, 'bucket quota set');
+    return info.owner;
   }
 
   /**

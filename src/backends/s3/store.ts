@@ -51,6 +51,8 @@ export interface ObjectInfo {
 // One CopyObject is limited to 5 GiB and serial; above this, parts are copied side by side.
 export const MULTIPART_COPY_THRESHOLD = 32 * 1024 * 1024;
 export const COPY_PART_SIZE = 32 * 1024 * 1024;
+/** Keys per ListObjectsV2 page (the S3 default and maximum). */
+export const LIST_PAGE = 1000;
 const CONNECT_TIMEOUT_MS = 3_000;
 // Whole request, body included; RGW copies up to MULTIPART_COPY_THRESHOLD in one request in well under a second.
 const REQUEST_TIMEOUT_MS = 15_000;
