@@ -97,7 +97,8 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         if (health === 'dead' || health === 'unmounted') requireMountPoint(staging, 'staging_target_path', 'dir');
         await backend.stage(id, req, ctx);
         // Kernel mounts outlive the plugin; FUSE daemons may not, so keep what a remount needs.
-        if ((await findMount(staging))?.fsType.startsWith('fuse')) records.staged(req);
+        // Fencing backends keep one for every stage: a restarted plugin must find what to clean up.
+        if (backend.owned || (await findMount(staging))?.fsType.startsWith('fuse')) records.staged(req);
         return {};
       },
       { lockKeys: byVolume },
@@ -111,7 +112,8 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
         // An id that cannot be ours was never staged by this node: nothing on disk is touched for it.
         const { id, backend } = resolve(req.volume_id);
-        await backend.unstage(id, staging, ctx);
+        const record = records.get(staging);
+        await backend.unstage(id, staging, ctx, record?.request.volume_id === req.volume_id ? record.request : undefined);
         records.unstaged(staging);
         return {};
       },

@@ -71,6 +71,12 @@ export async function mountHealth(p: string, entries?: MountEntry[], waitMs = 5_
 const probes = new Map<string, Promise<'ok' | 'dead'>>();
 const DEAD = new Set(['ENOTCONN', 'ECONNABORTED']);
 
+/** Detaches a mount without asking its file system anything (no probe, no flush); a path that is not a mount point is fine. */
+export async function unmountLazy(target: string, log?: Logger): Promise<void> {
+  const r = await runAllowFail('umount', ['-l', target], { timeoutMs: T, log });
+  if (r.exitCode !== 0 && (await findMount(target))) throw new ExecError('umount', r.exitCode, r.stderr, false);
+}
+
 /** Unmounts if mounted; a path that is not a mount point is fine. */
 export async function unmount(target: string, log?: Logger): Promise<void> {
   for (let i = 0; i < 8; i++) {

@@ -114,7 +114,9 @@ export class RbdAttacher {
     const dir = this.fuseDir(ref);
     if (await findMount(dir)) await loopDetachAll(path.join(dir, ref.image), log);
     // rbd-fuse closes the image on the way out; a dead client's lock can hold that up to the 30 s watch timeout.
-    await unmountFuse(dir, 'rbd-fuse', 45_000, log);
+    // Lazily, without the usual statfs probe: a fenced rbd-fuse answers statfs only once its blocklist entry
+    // expires, and with the loop device gone nothing else uses the mount.
+    await unmountFuse(dir, 'rbd-fuse', 45_000, log, { lazy: true });
     if (!isInside(this.stateDir, dir)) throw new Error(`rbd-fuse directory ${dir} is outside the state directory`);
     if (existsSync(dir)) rmdirSync(dir);
     for (const m of ['krbd', 'rbd-nbd'] as const) {

@@ -12,7 +12,9 @@ import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, lo
 import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
 import { FS_TYPES, MOUNTERS, type FsType, type RbdMounter } from './params.js';
-import { RbdCli } from './rbd-cli.js';
+import { ENOENT, RbdCli, isErrno } from './rbd-cli.js';
+import { clientKey, clientsIn, ownInstances, type ClientRecord } from './fence.js';
+import { asciiJson } from '../../csi/grammar.js';
 
 /**
  * Node side of RBD: attach the image, make a file system only on a blank
@@ -27,7 +29,11 @@ export class RbdNode implements NodeBackend {
   private readonly clusters: CephClusters;
   readonly attacher: RbdAttacher;
 
-  constructor(cfg: Config, stateDir: string) {
+  constructor(
+    cfg: Config,
+    stateDir: string,
+    private readonly nodeId: string,
+  ) {
     this.clusters = new CephClusters(cfg);
     this.attacher = new RbdAttacher(stateDir);
   }
@@ -48,6 +54,8 @@ export class RbdNode implements NodeBackend {
     const rbd = new RbdCli(conn, ctx.log);
     const mode = modeOf(cap);
     const ours = await this.attacher.findDevice(ref, ctx.log);
+    // Clients that had the image open before this node attached: none of them is this node's.
+    let before: string[] | undefined;
     if (!ours) {
       // One command checks that the image exists and, for single-node modes,
       // is the node-side fence: an image already open elsewhere (a node the
@@ -56,10 +64,13 @@ export class RbdNode implements NodeBackend {
       if (watchers === undefined) throw notFound(`volume ${req.volume_id} not found`);
       // A stage cut short between rbd-fuse and losetup left our own rbd-fuse mount, whose watch is the one seen.
       const own = (await findMount(this.attacher.fuseDir(ref))) ? 1 : 0;
+      if (!own) before = watchers;
       if (watchers.length > own && isSingleNode(mode)) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
     }
     const device = ours ?? (await this.attacher.attach(chooseMounter(opts.mounter), ref, conn, ctx.log));
     try {
+      // Recorded before anything is written: from here on the controller can fence this node's clients.
+      await this.recordClients(rbd, ref, before, ctx);
       mkdirSync(staging, { recursive: true });
       if (cap.block) {
         // Never truncates: a file already there keeps its bytes (and is not removed at unstage).
@@ -88,16 +99,55 @@ export class RbdNode implements NodeBackend {
     } catch (e) {
       await unmount(cap.block ? target : staging, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       await this.attacher.detach(ref, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
+      if (!ours) await rbd.metaRemove(ref.pool, ref.image, clientKey(this.nodeId)).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       throw e;
     }
   }
 
-  async unstage(id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
+  /**
+   * Records in the image's metadata the client instances this node opened it
+   * with (see fence.ts). A restage over an attachment already there keeps a
+   * record it finds; without one, every watcher no other node claims is ours.
+   */
+  private async recordClients(rbd: RbdCli, ref: ImageRef, before: string[] | undefined, ctx: RpcContext): Promise<void> {
+    const key = clientKey(this.nodeId);
+    let others: string[][] = [];
+    if (!before) {
+      const meta = await rbd.metaList(ref.pool, ref.image);
+      if (meta[key] !== undefined) return;
+      others = [...clientsIn(meta)].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
+    }
+    const addrs = ownInstances((await rbd.watchers(ref.pool, ref.image)) ?? [], before ?? [], others);
+    if (!addrs.length) ctx.log.warn('no client of this node shows on the image; a fence can only take its unclaimed watchers');
+    await rbd.metaSet(ref.pool, ref.image, key, asciiJson({ v: 1, addrs } satisfies ClientRecord));
+  }
+
+  async unstage(id: ObjectId, staging: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void> {
     const blockFile = path.join(staging, BLOCK_FILE);
     if (await findMount(blockFile)) await unmount(blockFile, ctx.log);
     await removeMountPoint(blockFile);
     await unmount(staging, ctx.log);
-    await this.attacher.detach(this.ref(id), ctx.log);
+    const ref = this.ref(id);
+    await this.attacher.detach(ref, ctx.log);
+    // Only once the client is gone: a clean detach leaves the controller nothing to fence.
+    // A record left by a failure here names a client that no longer exists; fencing it harms nothing.
+    try {
+      await new RbdCli(this.clusters.conn(id.cluster, staged?.secrets), ctx.log).metaRemove(ref.pool, ref.image, clientKey(this.nodeId));
+    } catch (e) {
+      ctx.log.warn({ err: String(e) }, 'could not remove this node\'s client record; the controller may fence a client that is already gone');
+    }
+  }
+
+  /** Still this node's while the image holds its client record: fencing removes it, and so does a clean unstage. */
+  async owned(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<boolean> {
+    const ref = this.ref(id);
+    try {
+      const meta = await new RbdCli(this.clusters.conn(id.cluster, staged.secrets), ctx.log).metaList(ref.pool, ref.image);
+      return meta[clientKey(this.nodeId)] !== undefined;
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return false;
+      throw e;
+    }
   }
 
   async expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number> {
