@@ -299,12 +299,17 @@ export class RbdController implements ControllerBackend {
    */
   private async fence(conn: CephConn, rbd: RbdCli, pool: string, image: string, meta: Record<string, string>, nodes: string[], strays: boolean, ctx: RpcContext): Promise<void> {
     const clients = clientsIn(meta);
+    const attached = attachmentsIn(meta);
+    // An instance a node that keeps the volume also recorded (two nodes staging a multi-node
+    // volume at the same moment can each see both) is left alone: fencing must not cut off a
+    // node the volume is still published to.
+    const kept = new Set([...clients].filter(([n]) => !nodes.includes(n) && attached.has(n)).flatMap(([, a]) => a));
     const addrs = nodes.flatMap((n) => clients.get(n) ?? []);
     if (strays) {
       const claimed = [...clients].filter(([n]) => !nodes.includes(n)).map(([, a]) => a);
       addrs.push(...ownInstances((await rbd.watchers(pool, image)) ?? [], [], claimed));
     }
-    await blocklist(conn, addrs, ctx.log.child({ image, nodes }));
+    await blocklist(conn, addrs.filter((a) => !kept.has(a)), ctx.log.child({ image, nodes }));
     for (const n of nodes) if (clients.has(n)) await rbd.metaRemove(pool, image, clientKey(n));
   }
 

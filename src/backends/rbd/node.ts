@@ -68,9 +68,9 @@ export class RbdNode implements NodeBackend {
       if (watchers.length > own && isSingleNode(mode)) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
     }
     const device = ours ?? (await this.attacher.attach(chooseMounter(opts.mounter), ref, conn, ctx.log));
-    try {
-      // Recorded before anything is written: from here on the controller can fence this node's clients.
-      await this.recordClients(rbd, ref, before, ctx);
+    // The record is needed before a pod writes, which is after NodePublish: it is written while the
+    // file system is made and mounted, and the stage answers only once it is in place.
+    const place = async (): Promise<void> => {
       mkdirSync(staging, { recursive: true });
       if (cap.block) {
         // Never truncates: a file already there keeps its bytes (and is not removed at unstage).
@@ -96,6 +96,10 @@ export class RbdNode implements NodeBackend {
       await mount(device, staging, fs, stageMountOptions(fs, readonly, cap.mount?.mount_flags ?? []), ctx.log);
       // xfs grows only while mounted; xfs_growfs is a no-op when there is nothing to add.
       if (!readonly && fs === 'xfs') await growFs('xfs', device, staging, ctx.log);
+    };
+    try {
+      const [placed, recorded] = await Promise.allSettled([place(), this.recordClients(rbd, ref, before, ctx)]);
+      for (const r of [placed, recorded]) if (r.status === 'rejected') throw r.reason;
     } catch (e) {
       await unmount(cap.block ? target : staging, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       await this.attacher.detach(ref, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
