@@ -198,6 +198,34 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
     await cc.controller.DeleteVolume({ volume_id: vol.volume_id!, secrets });
   });
 
+  it('a fenced node given the volume again stages it afresh; a live stage without a record (an older version) is adopted', async () => {
+    const vol = await create('fence-again');
+    const image = imageOf(vol.volume_id!);
+    const att = await attach(ca, vol, 'node-a', path.join(a.dir, 'again'), RWO, secrets);
+    assert.ok(syncWrite(path.join(att.target, 'one'), 'one').ok);
+    const first = clientRecordOf(await imageMeta(lab, image), 'node-a')!.addrs;
+
+    // Staged by a version that kept no record: kubelet's repeated NodeStage records the live client and keeps the mount.
+    await lab.rbd(['image-meta', 'remove', `rbd/${image}`, `strata.client.${Buffer.from('node-a').toString('hex')}`]);
+    await ca.node.NodeStageVolume({ volume_id: vol.volume_id!, staging_target_path: att.staging, volume_capability: RWO, secrets, volume_context: vol.volume_context });
+    assert.deepEqual(clientRecordOf(await imageMeta(lab, image), 'node-a')!.addrs, first);
+    assert.ok(syncWrite(path.join(att.target, 'two'), 'two').ok, 'the adopted mount still writes');
+
+    // Fenced (force detach), then published to the same node again: the dead staging is replaced.
+    await cc.controller.ControllerUnpublishVolume({ volume_id: vol.volume_id!, node_id: 'node-a', secrets });
+    assert.equal(syncWrite(path.join(att.target, 'three'), 'three').ok, false);
+    await ca.node.NodeUnpublishVolume({ volume_id: vol.volume_id!, target_path: att.target });
+    const again = await attach(ca, vol, 'node-a', path.join(a.dir, 'again'), RWO, secrets);
+    const second = clientRecordOf(await imageMeta(lab, image), 'node-a')!.addrs;
+    assert.equal(second.length, 1);
+    assert.notDeepEqual(second, first, 'a new client instance');
+    assert.deepEqual(await watchers(lab, image), second);
+    assert.ok(syncWrite(path.join(again.target, 'four'), 'four').ok);
+    assert.deepEqual(readdirSync(again.target).filter((f) => f !== 'lost+found').sort(), ['four', 'one', 'two']);
+    await detach(ca, vol.volume_id!, 'node-a', again, secrets);
+    await cc.controller.DeleteVolume({ volume_id: vol.volume_id!, secrets });
+  });
+
   it('node-b and node-a are left with nothing mounted', async () => {
     assert.deepEqual(await leftovers(a.dir), []);
     assert.deepEqual(await leftovers(b.dir), []);

@@ -7,7 +7,7 @@ import { isInside } from '../../mount/checks.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { loopAttach, loopDetachAll, loopFind } from '../../mount/mounter.js';
 import { run, runAllowFail } from '../../util/exec.js';
-import { unmountFuse } from '../../mount/fuse-process.js';
+import { fuseDaemonPid, unmountFuse, waitExit } from '../../mount/fuse-process.js';
 import type { RbdMounter } from './params.js';
 
 /**
@@ -107,6 +107,20 @@ export class RbdAttacher {
     if (r.exitCode !== 0 || !r.stdout.trim()) return undefined;
     const list = JSON.parse(r.stdout) as Array<{ pool: string; name: string; device: string }>;
     return list.find((d) => d.pool === ref.pool && d.name === ref.image)?.device;
+  }
+
+  /** Whether an rbd-fuse daemon serves the image here. */
+  async fuseRunning(ref: ImageRef): Promise<boolean> {
+    return fuseDaemonPid('rbd-fuse', this.fuseDir(ref)) !== undefined;
+  }
+
+  /** Stops the image's rbd-fuse at once, without a flush: only for a fenced client, which cannot flush anything. */
+  async killFuse(ref: ImageRef, log: Logger): Promise<void> {
+    const pid = fuseDaemonPid('rbd-fuse', this.fuseDir(ref));
+    if (!pid) return;
+    process.kill(pid, 'SIGKILL');
+    await waitExit(pid, 10_000, 'rbd-fuse');
+    log.warn({ pid }, 'fenced rbd-fuse stopped');
   }
 
   /** Undoes attach whichever way it was done: loop, FUSE process, kernel mapping. */

@@ -6,7 +6,7 @@ import { isReadOnlyMode, isSingleNode, modeOf } from '../../csi/capabilities.js'
 import type { RpcContext } from '../../csi/handler.js';
 import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
-import { failedPrecondition, invalidArgument, notFound } from '../../errors.js';
+import { aborted, failedPrecondition, invalidArgument, notFound } from '../../errors.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, loopRefresh, mkfs, mount, pathKind, removeMountPoint, unmount } from '../../mount/mounter.js';
 import type { NodeBackend } from '../types.js';
@@ -48,10 +48,16 @@ export class RbdNode implements NodeBackend {
     const staging = req.staging_target_path;
     const target = cap.block ? path.join(staging, BLOCK_FILE) : staging;
     const opts = stageOptions(req);
-    if (await findMount(target)) return; // already staged
     const ref = this.ref(id);
     const conn = this.clusters.conn(id.cluster, req.secrets);
     const rbd = new RbdCli(conn, ctx.log);
+    if (await findMount(target)) {
+      // Already staged, unless the mount is from before this node was fenced (and the volume
+      // published to it again): a blocklisted client has lost its watch, so none is found.
+      if (await this.recordClients(rbd, ref, undefined, ctx)) return;
+      ctx.log.warn('the staged mount is from before this node was fenced: staging the volume afresh');
+      await this.unstage(id, staging, ctx, req);
+    }
     const mode = modeOf(cap);
     const ours = await this.attacher.findDevice(ref, ctx.log);
     // Clients that had the image open before this node attached: none of them is this node's.
@@ -100,6 +106,8 @@ export class RbdNode implements NodeBackend {
     try {
       const [placed, recorded] = await Promise.allSettled([place(), this.recordClients(rbd, ref, before, ctx)]);
       for (const r of [placed, recorded]) if (r.status === 'rejected') throw r.reason;
+      // A device left by a stage cut short whose client has since been fenced: undone here, attached afresh on retry.
+      if (recorded.status === 'fulfilled' && !recorded.value && ours) throw aborted('the attachment left by an earlier stage was fenced; retry');
     } catch (e) {
       await unmount(cap.block ? target : staging, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       await this.attacher.detach(ref, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
@@ -111,34 +119,65 @@ export class RbdNode implements NodeBackend {
   /**
    * Records in the image's metadata the client instances this node opened it
    * with (see fence.ts). A restage over an attachment already there keeps a
-   * record it finds; without one, every watcher no other node claims is ours.
+   * record it finds; without one, every watcher no other node claims is ours,
+   * and none at all means that attachment's client was fenced (false).
    */
-  private async recordClients(rbd: RbdCli, ref: ImageRef, before: string[] | undefined, ctx: RpcContext): Promise<void> {
+  private async recordClients(rbd: RbdCli, ref: ImageRef, before: string[] | undefined, ctx: RpcContext): Promise<boolean> {
     const key = clientKey(this.nodeId);
     let others: string[][] = [];
     if (!before) {
       const meta = await rbd.metaList(ref.pool, ref.image);
-      if (meta[key] !== undefined) return;
+      if (meta[key] !== undefined) return true;
       others = [...clientsIn(meta)].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
     }
     const addrs = ownInstances((await rbd.watchers(ref.pool, ref.image)) ?? [], before ?? [], others);
+    // Over an attachment already there, no watcher of ours means a fenced client: nothing to record.
+    if (!addrs.length && !before) return false;
     if (!addrs.length) ctx.log.warn('no client of this node shows on the image; a fence can only take its unclaimed watchers');
     await rbd.metaSet(ref.pool, ref.image, key, asciiJson({ v: 1, addrs } satisfies ClientRecord));
+    return addrs.length > 0;
   }
 
   async unstage(id: ObjectId, staging: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void> {
+    const ref = this.ref(id);
+    const rbd = new RbdCli(this.clusters.conn(id.cluster, staged?.secrets), ctx.log);
+    if (await this.fenced(rbd, ref, ctx)) {
+      // A blocklisted rbd-fuse has nothing it could still flush, and some of its calls wait until its
+      // entry expires: I/O through it would hold the loop device and the unmounts. It goes first.
+      ctx.log.warn('this node was fenced from the volume: its rbd-fuse is stopped before the unmounts');
+      await this.attacher.killFuse(ref, ctx.log);
+    }
     const blockFile = path.join(staging, BLOCK_FILE);
     if (await findMount(blockFile)) await unmount(blockFile, ctx.log);
     await removeMountPoint(blockFile);
     await unmount(staging, ctx.log);
-    const ref = this.ref(id);
     await this.attacher.detach(ref, ctx.log);
     // Only once the client is gone: a clean detach leaves the controller nothing to fence.
     // A record left by a failure here names a client that no longer exists; fencing it harms nothing.
     try {
-      await new RbdCli(this.clusters.conn(id.cluster, staged?.secrets), ctx.log).metaRemove(ref.pool, ref.image, clientKey(this.nodeId));
+      await rbd.metaRemove(ref.pool, ref.image, clientKey(this.nodeId));
     } catch (e) {
       ctx.log.warn({ err: String(e) }, 'could not remove this node\'s client record; the controller may fence a client that is already gone');
+    }
+  }
+
+  /**
+   * Whether this node's client of the image was fenced: its record is gone and
+   * no watcher that another node does not claim is left (a blocklisted client
+   * loses its watch at once; a live one, even staged by a version that kept no
+   * record, still has it). Unknown (cluster unreachable) counts as not fenced.
+   */
+  private async fenced(rbd: RbdCli, ref: ImageRef, ctx: RpcContext): Promise<boolean> {
+    if (!(await this.attacher.fuseRunning(ref))) return false;
+    try {
+      const meta = await rbd.metaList(ref.pool, ref.image);
+      if (meta[clientKey(this.nodeId)] !== undefined) return false;
+      const others = [...clientsIn(meta)].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
+      return ownInstances((await rbd.watchers(ref.pool, ref.image)) ?? [], [], others).length === 0;
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return true;
+      ctx.log.warn({ err: String(e) }, 'could not tell whether this node was fenced; unstaging as usual');
+      return false;
     }
   }
 
