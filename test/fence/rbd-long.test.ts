@@ -90,7 +90,7 @@ describe(`rbd: a node fenced for ${MINUTES} minutes stays fenced`, { timeout: (M
     ca.close();
     a = await startDriver({ config: lab.writeDriverConfig(), mode: 'node', nodeId: 'node-a', dir: a.dir, args: ['--heal-interval', '0'] });
     ca = { ...connect(a.socket), controller: cc.controller };
-    await until('node-a to release the volume', async () => (await leftovers(path.join(a.dir, 'long'))).length === 0 && fusePids(a.dir, /rbd-fuse$/).length === 0);
+    await until('node-a to release the volume', async () => readFileSync(a.logFile, 'utf8').includes('"volume released"') && (await leftovers(path.join(a.dir, 'long'))).length === 0 && fusePids(a.dir, /rbd-fuse$/).length === 0);
     assert.match(readFileSync(a.logFile, 'utf8'), /volume released/);
 
     await detach(cb, vol.volume_id!, 'node-b', attB, secrets);

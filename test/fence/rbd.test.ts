@@ -107,7 +107,7 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
     ca.close();
     a = await startDriver({ config, mode: 'node', nodeId: 'node-a', dir: a.dir, args: ['--heal-interval', '0'] });
     ca = { ...connect(a.socket), controller: cc.controller };
-    await until('node-a to release the volume', async () => (await leftovers(path.join(a.dir, 'frozen'))).length === 0 && fusePids(a.dir, /rbd-fuse$/).length === 0);
+    await until('node-a to release the volume', async () => readFileSync(a.logFile, 'utf8').includes('"volume released"') && (await leftovers(path.join(a.dir, 'frozen'))).length === 0 && fusePids(a.dir, /rbd-fuse$/).length === 0);
     const staged = path.join(a.stateDir, 'staged');
     assert.deepEqual(existsSync(staged) ? readdirSync(staged) : [], [], 'node-a dropped its stage record');
     const log = readFileSync(a.logFile, 'utf8');
