@@ -140,8 +140,14 @@ export class RbdNode implements NodeBackend {
 
   async unstage(id: ObjectId, staging: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void> {
     const ref = this.ref(id);
-    const rbd = new RbdCli(this.clusters.conn(id.cluster, staged?.secrets), ctx.log);
-    if (await this.fenced(rbd, ref, ctx)) {
+    // NodeUnstage carries no secrets: without a stage record (or a default identity) the cluster is not asked.
+    let rbd: RbdCli | undefined;
+    try {
+      rbd = new RbdCli(this.clusters.conn(id.cluster, staged?.secrets), ctx.log);
+    } catch (e) {
+      ctx.log.debug({ err: String(e) }, 'no Ceph identity for this unstage: fencing state not checked');
+    }
+    if (rbd && (await this.fenced(rbd, ref, ctx))) {
       // A blocklisted rbd-fuse has nothing it could still flush, and some of its calls wait until its
       // entry expires: I/O through it would hold the loop device and the unmounts. It goes first.
       ctx.log.warn('this node was fenced from the volume: its rbd-fuse is stopped before the unmounts');
@@ -155,7 +161,7 @@ export class RbdNode implements NodeBackend {
     // Only once the client is gone: a clean detach leaves the controller nothing to fence.
     // A record left by a failure here names a client that no longer exists; fencing it harms nothing.
     try {
-      await rbd.metaRemove(ref.pool, ref.image, clientKey(this.nodeId));
+      await rbd?.metaRemove(ref.pool, ref.image, clientKey(this.nodeId));
     } catch (e) {
       ctx.log.warn({ err: String(e) }, 'could not remove this node\'s client record; the controller may fence a client that is already gone');
     }
