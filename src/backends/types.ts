@@ -47,7 +47,14 @@ export interface NodeBackend {
   /** Whether its volumes can be used as raw block devices (only RBD's can; the others are file systems). */
   readonly rawBlock: boolean;
   stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void>;
-  unstage(id: ObjectId, stagingPath: string, ctx: RpcContext): Promise<void>;
+  /** `staged` is the stage request the node recorded, when it has one (its secrets reach the store). */
+  unstage(id: ObjectId, stagingPath: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void>;
+  /**
+   * Backends that fence: whether a staged volume is still this node's. False
+   * once the controller fenced the node or gave the volume to another: the
+   * node then removes its mounts and never heals them.
+   */
+  owned?(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<boolean>;
   expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number>;
   /** Usage from the store itself, where the mount's own numbers mean nothing (S3); undefined: use statfs. */
   usage?(id: ObjectId, volumePath: string, ctx: RpcContext): Promise<VolumeUsage[] | undefined>;

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { NodeBackend } from '../backends/types.js';
@@ -6,6 +7,10 @@ import { bindMount, mountHealth, unmount } from '../mount/mounter.js';
 import type { RpcContext, RpcRuntime } from './handler.js';
 import { parseId, type Backend } from './ids.js';
 import type { StageRecord, StageRecords } from './stage-records.js';
+import { STAGED_BLOCK_FILE } from '../backends/types.js';
+
+/** What staging mounted: the staging directory, or the device file in it for raw block. */
+const stagedPath = (r: StageRecord): string => (r.request.volume_capability?.block ? path.join(r.request.staging_target_path, STAGED_BLOCK_FILE) : r.request.staging_target_path);
 
 /**
  * Remounts FUSE volumes whose daemon died: the node plugin's container
@@ -42,21 +47,23 @@ export class Healer {
     try {
       const entries = await readMountInfo();
       for (const r of this.records.all()) {
-        if (r.kernel) continue;
-        // The probe needs no lock: a pass that finds every mount well never turns one of kubelet's calls away with ABORTED.
-        if (!(await this.needsCare(r, entries))) continue;
+        // A fencing backend is asked each pass whether the volume is still this node's. Otherwise the
+        // probe needs no lock: a pass that finds every mount well never turns one of kubelet's calls away.
+        if (!this.fences(r) && (r.kernel || !(await this.needsCare(r, entries)))) continue;
         // Kubelet acting on the volume right now wins; the next pass looks again.
         const release = this.rt.locks.tryAcquire([r.request.volume_id]);
         if (!release) continue;
         const log = this.log.child({ volumeId: r.request.volume_id, staging: r.request.staging_target_path });
+        const ctx: RpcContext = { reqId: `heal-${Date.now().toString(36)}`, log };
         try {
-          const health = await mountHealth(r.request.staging_target_path, entries);
+          if ((await this.release(r, ctx)) || r.kernel) continue;
+          const health = await mountHealth(stagedPath(r), entries);
           if (health === 'unmounted') {
             // Nothing to heal: the node rebooted or someone unmounted it; kubelet stages again if it needs it.
             this.records.unstaged(r.request.staging_target_path);
             continue;
           }
-          await this.heal(r, { reqId: `heal-${Date.now().toString(36)}`, log }, health);
+          await this.heal(r, ctx, health);
         } catch (e) {
           log.error({ err: (e as Error).message }, 'could not heal the volume; will try again');
         } finally {
@@ -70,17 +77,44 @@ export class Healer {
     }
   }
 
+  private fences(r: StageRecord): boolean {
+    const id = parseId(r.request.volume_id, 'v');
+    return !!(id && this.backends[id.backend]?.owned);
+  }
+
   private async needsCare(r: StageRecord, entries: Awaited<ReturnType<typeof readMountInfo>>): Promise<boolean> {
-    if ((await mountHealth(r.request.staging_target_path, entries)) !== 'ok') return true;
+    if ((await mountHealth(stagedPath(r), entries)) !== 'ok') return true;
     for (const target of Object.keys(r.targets)) if ((await mountHealth(target, entries)) === 'dead') return true;
     return false;
+  }
+
+  /**
+   * A volume that is no longer this node's (fenced, or given to another node
+   * while this one was away): its pod targets and staging are unmounted, its
+   * client released and its record dropped, and it is never mounted again
+   * here. True when it did so; the caller holds the volume's lock.
+   */
+  private async release(r: StageRecord, ctx: RpcContext): Promise<boolean> {
+    const id = parseId(r.request.volume_id, 'v');
+    const backend = id && this.backends[id.backend];
+    if (!id || !backend?.owned || (await backend.owned(id, r.request, ctx))) return false;
+    const staging = r.request.staging_target_path;
+    ctx.log.warn('volume is no longer this node\'s (fenced, or published to another node): removing its mounts instead of healing them');
+    for (const target of Object.keys(r.targets)) {
+      await unmount(target, ctx.log);
+      this.records.unpublished(r.request.volume_id, target);
+    }
+    await backend.unstage(id, staging, ctx, r.request);
+    this.records.unstaged(staging);
+    ctx.log.warn({ targets: Object.keys(r.targets).length }, 'volume released');
+    return true;
   }
 
   /** Restages a dead staging mount and rebinds dead targets; the caller holds the volume's lock. */
   async heal(r: StageRecord, ctx: RpcContext, known?: Awaited<ReturnType<typeof mountHealth>>): Promise<void> {
     const t0 = performance.now();
     const staging = r.request.staging_target_path;
-    const health = known ?? (await mountHealth(staging));
+    const health = known ?? (await mountHealth(stagedPath(r)));
     if (health === 'hung') {
       // Alive but stuck (a network partition, a SIGSTOP): remounting would lose what it holds, and its targets hang alike.
       ctx.log.warn('staging mount does not answer; its FUSE daemon is alive, so it is left alone');
@@ -91,6 +125,7 @@ export class Healer {
       const id = parseId(r.request.volume_id, 'v');
       const backend = id && this.backends[id.backend];
       if (!id || !backend) return;
+      if (await this.release(r, ctx)) return;
       ctx.log.warn('staging mount is dead (its FUSE daemon is gone): mounting it again');
       await unmount(staging, ctx.log);
       await backend.stage(id, r.request, ctx);

@@ -122,9 +122,11 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         // Looked at only when nothing is mounted there: a stat of a stuck FUSE mount would never return.
         if (health === 'dead' || health === 'unmounted') requireMountPoint(staging, 'staging_target_path', 'dir');
         await backend.stage(id, req, ctx);
-        // Every stage is recorded, so publish can tell which volume a staging path holds. Only a FUSE
-        // stage keeps its secrets: its daemon may die with the plugin, and kubelet never sends them again.
-        records.staged(req, !!(await findMount(staging))?.fsType.startsWith('fuse'));
+        // Every stage is recorded, so publish can tell which volume a staging path holds. A FUSE stage
+        // keeps its secrets (its daemon may die with the plugin, and kubelet never sends them again), as
+        // does a stage of a fencing backend (unstage and the healer ask the cluster whether it is still ours).
+        const fuse = !!(await findMount(staging))?.fsType.startsWith('fuse');
+        records.staged(req, fuse, fuse || !!backend.owned);
         return {};
       },
     ),
@@ -138,9 +140,9 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         lockKeys: byVolume,
       },
       async (req, ctx, { id, backend, staging }) => {
-        const other = otherVolumeAt(staging, req.volume_id);
-        if (other) throw failedPrecondition(`staging_target_path ${staging} holds volume ${other}, not ${req.volume_id}`);
-        await backend.unstage(id, staging, ctx);
+        const record = records.get(staging)?.request;
+        if (record && record.volume_id !== req.volume_id) throw failedPrecondition(`staging_target_path ${staging} holds volume ${record.volume_id}, not ${req.volume_id}`);
+        await backend.unstage(id, staging, ctx, record);
         records.unstaged(staging);
         return {};
       },

@@ -63,7 +63,7 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
   if (node) {
     if (!opts.node?.nodeId) throw new Error('node mode needs a node id (--node-id)');
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
-    const backends = { rbd: new RbdNode(opts.config, opts.stateDir), cephfs: new CephfsNode(opts.config), s3: new S3Node(opts.config, opts.stateDir) };
+    const backends = { rbd: new RbdNode(opts.config, opts.stateDir, opts.node.nodeId), cephfs: new CephfsNode(opts.config), s3: new S3Node(opts.config, opts.stateDir) };
     const records = new StageRecords(opts.stateDir);
     healer = new Healer(rt, backends, records, opts.log.child({ component: 'healer' }));
     server.addService(lenientService(csi.Node.service), nodeService(rt, backends, opts.node, { records, healer }));

@@ -22,7 +22,7 @@ export interface StageRecord {
   v: 1;
   request: csi.NodeStageVolumeRequest;
   targets: Record<string, PublishedTarget>;
-  /** Not a FUSE mount (kernel, or a loop device's file system): it outlives the plugin, so there is nothing to heal, and no secrets are kept. */
+  /** Not a FUSE mount (kernel, or a loop device's file system): it outlives the plugin, so there is nothing to heal. */
   kernel?: boolean;
 }
 
@@ -71,10 +71,12 @@ export class StageRecords {
   }
 
   /** A new stage: any targets of an older record at this path are kept (kubelet may restage under live pods). */
-  staged(request: csi.NodeStageVolumeRequest, fuse: boolean): void {
+  /** `keepSecrets`: the node will need the stage's credentials again (a FUSE remount, a fencing check). */
+  staged(request: csi.NodeStageVolumeRequest, fuse: boolean, keepSecrets = fuse): void {
     const old = this.get(request.staging_target_path);
     const targets = old?.request.volume_id === request.volume_id ? old.targets : {};
-    this.write(fuse ? { v: 1, request, targets } : { v: 1, request: { ...request, secrets: {} }, targets, kernel: true });
+    const kept = keepSecrets ? request : { ...request, secrets: {} };
+    this.write(fuse ? { v: 1, request: kept, targets } : { v: 1, request: kept, targets, kernel: true });
   }
 
   published(volumeId: string, staging: string, target: string, t: PublishedTarget): void {

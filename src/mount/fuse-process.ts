@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { aborted } from '../errors.js';
 import { boundedTimeout } from '../util/call-context.js';
-import { unmount } from './mounter.js';
+import { unmount, unmountLazy } from './mounter.js';
 import { findMount } from './mountinfo.js';
 
 /** FUSE daemons found from /proc (no pid files to go stale), and waiting for them to finish. */
@@ -62,8 +62,8 @@ export async function waitExit(pid: number, timeoutMs: number, what = 'the FUSE 
  * daemon is looked for whether or not the mount is still there, so a retry
  * after an unmount that did not wait long enough waits for the same daemon.
  */
-export async function unmountFuse(dir: string, binary: string | string[], timeoutMs: number, log?: Logger): Promise<void> {
+export async function unmountFuse(dir: string, binary: string | string[], timeoutMs: number, log?: Logger, opts: { lazy?: boolean } = {}): Promise<void> {
   const pid = fuseDaemonPid(binary, dir);
-  if (await findMount(dir)) await unmount(dir, log);
+  if (await findMount(dir)) await (opts.lazy ? unmountLazy(dir, log) : unmount(dir, log));
   if (pid) await waitExit(pid, timeoutMs, typeof binary === 'string' ? binary : binary.join('/'));
 }

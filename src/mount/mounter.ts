@@ -2,7 +2,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { lstat, open, readFile, realpath, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { internal } from '../errors.js';
+import { aborted, internal } from '../errors.js';
 import { ExecError, run, runAllowFail } from '../util/exec.js';
 import { findMount, readMountInfo, type MountEntry } from './mountinfo.js';
 
@@ -70,6 +70,12 @@ export async function mountHealth(p: string, entries?: MountEntry[], waitMs = 5_
 
 const probes = new Map<string, Promise<'ok' | 'dead'>>();
 const DEAD = new Set(['ENOTCONN', 'ECONNABORTED']);
+
+/** Detaches a mount without asking its file system anything (no probe, no flush); a path that is not a mount point is fine. */
+export async function unmountLazy(target: string, log?: Logger): Promise<void> {
+  const r = await runAllowFail('umount', ['-l', target], { timeoutMs: T, log });
+  if (r.exitCode !== 0 && (await findMount(target))) throw new ExecError('umount', r.exitCode, r.stderr, false);
+}
 
 /** Unmounts if mounted; a path that is not a mount point is fine. */
 export async function unmount(target: string, log?: Logger): Promise<void> {
@@ -205,8 +211,13 @@ export async function loopAttach(file: string, log?: Logger): Promise<string> {
 }
 
 export async function loopDetachAll(file: string, log?: Logger): Promise<void> {
-  for (let dev = loopFind(file); dev; dev = loopFind(file)) {
-    await run('losetup', ['-d', dev], { timeoutMs: T, log });
+  for (let i = 0, dev = loopFind(file); dev; dev = loopFind(file), i++) {
+    // On a device still open, losetup -d only marks it to clear at the last close: wait, but not forever.
+    if (i >= 50) throw aborted(`loop device ${dev} over ${file} is still in use; retry`);
+    if (i > 0) await new Promise((res) => setTimeout(res, 100));
+    const r = await runAllowFail('losetup', ['-d', dev], { timeoutMs: T, log });
+    // ENXIO: it cleared between the look and the detach.
+    if (r.exitCode !== 0 && loopFind(file) === dev) throw new ExecError('losetup -d', r.exitCode, r.stderr, false);
   }
 }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/config.js';
@@ -46,8 +47,16 @@ interface VolumeMeta {
  */
 const metaValue = (v: unknown): string => asciiJson(v).replace(/%/g, '\\u0025');
 
-/** The Ceph user that may reach only this subvolume. */
+/** The Ceph user that may reach only this subvolume (shared by every node: volumes published before per-node users). */
 export const volumeUser = (subvolume: string) => `strata-${subvolume}`;
+
+/**
+ * The Ceph user one node mounts this subvolume with. One per node, so that
+ * fencing a node (evicting its sessions, removing its user) never touches
+ * another node's mounts, and a key the old node kept opens nothing.
+ */
+export const nodeUser = (subvolume: string, nodeId: string) => `strata-${subvolume}-${createHash('sha256').update(nodeId).digest('hex').slice(0, 16)}`;
+export const isNodeUserOf = (subvolume: string, user: string): boolean => new RegExp(`^strata-${subvolume}-[0-9a-f]{16}$`).test(user);
 
 export class CephfsController implements ControllerBackend {
   private readonly clusters: CephClusters;
@@ -202,7 +211,7 @@ export class CephfsController implements ControllerBackend {
       await fs.remove(name, false, true);
       return;
     }
-    await fs.deauthorize(name, volumeUser(name));
+    for (const user of new Set([volumeUser(name), ...(await fs.authorizedUsers(name)).filter((u) => isNodeUserOf(name, u))])) await fs.deauthorize(name, user);
     const kept: string[] = [];
     for (const snap of await fs.snapList(name)) {
       const m = await fs.snapMetaList(name, snap);
@@ -223,11 +232,15 @@ export class CephfsController implements ControllerBackend {
     const info = await fs.info(name);
     if (!info || info.state !== 'complete') throw notFound(`volume ${req.volume_id} not found`);
     const mode = modeOf(req.volume_capability);
-    if (decidePublish(attachmentsIn(await fs.metaList(name)), req.node_id, mode, req.readonly) === 'add') {
+    const attachments = attachmentsIn(await fs.metaList(name));
+    if (decidePublish(attachments, req.node_id, mode, req.readonly) === 'add') {
+      // Users of nodes the volume is no longer published to (an unpublish cut short) go before a new node comes.
+      const current = new Set([...attachments.keys()].map((n) => nodeUser(name, n)));
+      for (const user of await fs.authorizedUsers(name)) if (isNodeUserOf(name, user) && !current.has(user) && user !== nodeUser(name, req.node_id)) await this.fence(fs, name, user, ctx);
       await fs.metaSet(name, attachKey(req.node_id), metaValue({ mode, readonly: req.readonly }));
     }
-    // The node mounts with a key for this subvolume alone, handed over in the publish context.
-    const user = volumeUser(name);
+    // The node mounts with a key for this subvolume and this node alone, handed over in the publish context.
+    const user = nodeUser(name, req.node_id);
     return { userID: user, userKey: await fs.authorize(name, user) };
   }
 
@@ -235,8 +248,19 @@ export class CephfsController implements ControllerBackend {
     const { fs, name } = this.cliFor(id, secrets, ctx.log);
     const info = await fs.info(name);
     if (!info || info.state !== 'complete') return;
+    // The node's sessions are evicted and its user removed before the attachment goes: a node that
+    // never unmounted (force detach) is cut off, and a retry after a crash finds the attachment and fences again.
+    const users = nodeId ? [nodeUser(name, nodeId)] : (await fs.authorizedUsers(name)).filter((u) => isNodeUserOf(name, u));
+    for (const user of users) await this.fence(fs, name, user, ctx);
     const keys = nodeId ? [attachKey(nodeId)] : Object.keys(await fs.metaList(name)).filter((k) => k.startsWith(ATTACH_PREFIX));
     for (const k of keys) await fs.metaRemove(name, k);
+  }
+
+  /** Evicts a node user's sessions (the MDS blocklists them) and removes the user, so its key opens nothing again. Idempotent. */
+  private async fence(fs: CephFsCli, name: string, user: string, ctx: RpcContext): Promise<void> {
+    await fs.evict(name, user);
+    await fs.deauthorize(name, user);
+    ctx.log.debug({ subvolume: name, user }, 'node user evicted and removed');
   }
 
   async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {

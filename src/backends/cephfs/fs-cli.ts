@@ -11,6 +11,7 @@ import { parseOutput } from '../../util/json.js';
  */
 
 export const ENOENT = 2;
+export const EINVAL = 22;
 export const EEXIST = 17;
 export const EAGAIN = 11;
 export const ENOTEMPTY = 39;
@@ -244,6 +245,30 @@ export class CephFsCli {
       await this.sv('deauthorize', { sub_name: name, auth_id: authId });
     } catch (e) {
       if (!isErrno(e, ENOENT)) throw e;
+    }
+  }
+
+  /** The Ceph users authorized on this subvolume. */
+  async authorizedUsers(name: string): Promise<string[]> {
+    try {
+      const list = parseOutput<Array<Record<string, string>>>(await this.sv('authorized_list', { sub_name: name }), 'fs subvolume authorized_list');
+      return list.flatMap((e) => Object.keys(e));
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return [];
+      throw e;
+    }
+  }
+
+  /**
+   * Evicts the MDS sessions of a user that mounted this subvolume; the MDS
+   * blocklists their client instances, so nothing they still hold reaches the
+   * OSDs. A user that is not (or no longer) authorized has nothing to evict.
+   */
+  async evict(name: string, authId: string): Promise<void> {
+    try {
+      await this.sv('evict', { sub_name: name, auth_id: authId });
+    } catch (e) {
+      if (!isErrno(e, ENOENT) && !isErrno(e, EINVAL)) throw e;
     }
   }
 

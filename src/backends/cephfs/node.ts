@@ -10,8 +10,9 @@ import type * as csi from '../../csi/types.js';
 import { failedPrecondition, internal, invalidArgument, isCsiError, notFound } from '../../errors.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { fsUsage } from '../../mount/mounter.js';
-import { ExecError, run } from '../../util/exec.js';
-import { unmountFuse } from '../../mount/fuse-process.js';
+import { ExecError, run, runAllowFail } from '../../util/exec.js';
+import { fuseDaemonPid, unmountFuse, waitExit } from '../../mount/fuse-process.js';
+import { isNodeUserOf } from './controller.js';
 import type { NodeBackend } from '../types.js';
 import { parseCephfsParams, type CephfsMounter } from './params.js';
 
@@ -100,9 +101,39 @@ export class CephfsNode implements NodeBackend {
     if (!(await findMount(staging))) throw internal(`${file} returned but ${staging} is not mounted`);
   }
 
-  async unstage(_id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
+  async unstage(id: ObjectId, staging: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void> {
+    const pid = fuseDaemonPid('ceph-fuse', staging);
+    if (pid && staged && (await this.userRemoved(id, staged, ctx))) {
+      // Fenced: its sessions were evicted and its client blocklisted, so it has nothing it could still
+      // flush, and a call into it can wait on the MDS for good. It goes before the unmount.
+      ctx.log.warn({ pid }, 'this node was fenced from the volume: its ceph-fuse is stopped before the unmount');
+      process.kill(pid, 'SIGKILL');
+      await waitExit(pid, 10_000, 'ceph-fuse');
+    }
     // ceph-fuse flushes its caches on the way out: unstaged means the daemon is gone (a kernel mount has none).
     await unmountFuse(staging, 'ceph-fuse', 30_000, ctx.log);
+  }
+
+  /**
+   * Still this node's while its own Ceph user exists: fencing evicts the
+   * node's sessions and removes that user. Stages with another user (the
+   * node-stage secret, or a volume user shared by all nodes) are never fenced.
+   */
+  async owned(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<boolean> {
+    return !(await this.userRemoved(id, staged, ctx));
+  }
+
+  /** True only when Ceph refuses the stage's node user outright; unknown (a cluster that does not answer) is false. */
+  private async userRemoved(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<boolean> {
+    const user = staged.publish_context?.userID;
+    const key = staged.publish_context?.userKey;
+    const [, , subvolume] = id.location as [string, string, string];
+    if (!user || !key || !isNodeUserOf(subvolume, user)) return false;
+    const cluster = findCluster(this.cfg, id.cluster);
+    if (!cluster?.ceph) return false;
+    const identity = resolveCephIdentity(cluster, { userID: user, userKey: key }, this.keyFiles);
+    const r = await runAllowFail('ceph', ['-c', '/dev/null', '-m', cluster.ceph.monitors.join(','), '--id', identity.id, '--keyfile', identity.keyFile, ...CEPH_TIMEOUTS, '--connect-timeout', '10', 'fsid'], { timeoutMs: 20_000, log: ctx.log });
+    return r.exitCode !== 0 && /permission denied|EACCES|authenticat/i.test(r.stderr);
   }
 
   async expand(_id: ObjectId, req: csi.NodeExpandVolumeRequest): Promise<number> {

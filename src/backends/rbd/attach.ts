@@ -7,7 +7,7 @@ import { isInside } from '../../mount/checks.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { loopAttach, loopDetachAll, loopFind } from '../../mount/mounter.js';
 import { run, runAllowFail } from '../../util/exec.js';
-import { unmountFuse } from '../../mount/fuse-process.js';
+import { fuseDaemonPid, unmountFuse, waitExit } from '../../mount/fuse-process.js';
 import type { RbdMounter } from './params.js';
 
 /**
@@ -109,12 +109,28 @@ export class RbdAttacher {
     return list.find((d) => d.pool === ref.pool && d.name === ref.image)?.device;
   }
 
+  /** Whether an rbd-fuse daemon serves the image here. */
+  async fuseRunning(ref: ImageRef): Promise<boolean> {
+    return fuseDaemonPid('rbd-fuse', this.fuseDir(ref)) !== undefined;
+  }
+
+  /** Stops the image's rbd-fuse at once, without a flush: only for a fenced client, which cannot flush anything. */
+  async killFuse(ref: ImageRef, log: Logger): Promise<void> {
+    const pid = fuseDaemonPid('rbd-fuse', this.fuseDir(ref));
+    if (!pid) return;
+    process.kill(pid, 'SIGKILL');
+    await waitExit(pid, 10_000, 'rbd-fuse');
+    log.warn({ pid }, 'fenced rbd-fuse stopped');
+  }
+
   /** Undoes attach whichever way it was done: loop, FUSE process, kernel mapping. */
   async detach(ref: ImageRef, log: Logger): Promise<void> {
     const dir = this.fuseDir(ref);
     if (await findMount(dir)) await loopDetachAll(path.join(dir, ref.image), log);
     // rbd-fuse closes the image on the way out; a dead client's lock can hold that up to the 30 s watch timeout.
-    await unmountFuse(dir, 'rbd-fuse', 45_000, log);
+    // Lazily, without the usual statfs probe: a fenced rbd-fuse answers statfs only once its blocklist entry
+    // expires, and with the loop device gone nothing else uses the mount.
+    await unmountFuse(dir, 'rbd-fuse', 45_000, log, { lazy: true });
     if (!isInside(this.stateDir, dir)) throw new Error(`rbd-fuse directory ${dir} is outside the state directory`);
     if (existsSync(dir)) rmdirSync(dir);
     for (const m of ['krbd', 'rbd-nbd'] as const) {

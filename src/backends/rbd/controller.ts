@@ -4,7 +4,7 @@ import type { Config } from '../../config/config.js';
 import { CephClusters } from '../../ceph/clusters.js';
 import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
-import { GiB, MiB, isBlock, isMultiNodeWriter, modeOf, sizeFits, sizeFromRange } from '../../csi/capabilities.js';
+import { GiB, MiB, isBlock, isMultiNodeWriter, isSingleNode, modeOf, sizeFits, sizeFromRange, type AccessMode } from '../../csi/capabilities.js';
 import type * as csi from '../../csi/types.js';
 import { status } from '@grpc/grpc-js';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, isCsiError, notFound, outOfRange } from '../../errors.js';
@@ -19,6 +19,8 @@ import { EBUSY, EEXIST, ENOENT, isErrno, type CreateOptions, type RbdApi, type R
 import { LibRbd } from './librbd.js';
 import { Debounced, purgeTrash } from './trash.js';
 import { outsideCall } from '../../util/call-context.js';
+import type { CephConn } from '../../ceph/conn.js';
+import { blocklist, clientKey, clientsIn, ownInstances } from './fence.js';
 
 /**
  * RBD volumes are images named csi-vol-<hash of the request name>; snapshots
@@ -31,7 +33,6 @@ import { outsideCall } from '../../util/call-context.js';
 const META_PREFIX = 'strata.';
 const META_VOLUME = 'strata.volume';
 const META_SNAPSHOT = 'strata.snapshot';
-const META_ATTACH = ATTACH_PREFIX;
 const SNAP_NAME = 'csi';
 // Temporary snapshots on a source, named after the clone or snapshot image being made from it.
 const TEMP_SNAPSHOT = /^csi-(vol|snap)-[0-9a-f]{32}$/;
@@ -267,21 +268,58 @@ export class RbdController implements ControllerBackend {
 
   async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
     const [pool, image] = id.location as [string, string];
-    const rbd = this.api(id.cluster, req.secrets, ctx.log);
-    if (!(await rbd.info(pool, image))) throw notFound(`volume ${req.volume_id} not found`);
+    const conn = this.clusters.conn(id.cluster, req.secrets);
+    const rbd = this.connect(conn, ctx.log);
+    const meta = await metaOf(rbd, pool, image);
+    if (!meta) throw notFound(`volume ${req.volume_id} not found`);
     const mode = modeOf(req.volume_capability);
-    if (decidePublish(attachmentsIn(await rbd.metaList(pool, image)), req.node_id, mode, req.readonly) === 'exists') return {};
+    const attachments = attachmentsIn(meta);
+    if (decidePublish(attachments, req.node_id, mode, req.readonly) === 'exists') return {};
+    // Clients of nodes the volume is no longer published to: a stage that raced an
+    // unpublish, or an unpublish that did not fence. They go before the new node comes.
+    const stale = [...clientsIn(meta).keys()].filter((n) => n !== req.node_id && !attachments.has(n));
+    if (stale.length) await this.fence(conn, rbd, pool, image, meta, stale, false, ctx);
     await rbd.metaSet(pool, image, attachKey(req.node_id), asciiJson({ mode, readonly: req.readonly } satisfies Attachment));
     return {};
   }
 
   async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const [pool, image] = id.location as [string, string];
-    const rbd = this.api(id.cluster, secrets, ctx.log);
-    if (!(await rbd.info(pool, image))) return;
+    const conn = this.clusters.conn(id.cluster, secrets);
+    const rbd = this.connect(conn, ctx.log);
+    const meta = await metaOf(rbd, pool, image);
+    if (!meta) return;
+    const attachments = attachmentsIn(meta);
+    const nodes = nodeId ? [nodeId] : [...new Set([...attachments.keys(), ...clientsIn(meta).keys()])];
+    // A single-node attachment leaves nobody else entitled to the image: any watcher no other node claims is the node's too.
+    const sole = nodes.some((n) => isSingleNode((attachments.get(n)?.mode ?? '') as AccessMode)) && [...attachments.keys()].every((n) => nodes.includes(n));
+    await this.fence(conn, rbd, pool, image, meta, nodes, sole, ctx);
+    // Removed last: until then a retry after a crash still knows the node was attached.
     if (nodeId) return rbd.metaRemove(pool, image, attachKey(nodeId));
-    const meta = await rbd.metaList(pool, image);
-    for (const k of Object.keys(meta).filter((k) => k.startsWith(META_ATTACH))) await rbd.metaRemove(pool, image, k);
+    for (const k of Object.keys(meta).filter((k) => k.startsWith(ATTACH_PREFIX))) await rbd.metaRemove(pool, image, k);
+  }
+
+  /**
+   * Fences what `nodes` still have open on the image, then drops their client
+   * records. A crash in between fences again on retry, which only renews the
+   * entries. `strays` adds the watchers no other node recorded: a node killed
+   * between opening the image and recording its instance (or staged by a
+   * version that did not record) is fenced all the same.
+   */
+  private async fence(conn: CephConn, rbd: RbdApi, pool: string, image: string, meta: Record<string, string>, nodes: string[], strays: boolean, ctx: RpcContext): Promise<void> {
+    const clients = clientsIn(meta);
+    const attached = attachmentsIn(meta);
+    // An instance a node that keeps the volume also recorded (two nodes staging a multi-node
+    // volume at the same moment can each see both) is left alone: fencing must not cut off a
+    // node the volume is still published to.
+    const kept = new Set([...clients].filter(([n]) => !nodes.includes(n) && attached.has(n)).flatMap(([, a]) => a));
+    const addrs = nodes.flatMap((n) => clients.get(n) ?? []);
+    if (strays) {
+      const claimed = [...clients].filter(([n]) => !nodes.includes(n)).map(([, a]) => a);
+      addrs.push(...ownInstances((await rbd.watchers(pool, image)) ?? [], [], claimed));
+    }
+    await blocklist(conn, addrs.filter((a) => !kept.has(a)), ctx.log.child({ image, nodes }));
+    for (const n of nodes) if (clients.has(n)) await rbd.metaRemove(pool, image, clientKey(n));
   }
 
   async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {
@@ -425,6 +463,16 @@ export class RbdController implements ControllerBackend {
     const rbd = this.api(clusterId, secrets, ctx.log);
     const metas = await Promise.all(all.map((sid) => limit(() => this.snapshotMeta(rbd, ...(parseId(sid, 's')!.location as [string, string])))));
     return all.filter((_, i) => metas[i]?.source === want);
+  }
+}
+
+/** The image's metadata, or undefined when there is no such image. */
+async function metaOf(rbd: RbdApi, pool: string, image: string): Promise<Record<string, string> | undefined> {
+  try {
+    return await rbd.metaList(pool, image);
+  } catch (e) {
+    if (isErrno(e, ENOENT)) return undefined;
+    throw e;
   }
 }
 

@@ -6,13 +6,16 @@ import { isReadOnlyMode, isSingleNode, modeOf } from '../../csi/capabilities.js'
 import type { RpcContext } from '../../csi/handler.js';
 import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
-import { failedPrecondition, invalidArgument, notFound } from '../../errors.js';
+import { aborted, failedPrecondition, invalidArgument, notFound } from '../../errors.js';
 import { deviceInUse, findMount, readMountInfo } from '../../mount/mountinfo.js';
 import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, loopRefresh, mkfs, mount, pathKind, removeMountPoint, unmount } from '../../mount/mounter.js';
 import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
 import { FS_TYPES, MOUNTERS, type FsType, type RbdMounter } from './params.js';
-import { LibRbd as RbdCli } from './librbd.js';
+import { LibRbd } from './librbd.js';
+import { ENOENT, isErrno, type RbdApi } from './rbd-api.js';
+import { clientKey, clientsIn, ownInstances, type ClientRecord } from './fence.js';
+import { asciiJson } from '../../csi/grammar.js';
 
 /**
  * Node side of RBD: attach the image, make a file system only on a blank
@@ -28,7 +31,11 @@ export class RbdNode implements NodeBackend {
   private readonly clusters: CephClusters;
   readonly attacher: RbdAttacher;
 
-  constructor(cfg: Config, stateDir: string) {
+  constructor(
+    cfg: Config,
+    stateDir: string,
+    private readonly nodeId: string,
+  ) {
     this.clusters = new CephClusters(cfg);
     this.attacher = new RbdAttacher(stateDir);
   }
@@ -43,12 +50,20 @@ export class RbdNode implements NodeBackend {
     const staging = req.staging_target_path;
     const target = cap.block ? path.join(staging, BLOCK_FILE) : staging;
     const opts = stageOptions(req);
-    if (await findMount(target)) return; // already staged
     const ref = this.ref(id);
     const conn = this.clusters.conn(id.cluster, req.secrets);
-    const rbd = new RbdCli(conn, ctx.log);
+    const rbd = new LibRbd(conn, ctx.log);
+    if (await findMount(target)) {
+      // Already staged, unless the mount is from before this node was fenced (and the volume
+      // published to it again): a blocklisted client has lost its watch, so none is found.
+      if (await this.recordClients(rbd, ref, undefined, ctx)) return;
+      ctx.log.warn('the staged mount is from before this node was fenced: staging the volume afresh');
+      await this.unstage(id, staging, ctx, req);
+    }
     const mode = modeOf(cap);
     const ours = await this.attacher.findDevice(ref, ctx.log);
+    // Clients that had the image open before this node attached: none of them is this node's.
+    let before: string[] | undefined;
     if (!ours) {
       // One command checks that the image exists and, for single-node modes,
       // is the node-side fence: an image already open elsewhere (a node the
@@ -57,10 +72,13 @@ export class RbdNode implements NodeBackend {
       if (watchers === undefined) throw notFound(`volume ${req.volume_id} not found`);
       // A stage cut short between rbd-fuse and losetup left our own rbd-fuse mount, whose watch is the one seen.
       const own = (await findMount(this.attacher.fuseDir(ref))) ? 1 : 0;
+      if (!own) before = watchers;
       if (watchers.length > own && isSingleNode(mode)) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
     }
     const device = ours ?? (await this.attacher.attach(chooseMounter(opts.mounter), ref, conn, ctx.log));
-    try {
+    // The record is needed before a pod writes, which is after NodePublish: it is written while the
+    // file system is made and mounted, and the stage answers only once it is in place.
+    const place = async (): Promise<void> => {
       mkdirSync(staging, { recursive: true });
       if (cap.block) {
         // Never truncates: a file already there keeps its bytes (and is not removed at unstage).
@@ -86,25 +104,107 @@ export class RbdNode implements NodeBackend {
       await mount(device, staging, fs, stageMountOptions(fs, readonly, cap.mount?.mount_flags ?? []), ctx.log);
       // xfs grows only while mounted; xfs_growfs is a no-op when there is nothing to add.
       if (!readonly && fs === 'xfs') await growFs('xfs', device, staging, ctx.log);
+    };
+    try {
+      const [placed, recorded] = await Promise.allSettled([place(), this.recordClients(rbd, ref, before, ctx)]);
+      for (const r of [placed, recorded]) if (r.status === 'rejected') throw r.reason;
+      // A device left by a stage cut short whose client has since been fenced: undone here, attached afresh on retry.
+      if (recorded.status === 'fulfilled' && !recorded.value && ours) throw aborted('the attachment left by an earlier stage was fenced; retry');
     } catch (e) {
       await unmount(cap.block ? target : staging, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       await this.attacher.detach(ref, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
+      if (!ours) await rbd.metaRemove(ref.pool, ref.image, clientKey(this.nodeId)).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       throw e;
     }
   }
 
-  async unstage(id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
+  /**
+   * Records in the image's metadata the client instances this node opened it
+   * with (see fence.ts). A restage over an attachment already there keeps a
+   * record it finds; without one, every watcher no other node claims is ours,
+   * and none at all means that attachment's client was fenced (false).
+   */
+  private async recordClients(rbd: RbdApi, ref: ImageRef, before: string[] | undefined, ctx: RpcContext): Promise<boolean> {
+    const key = clientKey(this.nodeId);
+    let others: string[][] = [];
+    if (!before) {
+      const meta = await rbd.metaList(ref.pool, ref.image);
+      if (meta[key] !== undefined) return true;
+      others = [...clientsIn(meta)].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
+    }
+    const addrs = ownInstances((await rbd.watchers(ref.pool, ref.image)) ?? [], before ?? [], others);
+    // Over an attachment already there, no watcher of ours means a fenced client: nothing to record.
+    if (!addrs.length && !before) return false;
+    if (!addrs.length) ctx.log.warn('no client of this node shows on the image; a fence can only take its unclaimed watchers');
+    await rbd.metaSet(ref.pool, ref.image, key, asciiJson({ v: 1, addrs } satisfies ClientRecord));
+    return addrs.length > 0;
+  }
+
+  async unstage(id: ObjectId, staging: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void> {
+    const ref = this.ref(id);
+    // NodeUnstage carries no secrets: without a stage record (or a default identity) the cluster is not asked.
+    let rbd: RbdApi | undefined;
+    try {
+      rbd = new LibRbd(this.clusters.conn(id.cluster, staged?.secrets), ctx.log);
+    } catch (e) {
+      ctx.log.debug({ err: String(e) }, 'no Ceph identity for this unstage: fencing state not checked');
+    }
+    if (rbd && (await this.fenced(rbd, ref, ctx))) {
+      // A blocklisted rbd-fuse has nothing it could still flush, and some of its calls wait until its
+      // entry expires: I/O through it would hold the loop device and the unmounts. It goes first.
+      ctx.log.warn('this node was fenced from the volume: its rbd-fuse is stopped before the unmounts');
+      await this.attacher.killFuse(ref, ctx.log);
+    }
     const blockFile = path.join(staging, BLOCK_FILE);
     if (await findMount(blockFile)) await unmount(blockFile, ctx.log);
     await removeMountPoint(blockFile);
     await unmount(staging, ctx.log);
     // Asked to unstage at a path where the volume is not staged: its device serves the stage elsewhere and stays.
-    const device = await this.attacher.findDevice(this.ref(id), ctx.log);
+    const device = await this.attacher.findDevice(ref, ctx.log);
     if (device && deviceInUse(device, await readMountInfo())) {
       ctx.log.warn({ device }, 'the volume is staged at another path on this node: its device is kept');
       return;
     }
-    await this.attacher.detach(this.ref(id), ctx.log);
+    await this.attacher.detach(ref, ctx.log);
+    // Only once the client is gone: a clean detach leaves the controller nothing to fence.
+    // A record left by a failure here names a client that no longer exists; fencing it harms nothing.
+    try {
+      await rbd?.metaRemove(ref.pool, ref.image, clientKey(this.nodeId));
+    } catch (e) {
+      ctx.log.warn({ err: String(e) }, 'could not remove this node\'s client record; the controller may fence a client that is already gone');
+    }
+  }
+
+  /**
+   * Whether this node's client of the image was fenced: its record is gone and
+   * no watcher that another node does not claim is left (a blocklisted client
+   * loses its watch at once; a live one, even staged by a version that kept no
+   * record, still has it). Unknown (cluster unreachable) counts as not fenced.
+   */
+  private async fenced(rbd: RbdApi, ref: ImageRef, ctx: RpcContext): Promise<boolean> {
+    if (!(await this.attacher.fuseRunning(ref))) return false;
+    try {
+      const meta = await rbd.metaList(ref.pool, ref.image);
+      if (meta[clientKey(this.nodeId)] !== undefined) return false;
+      const others = [...clientsIn(meta)].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
+      return ownInstances((await rbd.watchers(ref.pool, ref.image)) ?? [], [], others).length === 0;
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return true;
+      ctx.log.warn({ err: String(e) }, 'could not tell whether this node was fenced; unstaging as usual');
+      return false;
+    }
+  }
+
+  /** Still this node's while the image holds its client record: fencing removes it, and so does a clean unstage. */
+  async owned(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<boolean> {
+    const ref = this.ref(id);
+    try {
+      const meta = await new LibRbd(this.clusters.conn(id.cluster, staged.secrets), ctx.log).metaList(ref.pool, ref.image);
+      return meta[clientKey(this.nodeId)] !== undefined;
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return false;
+      throw e;
+    }
   }
 
   async expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number> {

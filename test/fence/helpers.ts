@@ -1,0 +1,68 @@
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { CephLab } from '../lab/ceph-lab.js';
+import { CLIENT_PREFIX, firstArray } from '../../src/backends/rbd/fence.js';
+import { encodeNodeKey } from '../../src/csi/grammar.js';
+import { ATTACH_PREFIX } from '../../src/backends/attachments.js';
+
+/** What fencing tests look at: FUSE daemons by the directory they serve, the image's records, the blocklist. */
+
+/** The pids of FUSE daemons (rbd-fuse, ceph-fuse...) whose command line names a path under `dir`. */
+export function fusePids(dir: string, tool = /(rbd-fuse|ceph-fuse|s3fs|rclone)$/): number[] {
+  const pids: number[] = [];
+  for (const ent of readdirSync('/proc')) {
+    if (!/^\d+$/.test(ent)) continue;
+    try {
+      const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
+      if (tool.test(argv[0] ?? '') && argv.some((a) => a.startsWith(dir + '/'))) pids.push(Number(ent));
+    } catch {
+      /* exited */
+    }
+  }
+  return pids;
+}
+
+/**
+ * Writes and fsyncs from a child process with a time limit, so that a write
+ * into a fenced (or frozen) mount can neither hang nor crash the test
+ * process. True when the data was acknowledged as durable.
+ */
+export function syncWrite(file: string, text: string, timeoutMs = 30_000): { ok: boolean; detail: string } {
+  const r = spawnSync('python3', ['-c', 'import os,sys\nfd=os.open(sys.argv[1],os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o644)\nos.write(fd,sys.argv[2].encode())\nos.fsync(fd)\nos.close(fd)', file, text], { timeout: timeoutMs, encoding: 'utf8' });
+  return { ok: r.status === 0, detail: r.error ? String(r.error) : (r.stderr.trim().split('\n').pop() ?? `exit ${r.status}`) };
+}
+
+export async function imageMeta(lab: CephLab, image: string): Promise<Record<string, string>> {
+  const out = await lab.rbd(['image-meta', 'list', `rbd/${image}`, '--format', 'json']);
+  return out.trim() ? (JSON.parse(out) as Record<string, string>) : {};
+}
+
+export const clientRecordOf = (meta: Record<string, string>, node: string): { addrs: string[] } | undefined => {
+  const v = meta[CLIENT_PREFIX + encodeNodeKey(node)];
+  return v === undefined ? undefined : (JSON.parse(v) as { addrs: string[] });
+};
+
+export const attachedTo = (meta: Record<string, string>, node: string): boolean => meta[ATTACH_PREFIX + encodeNodeKey(node)] !== undefined;
+
+export async function watchers(lab: CephLab, image: string): Promise<string[]> {
+  const s = JSON.parse(await lab.rbd(['status', `rbd/${image}`, '--format', 'json'])) as { watchers?: Array<{ address: string }> };
+  return (s.watchers ?? []).map((w) => w.address).sort();
+}
+
+/** The OSD blocklist: address to expiry. */
+export async function blocklist(lab: CephLab): Promise<Map<string, string>> {
+  const out = await lab.ceph(['osd', 'blocklist', 'ls', '--format', 'json']);
+  const list = out.trim() ? (JSON.parse(firstArray(out)) as Array<{ addr: string; until: string }>) : [];
+  return new Map(list.map((e) => [e.addr, e.until]));
+}
+
+export async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(250);
+  }
+}
+
+export const imageOf = (volumeId: string): string => volumeId.split(':').pop()!;
