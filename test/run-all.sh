@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing, builds, then runs unit, integration,
-# csi-sanity, hostile-input (fuzz), crash, load and deploy tests with node's test runner, and
+# csi-sanity, hostile-input (fuzz), crash, load, fencing and deploy tests with node's test runner, and
 # last the Kubernetes tests (test/k8s: Strata's image and chart on a single-node Kubernetes).
 # Suites run one at a time because each boots its own Ceph lab on the standard ports (of
 # 127.0.0.1, or of STRATA_LAB_ADDR). Arguments go to the first runner (the Ceph suites).
@@ -36,7 +36,7 @@ status=0
 # TAP, as the summary CI reads; files in the order listed (Node 24 takes files and globs, not directories).
 run_tests() { node --test --test-reporter=tap --test-concurrency=1 "$@"; }
 run_tests 'dist/test/unit/*.test.js' 'dist/test/integration/*.test.js' 'dist/test/sanity/*.test.js' 'dist/test/hostile/*.test.js' \
-  'dist/test/crash/*.test.js' 'dist/test/validate-deploy/*.test.js' "$@" || status=$?
+  'dist/test/crash/*.test.js' 'dist/test/fence/*.test.js' 'dist/test/validate-deploy/*.test.js' "$@" || status=$?
 
 echo "run-all: waiting for the Kubernetes lab's build (log: $K8S_LOG)"
 if ! wait "$k8s_prepare"; then

@@ -20,7 +20,10 @@ import { blocklist, clientRecordOf, fusePids, imageMeta, imageOf, syncWrite, unt
 const MINUTES = Number(process.env.FENCE_MINUTES ?? 10);
 const RWO = mountCap('ext4');
 
-describe(`rbd: a node fenced for ${MINUTES} minutes stays fenced`, { timeout: (MINUTES + 8) * 60_000 }, () => {
+// Ten minutes of waiting would take the test command's cached run past its 40-minute budget: opt in.
+const LONG = process.env.STRATA_LONG_TESTS === '1';
+
+describe(`rbd: a node fenced for ${MINUTES} minutes stays fenced`, { timeout: (MINUTES + 8) * 60_000, skip: !LONG && 'a 10-minute soak: run with STRATA_LONG_TESTS=1 (test/run-all.sh passes it through)' }, () => {
   let lab: CephLab;
   let ctrl: DriverProcess;
   let a: DriverProcess;
