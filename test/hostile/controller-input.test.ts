@@ -12,6 +12,7 @@ import type { Volume } from '../../src/csi/gen/csi/v1/Volume.js';
 import { BACKENDS, goodCap, hostileRequests, type Backend } from './fuzz-gen.js';
 import { PARAMS, checkFiles, deleteListed, detachPremade, failureReport, labSecrets, undoMade, makeSentinels, mgrPid, premade, removeSentinels, runFuzz, type Premade, type Sentinels } from './fuzz-run.js';
 import type { VolumeCapability } from '../../src/csi/gen/csi/v1/VolumeCapability.js';
+import { nodeUser } from '../../src/backends/cephfs/controller.js';
 
 /**
  * Regression tests for issue 16's controller-side cases, on a real Ceph lab
@@ -156,7 +157,8 @@ describe('hostile controller input (issue 16)', { timeout: 900_000 }, () => {
       mkdirSync(path.join(drv.dir, 'fuzz'), { recursive: true });
       p = await premade(c, drv, NODE_ID, 'cephfs', secrets.cephfs, 'case6');
       const subvolume = p.id.split(':').pop()!;
-      const user = `client.strata-${subvolume}`;
+      // Each node a volume is published to has a Ceph user of its own (what fencing evicts and removes).
+      const user = `client.${nodeUser(subvolume, NODE_ID)}`;
       assert.equal((await lab.cephAllowFail(['auth', 'get', user])).exitCode, 0, `${user} exists while the volume is published`);
       const ctx = { nodeId: NODE_ID, sandbox: drv.dir, sentinels, volumes: { cephfs: p }, secrets, params: PARAMS, secretMarker: `CASE6SECRET${hex()}` };
       const r = await runFuzz(drv.socket, hostileRequests(6, ctx, 1500, { backends: ['cephfs'], raw: false }), { concurrency: 16, deadlineMs: 30_000, secretMarker: ctx.secretMarker, ctx });
