@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { lstat, open, readFile, realpath, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -61,10 +61,44 @@ export async function mountHealth(p: string, entries?: MountEntry[], waitMs = 5_
   }
   let timer: NodeJS.Timeout | undefined;
   const hung = new Promise<'hung'>((res) => (timer = setTimeout(() => res('hung'), waitMs)));
+  let health: 'ok' | 'dead' | 'hung';
   try {
-    return await Promise.race([probe, hung]);
+    health = await Promise.race([probe, hung]);
   } finally {
     clearTimeout(timer);
+  }
+  return health === 'hung' && (await abortOrphaned(p, entries ?? (await readMountInfo()))) ? 'dead' : health;
+}
+
+const FUSE_DAEMONS = ['ceph-fuse', 's3fs', 'rclone', 'rbd-fuse'];
+
+/**
+ * A FUSE mount that does not answer and whose daemon is gone: a helper the
+ * daemon forked (ceph-fuse's `mount -o remount`) inherited /dev/fuse and
+ * outlived it when the plugin was killed mid-stage, so the connection stays
+ * open with nobody to answer, and every access waits for ever. Its connection
+ * is aborted (fusectl), which makes it dead: unmounted and staged again. A
+ * daemon that is alive but stopped names one of the connection's mount points
+ * in its arguments, and its mount is left alone.
+ */
+async function abortOrphaned(p: string, entries: MountEntry[]): Promise<boolean> {
+  const m = await findMount(p, entries);
+  if (!m?.fsType.startsWith('fuse')) return false;
+  const points = new Set(entries.filter((e) => e.majorMinor === m.majorMinor).map((e) => e.mountPoint));
+  for (const ent of readdirSync('/proc')) {
+    if (!/^\d+$/.test(ent)) continue;
+    try {
+      const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
+      if (FUSE_DAEMONS.some((b) => argv[0]?.endsWith(b)) && argv.some((a) => points.has(a))) return false;
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  try {
+    writeFileSync(`/sys/fs/fuse/connections/${m.majorMinor.split(':')[1]}/abort`, '1');
+    return true;
+  } catch {
+    return false;
   }
 }
 
