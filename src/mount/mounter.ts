@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { aborted, internal } from '../errors.js';
 import { ExecError, run, runAllowFail } from '../util/exec.js';
+import { fuseDaemonPid } from './fuse-process.js';
 import { findMount, readMountInfo, type MountEntry } from './mountinfo.js';
 
 /**
@@ -85,15 +86,7 @@ async function abortOrphaned(p: string, entries: MountEntry[]): Promise<boolean>
   const m = await findMount(p, entries);
   if (!m?.fsType.startsWith('fuse')) return false;
   const points = new Set(entries.filter((e) => e.majorMinor === m.majorMinor).map((e) => e.mountPoint));
-  for (const ent of readdirSync('/proc')) {
-    if (!/^\d+$/.test(ent)) continue;
-    try {
-      const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
-      if (FUSE_DAEMONS.some((b) => argv[0]?.endsWith(b)) && argv.some((a) => points.has(a))) return false;
-    } catch {
-      /* exited meanwhile */
-    }
-  }
+  if ([...points].some((pt) => fuseDaemonPid(FUSE_DAEMONS, pt) !== undefined)) return false;
   try {
     writeFileSync(`/sys/fs/fuse/connections/${m.majorMinor.split(':')[1]}/abort`, '1');
     return true;
