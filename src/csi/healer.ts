@@ -20,9 +20,12 @@ const stagedPath = (r: StageRecord): string => (r.request.volume_capability?.blo
  * and binds the new mount onto every pod target that pointed at the dead one.
  */
 
+const RETRY_MS = 5_000;
+
 export class Healer {
   private timer?: NodeJS.Timeout;
   private running = false;
+  private stopped = false;
 
   constructor(
     private readonly rt: RpcRuntime,
@@ -31,19 +34,31 @@ export class Healer {
     private readonly log: Logger,
   ) {}
 
-  /** One pass now, then one every `intervalMs` (none when 0). */
-  start(intervalMs: number): void {
-    void this.pass();
-    if (intervalMs > 0) this.timer = setInterval(() => void this.pass(), intervalMs).unref();
+  /**
+   * One pass now, then one every `intervalMs` (none when 0). A pass that
+   * could not finish a volume (a cluster slow to answer, a daemon still
+   * flushing) is followed by another within RETRY_MS, whatever the interval:
+   * a volume left half released or unhealed must not wait for an interval,
+   * or for ever at 0.
+   */
+  start(intervalMs: number, retryMs = RETRY_MS): void {
+    const next = (unfinished: number) => {
+      const ms = unfinished ? Math.min(retryMs, intervalMs || retryMs) : intervalMs;
+      if (ms > 0 && !this.stopped) this.timer = setTimeout(() => void this.pass().then(next), ms).unref();
+    };
+    void this.pass().then(next);
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.stopped = true;
+    clearTimeout(this.timer);
   }
 
-  async pass(): Promise<void> {
-    if (this.running) return;
+  /** Looks at every stage record once; answers how many volumes it could not finish. */
+  async pass(): Promise<number> {
+    if (this.running) return 0;
     this.running = true;
+    let unfinished = 0;
     try {
       const entries = await readMountInfo();
       for (const r of this.records.all()) {
@@ -52,7 +67,10 @@ export class Healer {
         if (!this.fences(r) && (r.kernel || !(await this.needsCare(r, entries)))) continue;
         // Kubelet acting on the volume right now wins; the next pass looks again.
         const release = this.rt.locks.tryAcquire([r.request.volume_id]);
-        if (!release) continue;
+        if (!release) {
+          unfinished++;
+          continue;
+        }
         const log = this.log.child({ volumeId: r.request.volume_id, staging: r.request.staging_target_path });
         const ctx: RpcContext = { reqId: `heal-${Date.now().toString(36)}`, log };
         try {
@@ -65,16 +83,19 @@ export class Healer {
           }
           await this.heal(r, ctx, health);
         } catch (e) {
+          unfinished++;
           log.error({ err: (e as Error).message }, 'could not heal the volume; will try again');
         } finally {
           release();
         }
       }
     } catch (e) {
+      unfinished++;
       this.log.error({ err: (e as Error).message }, 'heal pass failed');
     } finally {
       this.running = false;
     }
+    return unfinished;
   }
 
   private fences(r: StageRecord): boolean {

@@ -6,7 +6,7 @@ import { CephLab } from '../lab/ceph-lab.js';
 import { connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
 import { MiB, attach, detach, mountCap, type MountMode } from '../helpers/volumes.js';
-import { fusePids, syncWrite, until } from './helpers.js';
+import { fusePids, restartAndRelease, syncWrite } from './helpers.js';
 
 /**
  * CephFS fencing on a real lab with two node plugins and one controller.
@@ -87,12 +87,9 @@ describe('cephfs fencing', { timeout: 600_000 }, () => {
     assert.equal(late.ok, false, 'a new file from the fenced node is refused');
     assert.equal(over.ok, false, 'an overwrite from the fenced node is refused');
 
-    a.child.kill('SIGKILL');
-    await until('node-a plugin to exit', () => a.child.exitCode !== null || a.child.signalCode !== null);
     ca.close();
-    a = await startDriver({ config, mode: 'node', nodeId: 'node-a', dir: a.dir, args: ['--heal-interval', '0'] });
+    a = await restartAndRelease(a, config, 'node-a', path.join(a.dir, 'frozen'));
     ca = { ...connect(a.socket), controller: cc.controller };
-    await until('node-a to release the volume', async () => readFileSync(a.logFile, 'utf8').includes('"volume released"') && (await leftovers(path.join(a.dir, 'frozen'))).length === 0);
     const staged = path.join(a.stateDir, 'staged');
     assert.deepEqual(existsSync(staged) ? readdirSync(staged) : [], [], 'node-a dropped its stage record');
     const log = readFileSync(a.logFile, 'utf8');

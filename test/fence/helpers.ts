@@ -2,6 +2,8 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { CephLab } from '../lab/ceph-lab.js';
+import { startDriver, type DriverProcess } from '../helpers/driver.js';
+import { leftovers } from '../helpers/leftovers.js';
 import { CLIENT_PREFIX, firstArray } from '../../src/backends/rbd/fence.js';
 import { encodeNodeKey } from '../../src/csi/grammar.js';
 import { ATTACH_PREFIX } from '../../src/backends/attachments.js';
@@ -66,3 +68,23 @@ export async function until(what: string, ok: () => boolean | Promise<boolean>, 
 }
 
 export const imageOf = (volumeId: string): string => volumeId.split(':').pop()!;
+
+/**
+ * Kills a node plugin (-9) and starts it again on the same state, as a node
+ * coming back after being fenced, then waits for it to release the volume
+ * staged under `volumeDir`: "volume released" logged, no mount or FUSE
+ * daemon left (`daemonGone` for one serving elsewhere). Its healer passes
+ * at start only, and again only where that pass could not finish.
+ */
+export async function restartAndRelease(node: DriverProcess, config: string, nodeId: string, volumeDir: string, daemonGone: () => boolean = () => true): Promise<DriverProcess> {
+  node.child.kill('SIGKILL');
+  await until(`${nodeId} plugin to exit`, () => node.child.exitCode !== null || node.child.signalCode !== null);
+  const again = await startDriver({ config, mode: 'node', nodeId, dir: node.dir, args: ['--heal-interval', '0'] });
+  try {
+    await until(`${nodeId} to release the volume`, async () => readFileSync(again.logFile, 'utf8').includes('"volume released"') && (await leftovers(volumeDir)).length === 0 && daemonGone());
+  } catch (e) {
+    const warnings = readFileSync(again.logFile, 'utf8').split('\n').filter((l) => /"level":(40|50|60)/.test(l)).slice(-8);
+    throw new Error(`${(e as Error).message}; left: ${(await leftovers(volumeDir)).join(', ') || 'nothing'}; plugin warnings:\n${warnings.join('\n')}`);
+  }
+  return again;
+}

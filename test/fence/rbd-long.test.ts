@@ -7,7 +7,7 @@ import { CephLab } from '../lab/ceph-lab.js';
 import { connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
 import { MiB, attach, detach, mountCap } from '../helpers/volumes.js';
-import { blocklist, clientRecordOf, fusePids, imageMeta, imageOf, syncWrite, until, watchers } from './helpers.js';
+import { blocklist, clientRecordOf, fusePids, imageMeta, imageOf, restartAndRelease, syncWrite, watchers } from './helpers.js';
 
 /**
  * A node that stays fenced for 10 minutes (FENCE_MINUTES to change it): far
@@ -88,12 +88,9 @@ describe(`rbd: a node fenced for ${MINUTES} minutes stays fenced`, { timeout: (M
     }
     assert.equal(syncWrite(path.join(attB.target, 'b.txt'), 'b, last').ok, true);
 
-    a.child.kill('SIGKILL');
-    await until('node-a plugin to exit', () => a.child.exitCode !== null || a.child.signalCode !== null);
     ca.close();
-    a = await startDriver({ config: lab.writeDriverConfig(), mode: 'node', nodeId: 'node-a', dir: a.dir, args: ['--heal-interval', '0'] });
+    a = await restartAndRelease(a, lab.writeDriverConfig(), 'node-a', path.join(a.dir, 'long'), () => fusePids(a.dir, /rbd-fuse$/).length === 0);
     ca = { ...connect(a.socket), controller: cc.controller };
-    await until('node-a to release the volume', async () => readFileSync(a.logFile, 'utf8').includes('"volume released"') && (await leftovers(path.join(a.dir, 'long'))).length === 0 && fusePids(a.dir, /rbd-fuse$/).length === 0);
     assert.match(readFileSync(a.logFile, 'utf8'), /volume released/);
 
     await detach(cb, vol.volume_id!, 'node-b', attB, secrets);

@@ -6,7 +6,7 @@ import { CephLab } from '../lab/ceph-lab.js';
 import { connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
 import { MiB, attach, detach, mountCap } from '../helpers/volumes.js';
-import { attachedTo, blocklist, clientRecordOf, fusePids, imageMeta, imageOf, syncWrite, until, watchers } from './helpers.js';
+import { attachedTo, blocklist, clientRecordOf, fusePids, imageMeta, imageOf, restartAndRelease, syncWrite, watchers } from './helpers.js';
 
 /**
  * RBD fencing on a real lab with two node plugins (node-a, node-b) and one
@@ -102,12 +102,9 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
     assert.deepEqual(await watchers(lab, image), clientRecordOf(await imageMeta(lab, image), 'node-b')!.addrs, 'only node-b watches the image');
 
     // Node-a's plugin restarts: its start-up pass finds the volume is not its own any more.
-    a.child.kill('SIGKILL');
-    await until('node-a plugin to exit', () => a.child.exitCode !== null || a.child.signalCode !== null);
     ca.close();
-    a = await startDriver({ config, mode: 'node', nodeId: 'node-a', dir: a.dir, args: ['--heal-interval', '0'] });
+    a = await restartAndRelease(a, config, 'node-a', path.join(a.dir, 'frozen'), () => fusePids(a.dir, /rbd-fuse$/).length === 0);
     ca = { ...connect(a.socket), controller: cc.controller };
-    await until('node-a to release the volume', async () => readFileSync(a.logFile, 'utf8').includes('"volume released"') && (await leftovers(path.join(a.dir, 'frozen'))).length === 0 && fusePids(a.dir, /rbd-fuse$/).length === 0);
     const staged = path.join(a.stateDir, 'staged');
     assert.deepEqual(existsSync(staged) ? readdirSync(staged) : [], [], 'node-a dropped its stage record');
     const log = readFileSync(a.logFile, 'utf8');

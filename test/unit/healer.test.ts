@@ -1,0 +1,63 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, it } from 'node:test';
+import pino from 'pino';
+import type { NodeBackend } from '../../src/backends/types.js';
+import { Healer } from '../../src/csi/healer.js';
+import { encodeId } from '../../src/csi/ids.js';
+import { KeyedTryLock } from '../../src/csi/locks.js';
+import { StageRecords } from '../../src/csi/stage-records.js';
+import type * as csi from '../../src/csi/types.js';
+
+const log = pino({ level: 'silent' });
+const volumeId = encodeId({ kind: 'v', backend: 'rbd', cluster: 'lab', location: ['rbd', `csi-vol-${'a'.repeat(32)}`] });
+
+/** A node with one kernel stage of a fencing backend whose ownership answers come from `answers`, in turn. */
+function nodeWith(answers: Array<boolean | Error>) {
+  const records = new StageRecords(mkdtempSync(path.join(tmpdir(), 'strata-heal-')));
+  records.staged({ volume_id: volumeId, staging_target_path: '/nonexistent/staging', secrets: {}, publish_context: {}, volume_context: {} } as unknown as csi.NodeStageVolumeRequest, false, true);
+  let asked = 0;
+  const backend = {
+    owned: async () => {
+      const a = answers[Math.min(asked++, answers.length - 1)]!;
+      if (a instanceof Error) throw a;
+      return a;
+    },
+  } as unknown as NodeBackend;
+  const locks = new KeyedTryLock();
+  const healer = new Healer({ log, locks, inflight: { count: 0 } }, { rbd: backend }, records, log);
+  return { healer, locks, asked: () => asked };
+}
+
+describe('healer passes', () => {
+  it('at interval 0, passes once when every volume is settled', async () => {
+    const n = nodeWith([true]);
+    n.healer.start(0, 20);
+    await sleep(200);
+    n.healer.stop();
+    assert.equal(n.asked(), 1);
+  });
+
+  it('at interval 0, passes again soon after a volume it could not finish, and stops once it could', async () => {
+    const n = nodeWith([new Error('monitors do not answer'), new Error('monitors do not answer'), true]);
+    n.healer.start(0, 20);
+    await sleep(300);
+    n.healer.stop();
+    assert.equal(n.asked(), 3);
+  });
+
+  it('a volume whose lock kubelet holds is looked at again, not skipped until the next interval', async () => {
+    const n = nodeWith([true]);
+    const release = n.locks.tryAcquire([volumeId])!;
+    n.healer.start(60_000, 20);
+    await sleep(100);
+    assert.equal(n.asked(), 0, 'not asked while kubelet holds the volume');
+    release();
+    await sleep(100);
+    n.healer.stop();
+    assert.equal(n.asked(), 1);
+  });
+});
