@@ -8,7 +8,7 @@ import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { CEPH_TIMEOUTS } from '../src/ceph/conn.js';
 import { run } from '../src/util/exec.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
-import { measure, rssMb, type Sample } from './stats.js';
+import { ROW_HEADER, compareRow, measure, printRss, processRss, type Sample } from './stats.js';
 import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
 
 /**
@@ -79,16 +79,8 @@ const createSteps = (name: string, size = SIZE): BaselineStep[] => [
 ];
 
 await sleep(1000);
-const idle = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
-
-interface Row {
-  op: string;
-  conc: number;
-  n: number;
-  driver: Sample;
-  bare: Sample;
-  baseline: 'librados' | 'cli';
-}
+const pids = { controller: ctrl.child.pid!, node: node.child.pid! };
+const idle = processRss(pids);
 
 /** As the provisioner does: ABORTED means a clone is still running, so call again. */
 async function untilReady<T>(fn: () => Promise<T>): Promise<T> {
@@ -102,13 +94,6 @@ async function untilReady<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-const fmt = (ms: number) => (Number.isNaN(ms) ? '-' : ms.toFixed(0)).padStart(6);
-function printRow(r: Row): void {
-  const ratio = r.driver.p50 / r.bare.p50;
-  const errs = r.driver.errors + r.bare.errors ? `  errors driver ${r.driver.errors} bare ${r.bare.errors}` : '';
-  console.log(`${r.op.padEnd(26)}${String(r.conc).padStart(4)}${String(r.n).padStart(5)}  ${fmt(r.driver.p50)} ${fmt(r.driver.p99)}   ${r.baseline.padStart(8)} ${fmt(r.bare.p50)} ${fmt(r.bare.p99)}   ${ratio.toFixed(2).padStart(5)}x${errs}`);
-}
-
 async function round(conc: number, n: number, clones: number): Promise<void> {
   const ids: string[] = [];
   const paths: string[] = [];
@@ -120,11 +105,7 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
   const bare = (i: number) => `bare-${conc}-${i}`;
   const bareSnap = (i: number) => `bare-snap-${conc}-${i}`;
   const dirs = (kind: string, i: number) => ({ staging: path.join(work, `${kind}-${conc}-${i}`, 'staging'), target: path.join(work, `${kind}-${conc}-${i}`, 'target') });
-  const row = async (op: string, driver: (i: number) => Promise<unknown>, baseline: (i: number) => Promise<unknown>, kind: Row['baseline'] = 'librados', count = n) => {
-    const d = await measure(count, conc, driver);
-    const b = await measure(count, conc, baseline);
-    printRow({ op, conc, n: count, driver: d, bare: b, baseline: kind });
-  };
+  const row = (op: string, driver: (i: number) => Promise<unknown>, baseline: (i: number) => Promise<unknown>, kind: 'librados' | 'cli' = 'librados', count = n) => compareRow(op, conc, count, kind, driver, baseline);
 
   await row(
     'CreateVolume',
@@ -299,7 +280,7 @@ async function snapshotP50(vols: string[], tag: string): Promise<Sample> {
 
 try {
   console.log(`CephFS benchmark: Ceph lab on this machine, ${SIZE / MiB} MiB subvolumes, ceph-fuse on the node; milliseconds`);
-  console.log(`${'operation'.padEnd(26)}conc    n  driver p50    p99   baseline p50    p99   p50 ratio`);
+  console.log(ROW_HEADER);
   await round(1, 16, 4);
   await round(16, 32, 16);
 
@@ -317,9 +298,7 @@ try {
   const at200 = await snapshotP50(scale, '200');
   console.log(`CreateSnapshot p50 (n 10, conc 1): ${at10.p50.toFixed(0)} ms with 10 volumes, ${at200.p50.toFixed(0)} ms with 200 volumes (${(at200.p50 / at10.p50).toFixed(2)}x)`);
 
-  const after = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
-  console.log(`\nRSS (MB)        idle   after load   peak`);
-  for (const k of ['controller', 'node'] as const) console.log(`${k.padEnd(14)}${idle[k].rss.toFixed(0).padStart(6)}${after[k].rss.toFixed(0).padStart(13)}${after[k].peak.toFixed(0).padStart(7)}`);
+  printRss(idle, processRss(pids));
 } finally {
   lib.close();
   c.close();

@@ -8,7 +8,7 @@ import { CEPH_TIMEOUTS } from '../src/ceph/conn.js';
 import { DEFAULT_FEATURES } from '../src/backends/rbd/params.js';
 import { mkfsCommand } from '../src/mount/mounter.js';
 import { run, runAllowFail } from '../src/util/exec.js';
-import { measure, rssMb, type Sample } from './stats.js';
+import { ROW_HEADER, compareRow, measure, printRss, processRss } from './stats.js';
 import { CephBaseline } from './ceph-baseline.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
 
@@ -48,17 +48,9 @@ const lib = new CephBaseline({ monitors: lab.monitors, id: 'admin', keyFile: lab
 await lib.ready;
 
 await sleep(1000);
-const idle = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
+const pids = { controller: ctrl.child.pid!, node: node.child.pid! };
+const idle = processRss(pids);
 
-interface Row {
-  op: string;
-  conc: number;
-  n: number;
-  driver: Sample;
-  bare: Sample;
-  baseline: 'librbd' | 'cli';
-}
-const rows: Row[] = [];
 const cap = mountCap('ext4');
 
 async function round(conc: number, n: number): Promise<void> {
@@ -68,12 +60,7 @@ async function round(conc: number, n: number): Promise<void> {
   const bareImg = (i: number) => `bare-${conc}-${i}`;
   const dirs = (kind: string, i: number) => ({ staging: path.join(work, `${kind}-${conc}-${i}`, 'staging'), target: path.join(work, `${kind}-${conc}-${i}`, 'target'), fuse: path.join(work, `${kind}-${conc}-${i}`, 'fuse') });
 
-  const row = async (op: string, driver: (i: number) => Promise<unknown>, bare: (i: number) => Promise<unknown>, baseline: Row['baseline'] = 'librbd') => {
-    const d = await measure(n, conc, driver);
-    const b = await measure(n, conc, bare);
-    rows.push({ op, conc, n, driver: d, bare: b, baseline });
-    printRow(rows[rows.length - 1]!);
-  };
+  const row = (op: string, driver: (i: number) => Promise<unknown>, bare: (i: number) => Promise<unknown>, kind: 'librbd' | 'cli' = 'librbd') => compareRow(op, conc, n, kind, driver, bare);
   const record = (name: string) => JSON.stringify({ v: 1, name, createdAt: new Date().toISOString() });
   const restores: string[] = [];
 
@@ -203,16 +190,9 @@ async function round(conc: number, n: number): Promise<void> {
   );
 }
 
-const fmt = (ms: number) => (Number.isNaN(ms) ? '-' : ms.toFixed(0)).padStart(6);
-function printRow(r: Row): void {
-  const ratio = r.driver.p50 / r.bare.p50;
-  const errs = r.driver.errors + r.bare.errors ? `  errors driver ${r.driver.errors} bare ${r.bare.errors}` : '';
-  console.log(`${r.op.padEnd(26)}${String(r.conc).padStart(4)}${String(r.n).padStart(5)}  ${fmt(r.driver.p50)} ${fmt(r.driver.p99)}   ${r.baseline.padStart(6)} ${fmt(r.bare.p50)} ${fmt(r.bare.p99)}   ${ratio.toFixed(2).padStart(5)}x${errs}`);
-}
-
 try {
   console.log(`RBD benchmark: Ceph lab on this machine, ${SIZE / MiB} MiB ext4 volumes, rbd-fuse on the node; milliseconds`);
-  console.log(`${'operation'.padEnd(26)}conc    n  driver p50    p99   baseline p50    p99   p50 ratio`);
+  console.log(ROW_HEADER);
   await round(1, 16);
   await round(16, 32);
 
@@ -221,9 +201,7 @@ try {
   const all = (await c.controller.ListVolumes({}))!.entries!.map((e) => e.volume!.volume_id!);
   await measure(all.length, 16, (i) => c.controller.DeleteVolume({ volume_id: all[i]!, secrets }));
 
-  const after = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
-  console.log(`\nRSS (MB)        idle   after load   peak`);
-  for (const k of ['controller', 'node'] as const) console.log(`${k.padEnd(14)}${idle[k].rss.toFixed(0).padStart(6)}${after[k].rss.toFixed(0).padStart(13)}${after[k].peak.toFixed(0).padStart(7)}`);
+  printRss(idle, processRss(pids));
 } finally {
   lib.close();
   c.close();

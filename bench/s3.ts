@@ -13,7 +13,7 @@ import { labS3Client } from '../test/helpers/s3.js';
 import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { run } from '../src/util/exec.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
-import { LATENCY_HEADER, latencyRow, measure, rssMb, type Sample } from './stats.js';
+import { ROW_HEADER, compareRow, printRss, processRss } from './stats.js';
 
 /**
  * S3 benchmark on the lab's RGW: each CSI call beside the bare SDK calls or
@@ -62,7 +62,8 @@ const bareUnmount = async (d: { staging: string; target: string }) => {
   if (pid) await waitExit(pid, 60_000);
 };
 await sleep(1000);
-const idle = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
+const pids = { controller: ctrl.child.pid!, node: node.child.pid! };
+const idle = processRss(pids);
 const mibps = (bytes: number, ms: number) => (bytes / MiB / (ms / 1000)).toFixed(0).padStart(5);
 
 async function timed(fn: () => Promise<unknown> | unknown): Promise<number> {
@@ -105,31 +106,13 @@ async function bareQuota(bucket: string, bytes: number): Promise<void> {
   if (!r.ok) throw new Error(`quota: HTTP ${r.status}`);
 }
 
-interface Row {
-  op: string;
-  conc: number;
-  n: number;
-  driver: Sample;
-  bare: Sample;
-  baseline: 'sdk' | 'cli';
-}
-const fmt = (ms: number) => (Number.isNaN(ms) ? '-' : ms.toFixed(0)).padStart(6);
-function printRow(r: Row): void {
-  const errs = r.driver.errors + r.bare.errors ? `  errors driver ${r.driver.errors} bare ${r.bare.errors}` : '';
-  console.log(`${r.op.padEnd(26)}${String(r.conc).padStart(4)}${String(r.n).padStart(5)}  ${fmt(r.driver.p50)} ${fmt(r.driver.p99)}   ${r.baseline.padStart(6)} ${fmt(r.bare.p50)} ${fmt(r.bare.p99)}   ${(r.driver.p50 / r.bare.p50).toFixed(2).padStart(5)}x${errs}`);
-}
-
 /** Volumes of round `conc`, kept for the snapshot and throughput parts (round 1's). */
 const ids: string[] = [];
 const vols: Array<Record<string, string>> = [];
 
 async function round(conc: number, n: number): Promise<void> {
   const bare = (i: number) => `bare-${conc}-${i}`;
-  const row = async (op: string, driver: (i: number) => Promise<unknown>, baseline: (i: number) => Promise<unknown>, kind: Row['baseline'] = 'sdk') => {
-    const d = await measure(n, conc, driver);
-    const b = await measure(n, conc, baseline);
-    printRow({ op, conc, n, driver: d, bare: b, baseline: kind });
-  };
+  const row = (op: string, driver: (i: number) => Promise<unknown>, baseline: (i: number) => Promise<unknown>, kind: 'sdk' | 'cli' = 'sdk') => compareRow(op, conc, n, kind, driver, baseline);
   const rid: string[] = [];
   const rvol: Array<Record<string, string>> = [];
   await row(
@@ -193,7 +176,7 @@ async function round(conc: number, n: number): Promise<void> {
 
 try {
   console.log(`S3 benchmark: Ceph RGW lab on this machine, a bucket per volume with its quota; milliseconds`);
-  console.log(`${'operation'.padEnd(26)}conc    n  driver p50    p99   baseline p50    p99   p50 ratio`);
+  console.log(ROW_HEADER);
   await round(1, N);
   await round(16, 32);
   // DeleteVolume at concurrency 1 on volumes of their own (round 1's stay for the snapshot and throughput parts).
@@ -205,28 +188,33 @@ try {
       await s3.send(new PutObjectCommand({ Bucket: `bare-d-${i}`, Key: 'fs/', Body: Buffer.alloc(0) }));
       await s3.send(new PutObjectCommand({ Bucket: `bare-d-${i}`, Key: '.strata/record.json', Body: '{}' }));
     }
-    const d = await measure(N, 1, (i) => c.controller.DeleteVolume({ volume_id: extra[i]!, secrets }));
-    const b = await measure(N, 1, async (i) => {
-      const keys = ((await s3.send(new ListObjectsV2Command({ Bucket: `bare-d-${i}` }))).Contents ?? []).map((o) => ({ Key: o.Key! }));
-      await s3.send(new DeleteObjectsCommand({ Bucket: `bare-d-${i}`, Delete: { Objects: keys, Quiet: true } }));
-      await s3.send(new DeleteBucketCommand({ Bucket: `bare-d-${i}` }));
-    });
-    printRow({ op: 'DeleteVolume', conc: 1, n: N, driver: d, bare: b, baseline: 'sdk' });
+    await compareRow(
+      'DeleteVolume',
+      1,
+      N,
+      'sdk',
+      (i) => c.controller.DeleteVolume({ volume_id: extra[i]!, secrets }),
+      async (i) => {
+        const keys = ((await s3.send(new ListObjectsV2Command({ Bucket: `bare-d-${i}` }))).Contents ?? []).map((o) => ({ Key: o.Key! }));
+        await s3.send(new DeleteObjectsCommand({ Bucket: `bare-d-${i}`, Delete: { Objects: keys, Quiet: true } }));
+        await s3.send(new DeleteBucketCommand({ Bucket: `bare-d-${i}` }));
+      },
+    );
   }
   for (let i = 0; i < N; i++) await c.controller.ControllerUnpublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', secrets });
-  const rss = { controller: rssMb(ctrl.child.pid!), node: rssMb(node.child.pid!) };
-  console.log(`\nRSS (MB)        idle   after load   peak`);
-  for (const k of ['controller', 'node'] as const) console.log(`${k.padEnd(14)}${idle[k].rss.toFixed(0).padStart(6)}${rss[k].rss.toFixed(0).padStart(13)}${rss[k].peak.toFixed(0).padStart(7)}`);
+  printRss(idle, processRss(pids));
   // Snapshot of 1000 small objects: the driver's copy vs the same CopyObjects straight from the SDK.
-  console.log(`\n${LATENCY_HEADER}`);
+  console.log(`\n${ROW_HEADER}`);
   const limit = pLimit(32);
   const fill = (bucket: string, prefix: string) =>
     Promise.all(Array.from({ length: OBJECTS }, (_, k) => limit(() => s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}o/${k}`, Body: randomBytes(512) })))));
   await Promise.all(Array.from({ length: 3 }, (_, i) => fill(vols[i]!.bucket!, vols[i]!.prefix!)));
   await Promise.all(Array.from({ length: 3 }, (_, i) => fill(`bare-1-${i}`, 'fs/')));
-  await latencyRow(
+  await compareRow(
     `Snapshot, ${OBJECTS} objects`,
+    1,
     3,
+    'sdk',
     async (i) => {
       for (;;) {
         const s = (await c.controller.CreateSnapshot({ source_volume_id: ids[i]!, name: `s-${i}`, secrets }))!.snapshot!;
