@@ -35,10 +35,12 @@ import type { CephConn } from './conn.js';
  * timeouts and errnos; the CLI paid a process and a cluster connect for
  * each. A librbd call can wait without end (an image another client keeps
  * locked: `rbd rm` was seen spinning for 11 min) and holds its Python
- * thread meanwhile, so threads are bounded per lane (at most CMD_WORKERS mon
- * and mgr commands plus RBD_WORKERS librbd calls on the wire; more wait
- * here, where a deadline can still drop them unsent), and such a call ends
- * when the watchdog replaces its client.
+ * thread meanwhile, so threads are bounded per lane (at most MON_WORKERS mon
+ * commands, MGR_WORKERS mgr commands and RBD_WORKERS librbd calls on the
+ * wire; more wait here, where a deadline can still drop them unsent), and
+ * such a call ends when the watchdog replaces its client. Mon commands have a
+ * lane of their own: the mgr's volumes module runs its commands one at a
+ * time, and a config-key read must not queue behind a burst of them.
  */
 
 const BRIDGE = String.raw`
@@ -199,8 +201,9 @@ os._exit(0)
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const CONNECT_TIMEOUT_S = 15;
 const IDLE_MS = 60_000;
-/** Mon and mgr commands on the wire at once per client. */
-export const CMD_WORKERS = 8;
+/** Mon commands, and mgr commands, on the wire at once per client (each). */
+export const MON_WORKERS = 8;
+export const MGR_WORKERS = 8;
 /** librbd calls on the wire at once per client: most wait on OSDs, and a burst of creates wants many at once. */
 export const RBD_WORKERS = 32;
 /** A client with a request unanswered this long is taken for hung and replaced. */
@@ -209,8 +212,8 @@ const ETIMEDOUT = 110;
 const EIO = 5;
 
 export type CephCommand = { prefix: string } & Record<string, string | number | boolean | string[]>;
-type Lane = 'cmd' | 'rbd';
-const LIMIT: Record<Lane, number> = { cmd: CMD_WORKERS, rbd: RBD_WORKERS };
+type Lane = 'mon' | 'mgr' | 'rbd';
+const LIMIT: Record<Lane, number> = { mon: MON_WORKERS, mgr: MGR_WORKERS, rbd: RBD_WORKERS };
 
 interface Request {
   id: number;
@@ -229,7 +232,7 @@ class Bridge {
   private readonly queue: Request[] = [];
   /** Sent and not yet answered, including requests whose caller gave up: each holds a Python thread. */
   private readonly onWire = new Map<number, Request>();
-  private readonly busy: Record<Lane, number> = { cmd: 0, rbd: 0 };
+  private readonly busy: Record<Lane, number> = { mon: 0, mgr: 0, rbd: 0 };
   private nextId = 1;
   private idle: NodeJS.Timeout | undefined;
   private readonly watchdog: NodeJS.Timeout;
@@ -283,7 +286,7 @@ class Bridge {
           rbd_default_clone_format: '2',
         },
         connect_timeout: CONNECT_TIMEOUT_S,
-        workers: CMD_WORKERS + RBD_WORKERS,
+        workers: MON_WORKERS + MGR_WORKERS + RBD_WORKERS,
       }) + '\n',
     );
     this.watchdog = setInterval(() => {
@@ -431,7 +434,7 @@ async function timed<T>(what: string, log: Logger | undefined, fn: () => Promise
 /** Runs one mon or mgr command as the connection's identity; returns its output (JSON when asked). */
 export async function cephCommand(conn: CephConn, target: 'mon' | 'mgr', cmd: CephCommand, opts: { timeoutMs?: number; log?: Logger } = {}): Promise<string> {
   const name = `ceph ${cmd.prefix}`;
-  const out = await timed(name, opts.log, () => bridgeFor(conn).call('cmd', name, { target, cmd }, opts.timeoutMs ?? 45_000));
+  const out = await timed(name, opts.log, () => bridgeFor(conn).call(target, name, { target, cmd }, opts.timeoutMs ?? 45_000));
   return typeof out === 'string' ? out : '';
 }
 
