@@ -25,8 +25,9 @@ import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
  * `fs subvolume X`; (ENOENT) marks a lookup whose miss is the answer. The
  * baseline sends them one after the other; the driver sends independent
  * ones side by side (CreateVolume's last two, CreateSnapshot's first three
- * reads, DeleteSnapshot's steps after the snapshot rm).
- *   CreateVolume            sv info (ENOENT); sv create --size --namespace-isolated; sv info; sv metadata set
+ * reads, DeleteSnapshot's steps after the snapshot rm, DeleteVolume's three
+ * lookups).
+ *   CreateVolume            sv info (ENOENT); sv create --size --namespace-isolated; sv getpath; sv metadata set
  *   ControllerExpandVolume  sv info; sv resize --no-shrink
  *   CreateSnapshot          sv snapshot metadata ls (ENOENT); sv info; config-key get (ENOENT); config-key set;
  *                           sv snapshot create; sv snapshot metadata set
@@ -35,7 +36,7 @@ import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
  *   Clone until ready       sv info (ENOENT); sv info; sv snapshot create; sv snapshot clone; sv info (EAGAIN);
  *                           clone status until complete; sv info; sv metadata ls; sv snapshot rm; sv metadata set
  *   DeleteSnapshot          sv snapshot rm; config-key rm; config-key get; config-key rm; sv info
- *   DeleteVolume            sv info; sv deauthorize; sv snapshot ls; sv rm
+ *   DeleteVolume            sv info; sv authorized_list; auth get-key (ENOENT); sv snapshot ls; sv rm
  * Node rows are measured against the bare commands:
  *   NodeStage+Publish       ceph-fuse -r <path>; mount --bind (the driver gets the path and key from the
  *                           volume and publish contexts, made untimed by CreateVolume and ControllerPublish)
@@ -74,7 +75,7 @@ const claimKey = (snap: string) => `strata/cephfs/snapshot-names/${snap}`;
 const createSteps = (name: string, size = SIZE): BaselineStep[] => [
   mgr(sv('info', name), ENOENT),
   mgr(sv('create', name, { size, namespace_isolated: true })),
-  mgr(sv('info', name)),
+  mgr(sv('getpath', name)),
   mgr(sv('metadata set', name, { key_name: 'strata.volume', value: record(name) })),
 ];
 
@@ -246,7 +247,15 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
       }),
     ),
   );
-  await Promise.all(Array.from({ length: n }, (_, i) => limit(() => c.controller.ControllerUnpublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', secrets }))));
+  // Untimed, on both sides: ControllerUnpublish removes the node's user.
+  await Promise.all(
+    Array.from({ length: n }, (_, i) =>
+      limit(async () => {
+        await c.controller.ControllerUnpublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', secrets });
+        await lib.run([mgr(sv('deauthorize', bare(i), { auth_id: `strata-${bare(i)}` }))]);
+      }),
+    ),
+  );
 
   await row(
     'DeleteSnapshot',
@@ -266,7 +275,8 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
     (i) =>
       lib.run([
         mgr(sv('info', bare(i))),
-        mgr(sv('deauthorize', bare(i), { auth_id: `strata-${bare(i)}` }), ENOENT),
+        mgr(sv('authorized_list', bare(i))),
+        mon({ format: 'plain', prefix: 'auth get-key', entity: `client.strata-${bare(i)}` }, ENOENT),
         mgr(sv('snapshot ls', bare(i))),
         mgr(sv('rm', bare(i), { retain_snapshots: false, force: false })),
       ]),

@@ -12,6 +12,7 @@ import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish } from '../attac
 import type { ControllerBackend, PublishedVolume } from '../types.js';
 import { toCsiVolume } from '../volume.js';
 import { parseRecord } from '../../util/json.js';
+import { all } from '../../util/settle.js';
 import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { CephFsCli, EEXIST, ENOENT, isErrno } from './fs-cli.js';
@@ -98,12 +99,12 @@ export class CephfsController implements ControllerBackend {
           await fs.ensureGroup();
           await fs.create(name, size, p.pool);
         }
-        // Made by this call: complete, with the size as quota and no metadata. The record need not
-        // wait for the info, which only gives the path: both in one round trip.
+        // Made by this call: complete, with the size as quota and no metadata, so only its path is
+        // asked (getpath costs the mgr half an info). The record need not wait for it: both in one round trip.
         const vm: VolumeMeta = { v: 1, name: req.name, createdAt: new Date().toISOString() };
-        const [made] = await Promise.all([fs.info(name), fs.metaSet(name, META_VOLUME, metaValue(vm))]);
+        const [made] = await all([fs.getpath(name), fs.metaSet(name, META_VOLUME, metaValue(vm))]);
         if (!made) throw internal(`subvolume ${name} vanished while being created`);
-        return this.toVolume(id, p.clusterID, size, made.path, vm, p);
+        return this.toVolume(id, p.clusterID, size, made, vm, p);
       }
       info = await fs.info(name);
       if (!info) throw internal(`subvolume ${name} vanished while being created`);
@@ -211,20 +212,36 @@ export class CephfsController implements ControllerBackend {
       await fs.remove(name, false, true);
       return;
     }
-    for (const user of new Set([volumeUser(name), ...(await fs.authorizedUsers(name)).filter((u) => isNodeUserOf(name, u))])) await fs.deauthorize(name, user);
-    const kept: string[] = [];
-    for (const snap of await fs.snapList(name)) {
-      const m = await fs.snapMetaList(name, snap);
-      if (m?.[META_SNAPSHOT]) {
-        await fs.retainedSet(name, snap, m[META_SNAPSHOT]);
-        kept.push(snap);
-      } else {
-        // No record: the temporary source of a clone, or a snapshot whose create a
-        // crash cut short and no one retried. Nothing refers to it; retained, it would leak.
-        await fs.snapRemove(name, snap);
-      }
-    }
-    await fs.remove(name, kept.length > 0);
+    // The users and the snapshots are independent of each other, and each snapshot of the others:
+    // side by side. Only the removal waits for all of them, so a crash before it leaves the
+    // subvolume to a retry that finds the same work (repeatable) to do.
+    const [, kept] = await all([
+      (async () => {
+        // Only users that exist are deauthorized: a deauthorize of an unknown user costs the mgr
+        // a command under its global lock and leaves an empty auth file ($<user>.meta) in
+        // /volumes. The shared user of older volumes is asked of the mon, which knows it
+        // even when the mgr's record of it is partial.
+        const [listed, shared] = await all([fs.authorizedUsers(name), fs.userExists(volumeUser(name))]);
+        const users = new Set(listed.filter((u) => isNodeUserOf(name, u)));
+        if (shared || listed.includes(volumeUser(name))) users.add(volumeUser(name));
+        await all([...users].map((user) => fs.deauthorize(name, user)));
+      })(),
+      (async () => {
+        const snaps = await fs.snapList(name);
+        const records = await all(snaps.map((snap) => fs.snapMetaList(name, snap)));
+        return all(
+          snaps.map(async (snap, i) => {
+            const rec = records[i]?.[META_SNAPSHOT];
+            if (rec) await fs.retainedSet(name, snap, rec);
+            // No record: the temporary source of a clone, or a snapshot whose create a
+            // crash cut short and no one retried. Nothing refers to it; retained, it would leak.
+            else await fs.snapRemove(name, snap);
+            return !!rec;
+          }),
+        );
+      })(),
+    ]);
+    await fs.remove(name, kept.some(Boolean));
   }
 
   async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
@@ -365,7 +382,7 @@ export class CephfsController implements ControllerBackend {
     if (!snap?.startsWith('csi-snap-')) return;
     await fs.snapRemove(name, snap);
     // The rest is bookkeeping, each part repeatable by a retry and independent of the others: side by side.
-    const parts = await Promise.allSettled([
+    await all([
       fs.retainedRemove(name, snap),
       (async () => {
         if ((await fs.claimGet(snap)) === encodeId(id)) await fs.claimRemove(snap);
@@ -376,8 +393,6 @@ export class CephfsController implements ControllerBackend {
         if (info?.state === 'snapshot-retained' && !(await fs.snapList(name)).length) await fs.remove(name, false);
       })(),
     ]);
-    const failed = parts.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
   }
 
   async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {

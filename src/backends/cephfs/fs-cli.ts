@@ -79,6 +79,18 @@ export class CephFsCli {
     }
   }
 
+  /** The subvolume's path, undefined when it does not exist: half the mgr's work of an info. */
+  async getpath(name: string): Promise<string | undefined> {
+    try {
+      const out = (await this.sv('getpath', { sub_name: name })).trim();
+      // Answered as plain text whatever the format asked.
+      return out.startsWith('"') ? parseOutput<string>(out, 'fs subvolume getpath') : out;
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return undefined;
+      throw e;
+    }
+  }
+
   /** Note: create on an existing subvolume resizes it; callers look first. */
   async create(name: string, bytes: number, pool?: string): Promise<void> {
     await this.sv('create', { sub_name: name, size: bytes, namespace_isolated: true, ...(pool ? { pool_layout: pool } : {}) });
@@ -245,6 +257,17 @@ export class CephFsCli {
       await this.sv('deauthorize', { sub_name: name, auth_id: authId });
     } catch (e) {
       if (!isErrno(e, ENOENT)) throw e;
+    }
+  }
+
+  /** Whether the cluster has this Ceph user (a mon lookup, with the caps authorize's key read already needs). */
+  async userExists(authId: string): Promise<boolean> {
+    try {
+      await this.mon({ prefix: 'auth get-key', entity: `client.${authId}`, format: 'plain' });
+      return true;
+    } catch (e) {
+      if (isErrno(e, ENOENT)) return false;
+      throw e;
     }
   }
 
