@@ -79,6 +79,26 @@ const createSteps = (name: string, size = SIZE): BaselineStep[] => [
   mgr(sv('metadata set', name, { key_name: 'strata.volume', value: record(name) })),
 ];
 
+const deleteSteps = (name: string): BaselineStep[] => [
+  mgr(sv('info', name)),
+  mgr(sv('authorized_list', name)),
+  mon({ format: 'plain', prefix: 'auth get-key', entity: `client.strata-${name}` }, ENOENT),
+  mgr(sv('snapshot ls', name)),
+  mgr(sv('rm', name, { retain_snapshots: false, force: false })),
+];
+
+/** As the provisioner does with a call that timed out or found the volume busy: call again. */
+async function retried<T>(fn: () => Promise<T>): Promise<T> {
+  for (;;) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!['ABORTED', 'DEADLINE_EXCEEDED', 'UNAVAILABLE'].includes(codeOf(e))) throw e;
+      await sleep(1000);
+    }
+  }
+}
+
 await sleep(1000);
 const pids = { controller: ctrl.child.pid!, node: node.child.pid! };
 const idle = processRss(pids);
@@ -272,14 +292,7 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
   await row(
     'DeleteVolume',
     (i) => c.controller.DeleteVolume({ volume_id: ids[i]!, secrets }),
-    (i) =>
-      lib.run([
-        mgr(sv('info', bare(i))),
-        mgr(sv('authorized_list', bare(i))),
-        mon({ format: 'plain', prefix: 'auth get-key', entity: `client.strata-${bare(i)}` }, ENOENT),
-        mgr(sv('snapshot ls', bare(i))),
-        mgr(sv('rm', bare(i), { retain_snapshots: false, force: false })),
-      ]),
+    (i) => lib.run(deleteSteps(bare(i))),
   );
 }
 
@@ -298,7 +311,8 @@ try {
   const scale = await Promise.all(Array.from({ length: 10 }, (_, i) => vol(`scale-${i}`)));
   const at10 = await snapshotP50(scale, '10');
 
-  const burst = await measure(100, 100, (i) => vol(`burst-${i}`));
+  const burstIds: string[] = [];
+  const burst = await measure(100, 100, async (i) => (burstIds[i] = await vol(`burst-${i}`)));
   const bareBurst = await measure(100, 100, (i) => lib.run(createSteps(`bare-burst-${i}`, 16 * MiB)));
   console.log(`\n100 concurrent CreateVolume: driver ${(burst.wallMs / 1000).toFixed(1)} s wall (p50 ${burst.p50.toFixed(0)} ms, ${burst.errors} errors); baseline ${(bareBurst.wallMs / 1000).toFixed(1)} s wall (p50 ${bareBurst.p50.toFixed(0)} ms, ${bareBurst.errors} errors)`);
 
@@ -307,6 +321,20 @@ try {
   await Promise.all(Array.from({ length: 90 }, (_, i) => limit(() => vol(`fill-${i}`))));
   const at200 = await snapshotP50(scale, '200');
   console.log(`CreateSnapshot p50 (n 10, conc 1): ${at10.p50.toFixed(0)} ms with 10 volumes, ${at200.p50.toFixed(0)} ms with 200 volumes (${(at200.p50 / at10.p50).toFixed(2)}x)`);
+
+  // 100 concurrent DeleteVolume, each side once the mgr has purged what was removed before it.
+  const drained = async () => {
+    for (let t = 0; t < 240; t++) {
+      const v = JSON.parse(await ceph(['fs', 'volume', 'info', FS, '--format', 'json'])) as { pending_subvolume_deletions?: number };
+      if (!v.pending_subvolume_deletions) return;
+      await sleep(500);
+    }
+  };
+  await drained();
+  const drop = await measure(100, 100, (i) => retried(() => c.controller.DeleteVolume({ volume_id: burstIds[i]!, secrets })));
+  await drained();
+  const bareDrop = await measure(100, 100, (i) => lib.run(deleteSteps(`bare-burst-${i}`)));
+  console.log(`100 concurrent DeleteVolume: driver ${(drop.wallMs / 1000).toFixed(1)} s wall (p50 ${drop.p50.toFixed(0)} ms, ${drop.errors} errors); baseline ${(bareDrop.wallMs / 1000).toFixed(1)} s wall (p50 ${bareDrop.p50.toFixed(0)} ms, ${bareDrop.errors} errors)`);
 
   printRss(idle, processRss(pids));
 } finally {
