@@ -87,14 +87,17 @@ const deleteSteps = (name: string): BaselineStep[] => [
   mgr(sv('rm', name, { retain_snapshots: false, force: false })),
 ];
 
-/** As the provisioner does with a call that timed out or found the volume busy: call again. */
-async function retried<T>(fn: () => Promise<T>): Promise<T> {
+/**
+ * As the provisioner does: ABORTED (a clone still running, the volume busy), DEADLINE_EXCEEDED
+ * (the driver's 45 s command timeout, with the mgr's queue long) and UNAVAILABLE are called again.
+ */
+async function untilReady<T>(fn: () => Promise<T>): Promise<T> {
   for (;;) {
     try {
       return await fn();
     } catch (e) {
       if (!['ABORTED', 'DEADLINE_EXCEEDED', 'UNAVAILABLE'].includes(codeOf(e))) throw e;
-      await sleep(1000);
+      await sleep(250);
     }
   }
 }
@@ -102,18 +105,6 @@ async function retried<T>(fn: () => Promise<T>): Promise<T> {
 await sleep(1000);
 const pids = { controller: ctrl.child.pid!, node: node.child.pid! };
 const idle = processRss(pids);
-
-/** As the provisioner does: ABORTED means a clone is still running, so call again. */
-async function untilReady<T>(fn: () => Promise<T>): Promise<T> {
-  for (;;) {
-    try {
-      return await fn();
-    } catch (e) {
-      if (codeOf(e) !== 'ABORTED') throw e;
-      await sleep(250);
-    }
-  }
-}
 
 async function round(conc: number, n: number, clones: number): Promise<void> {
   const ids: string[] = [];
@@ -331,7 +322,7 @@ try {
     }
   };
   await drained();
-  const drop = await measure(100, 100, (i) => retried(() => c.controller.DeleteVolume({ volume_id: burstIds[i]!, secrets })));
+  const drop = await measure(100, 100, (i) => untilReady(() => c.controller.DeleteVolume({ volume_id: burstIds[i]!, secrets })));
   await drained();
   const bareDrop = await measure(100, 100, (i) => lib.run(deleteSteps(`bare-burst-${i}`)));
   console.log(`100 concurrent DeleteVolume: driver ${(drop.wallMs / 1000).toFixed(1)} s wall (p50 ${drop.p50.toFixed(0)} ms, ${drop.errors} errors); baseline ${(bareDrop.wallMs / 1000).toFixed(1)} s wall (p50 ${bareDrop.p50.toFixed(0)} ms, ${bareDrop.errors} errors)`);
