@@ -220,10 +220,10 @@ export class CephfsController implements ControllerBackend {
         // Only users that exist are deauthorized: a deauthorize of an unknown user costs the mgr
         // a command under its global lock and leaves an empty auth file ($<user>.meta) in
         // /volumes. The shared user of older volumes is asked of the mon, which knows it
-        // even when the mgr's record of it is partial.
+        // even when the mgr's record of it is partial; an identity that may not ask deauthorizes it as before.
         const [listed, shared] = await all([fs.authorizedUsers(name), fs.userExists(volumeUser(name))]);
         const users = new Set(listed.filter((u) => isNodeUserOf(name, u)));
-        if (shared || listed.includes(volumeUser(name))) users.add(volumeUser(name));
+        if (shared !== false || listed.includes(volumeUser(name))) users.add(volumeUser(name));
         await all([...users].map((user) => fs.deauthorize(name, user)));
       })(),
       (async () => {

@@ -15,6 +15,8 @@ export const EINVAL = 22;
 export const EEXIST = 17;
 export const EAGAIN = 11;
 export const ENOTEMPTY = 39;
+export const EPERM = 1;
+export const EACCES = 13;
 
 export interface SubvolumeInfo {
   path: string;
@@ -260,13 +262,14 @@ export class CephFsCli {
     }
   }
 
-  /** Whether the cluster has this Ceph user (a mon lookup, with the caps authorize's key read already needs). */
-  async userExists(authId: string): Promise<boolean> {
+  /** Whether the cluster has this Ceph user (a mon lookup, with the caps authorize's key read needs); undefined when the identity may not ask. */
+  async userExists(authId: string): Promise<boolean | undefined> {
     try {
       await this.mon({ prefix: 'auth get-key', entity: `client.${authId}`, format: 'plain' });
       return true;
     } catch (e) {
       if (isErrno(e, ENOENT)) return false;
+      if (isErrno(e, EACCES) || isErrno(e, EPERM)) return undefined;
       throw e;
     }
   }
