@@ -3,12 +3,13 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pLimit from 'p-limit';
 import { CephLab } from '../test/lab/ceph-lab.js';
-import { codeOf, connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
+import { codeOf } from '../test/helpers/driver.js';
 import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { CEPH_TIMEOUTS } from '../src/ceph/conn.js';
 import { run } from '../src/util/exec.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
 import { ROW_HEADER, compareRow, measure, printRss, processRss, type Sample } from './stats.js';
+import { benchDrivers, unpublishAndUnstage } from './driver.js';
 import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
 
 /**
@@ -52,10 +53,8 @@ const PARAMS = { backend: 'cephfs', clusterID: 'lab', fsName: FS };
 const cap = mountCap('', 'MULTI_NODE_MULTI_WRITER');
 
 const lab = await CephLab.start({ components: ['cephfs'] });
-const config = lab.writeDriverConfig();
-const ctrl = await startDriver({ config, mode: 'controller', logLevel: 'warn' });
-const node = await startDriver({ config, mode: 'node', nodeId: 'bench-node', logLevel: 'warn' });
-const c: CsiClients = { ...connect(ctrl.socket), node: connect(node.socket).node };
+const drivers = await benchDrivers(lab);
+const { ctrl, node, c } = drivers;
 const secrets = { userID: 'admin', userKey: lab.adminKey };
 const conn = ['-c', '/dev/null', '-m', lab.monitors.join(','), '--id', 'admin', '--keyfile', lab.adminKeyFile, ...CEPH_TIMEOUTS];
 const ceph = async (args: string[]) => (await run('ceph', [...conn, ...args], { timeoutMs: 60_000 })).stdout;
@@ -229,11 +228,7 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
 
   await row(
     'NodeUnpublish+NodeUnstage',
-    async (i) => {
-      const d = dirs('drv', i);
-      await c.node.NodeUnpublishVolume({ volume_id: ids[i]!, target_path: d.target });
-      await c.node.NodeUnstageVolume({ volume_id: ids[i]!, staging_target_path: d.staging });
-    },
+    (i) => unpublishAndUnstage(c.node, ids[i]!, dirs('drv', i)),
     async (i) => {
       const d = dirs('bare', i);
       const pid = fuseDaemonPid('ceph-fuse', d.staging);
@@ -330,8 +325,5 @@ try {
   printRss(idle, processRss(pids));
 } finally {
   lib.close();
-  c.close();
-  await ctrl.stop();
-  await node.stop();
-  await lab.stop();
+  await drivers.stop();
 }

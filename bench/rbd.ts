@@ -2,13 +2,13 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CephLab } from '../test/lab/ceph-lab.js';
-import { connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
 import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { CEPH_TIMEOUTS } from '../src/ceph/conn.js';
 import { DEFAULT_FEATURES } from '../src/backends/rbd/params.js';
 import { mkfsCommand } from '../src/mount/mounter.js';
 import { run, runAllowFail } from '../src/util/exec.js';
 import { ROW_HEADER, compareRow, measure, printRss, processRss } from './stats.js';
+import { benchDrivers, unpublishAndUnstage } from './driver.js';
 import { CephBaseline } from './ceph-baseline.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
 
@@ -36,10 +36,8 @@ const SIZE = 64 * MiB;
 const PARAMS = { backend: 'rbd', clusterID: 'lab', pool: POOL, mounter: 'rbd-fuse' };
 
 const lab = await CephLab.start({ components: ['rbd'] });
-const config = lab.writeDriverConfig();
-const ctrl = await startDriver({ config, mode: 'controller', logLevel: 'warn' });
-const node = await startDriver({ config, mode: 'node', nodeId: 'bench-node', logLevel: 'warn' });
-const c: CsiClients = { ...connect(ctrl.socket), node: connect(node.socket).node };
+const drivers = await benchDrivers(lab);
+const { ctrl, node, c } = drivers;
 const secrets = { userID: 'admin', userKey: lab.adminKey };
 const ceph = ['-c', '/dev/null', '-m', lab.monitors.join(','), '--id', 'admin', '--keyfile', lab.adminKeyFile, ...CEPH_TIMEOUTS];
 const rbd = (args: string[]) => run('rbd', [...ceph, ...args], { timeoutMs: 60_000 });
@@ -150,11 +148,7 @@ async function round(conc: number, n: number): Promise<void> {
 
   await row(
     'NodeUnpublish+NodeUnstage',
-    async (i) => {
-      const d = dirs('drv', i);
-      await c.node.NodeUnpublishVolume({ volume_id: ids[i]!, target_path: d.target });
-      await c.node.NodeUnstageVolume({ volume_id: ids[i]!, staging_target_path: d.staging });
-    },
+    (i) => unpublishAndUnstage(c.node, ids[i]!, dirs('drv', i)),
     async (i) => {
       const d = dirs('bare', i);
       await run('umount', [d.target], { timeoutMs: 30_000 });
@@ -204,8 +198,5 @@ try {
   printRss(idle, processRss(pids));
 } finally {
   lib.close();
-  c.close();
-  await ctrl.stop();
-  await node.stop();
-  await lab.stop();
+  await drivers.stop();
 }

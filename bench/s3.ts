@@ -8,12 +8,12 @@ import { CopyObjectCommand, CreateBucketCommand, DeleteBucketCommand, DeleteObje
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { CephLab, LAB_RGW_ADMIN, LAB_S3 } from '../test/lab/ceph-lab.js';
-import { connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
 import { labS3Client } from '../test/helpers/s3.js';
 import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { run } from '../src/util/exec.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
 import { ROW_HEADER, compareRow, printRss, processRss } from './stats.js';
+import { benchDrivers, unpublishAndUnstage } from './driver.js';
 
 /**
  * S3 benchmark on the lab's RGW: each CSI call beside the bare SDK calls or
@@ -43,10 +43,8 @@ const cap = mountCap('', 'MULTI_NODE_MULTI_WRITER');
 const secrets = { accessKeyID: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey };
 
 const lab = await CephLab.start({ components: ['s3'] });
-const config = lab.writeDriverConfig();
-const ctrl = await startDriver({ config, mode: 'controller', logLevel: 'warn' });
-const node = await startDriver({ config, mode: 'node', nodeId: 'bench-node', logLevel: 'warn' });
-const c: CsiClients = { ...connect(ctrl.socket), node: connect(node.socket).node };
+const drivers = await benchDrivers(lab);
+const { ctrl, node, c } = drivers;
 const s3 = labS3Client(lab);
 const work = path.join(node.dir, 'bench');
 const passwd = path.join(work, 'passwd');
@@ -149,11 +147,7 @@ async function round(conc: number, n: number): Promise<void> {
   );
   await row(
     'NodeUnpublish+NodeUnstage',
-    async (i) => {
-      const d = dirs(`drv-${conc}`, i);
-      await c.node.NodeUnpublishVolume({ volume_id: rid[i]!, target_path: d.target });
-      await c.node.NodeUnstageVolume({ volume_id: rid[i]!, staging_target_path: d.staging });
-    },
+    (i) => unpublishAndUnstage(c.node, rid[i]!, dirs(`drv-${conc}`, i)),
     (i) => bareUnmount(dirs(`bare-${conc}`, i)),
     'cli',
   );
@@ -249,8 +243,7 @@ try {
     await c.node.NodeStageVolume({ volume_id: id, staging_target_path: d.staging, volume_capability: cap, volume_context: vc, secrets });
     await c.node.NodePublishVolume({ volume_id: id, staging_target_path: d.staging, target_path: d.target, volume_capability: cap, volume_context: vc });
     const ms = await timed(() => fn(path.join(d.target, 'seq.bin')));
-    await c.node.NodeUnpublishVolume({ volume_id: id, target_path: d.target });
-    await c.node.NodeUnstageVolume({ volume_id: id, staging_target_path: d.staging });
+    await unpublishAndUnstage(c.node, id, d);
     return ms;
   };
   const times = new Map<string, { w: number[]; r: number[] }>();
@@ -282,8 +275,5 @@ try {
   }
 } finally {
   s3.destroy();
-  c.close();
-  await ctrl.stop();
-  await node.stop();
-  await lab.stop();
+  await drivers.stop();
 }
