@@ -4,6 +4,7 @@ import { parseS3Params } from '../../src/backends/s3/params.js';
 import { rcloneCommand, s3fsCommand, type S3MountSpec } from '../../src/backends/s3/mount-commands.js';
 import { bucketOf, dataPrefix, idOf, locationOf, recordKey, type Location } from '../../src/backends/s3/layout.js';
 import { CopyJobs } from '../../src/backends/s3/copier.js';
+import { bucketPolicy, volumeUser } from '../../src/backends/s3/volume-keys.js';
 import { parseId } from '../../src/csi/ids.js';
 import { createLogger } from '../../src/log.js';
 
@@ -79,8 +80,25 @@ describe('S3 mount commands', () => {
     assert.equal(args[args.indexOf('--umask') + 1], '0002');
     // Our --no-checksum comes before user options so "no-checksum=false" wins.
     assert.ok(args.indexOf('--no-checksum') > 0 && args.indexOf('--no-checksum') < args.indexOf('--transfers=8'));
-    assert.deepEqual(Object.keys(env).sort(), ['RCLONE_S3_ENDPOINT', 'RCLONE_S3_FORCE_PATH_STYLE', 'RCLONE_S3_PROVIDER', 'RCLONE_S3_REGION']);
+    assert.deepEqual(Object.keys(env).sort(), ['RCLONE_S3_ENDPOINT', 'RCLONE_S3_FORCE_PATH_STYLE', 'RCLONE_S3_NO_CHECK_BUCKET', 'RCLONE_S3_PROVIDER', 'RCLONE_S3_REGION']);
     assert.ok(!args.some((a) => /secret|access.key/i.test(a)));
+  });
+});
+
+describe('S3 volume users (RGW)', () => {
+  it("a volume's user reaches its file system and reads its record, nothing else", () => {
+    const l: Location = { kind: 'v', cluster: 'lab', hash: 'a'.repeat(32) };
+    assert.equal(volumeUser(l), `strata-csi-vol-${'a'.repeat(32)}`);
+    const p = JSON.parse(bucketPolicy(l)) as { Statement: Array<{ Effect: string; Principal: { AWS: string[] }; Action: string[]; Resource: string[] }> };
+    const bucket = `csi-vol-${'a'.repeat(32)}`;
+    for (const st of p.Statement) {
+      assert.equal(st.Effect, 'Allow');
+      assert.deepEqual(st.Principal.AWS, [`arn:aws:iam:::user/${volumeUser(l)}`]);
+    }
+    const writes = p.Statement.filter((st) => st.Action.some((a) => /Put|Delete/.test(a)));
+    assert.deepEqual(writes.flatMap((st) => st.Resource), [`arn:aws:s3:::${bucket}/fs*`]);
+    assert.deepEqual(p.Statement.flatMap((st) => st.Resource).sort(), [`arn:aws:s3:::${bucket}`, `arn:aws:s3:::${bucket}/.strata/record.json`, `arn:aws:s3:::${bucket}/fs*`]);
+    assert.ok(!p.Statement.some((st) => st.Action.some((a) => /Policy|Acl|CreateBucket|DeleteBucket$|\*/.test(a))));
   });
 });
 

@@ -62,6 +62,7 @@ export function rcloneCommand(s: S3MountSpec): [string, string[], Record<string,
   if (s.mode !== undefined) args.push('--umask', umaskOf(s.mode));
   if (s.readonly) args.push('--read-only');
   for (const o of s.options) args.push(`--${o.replace(/^--?/, '')}`);
-  const env = { RCLONE_S3_PROVIDER: 'Ceph', RCLONE_S3_ENDPOINT: s.endpoint, RCLONE_S3_REGION: s.region, RCLONE_S3_FORCE_PATH_STYLE: 'true' };
+  // The bucket exists (CreateVolume made it), and a volume's own key may not create buckets.
+  const env = { RCLONE_S3_PROVIDER: 'Ceph', RCLONE_S3_ENDPOINT: s.endpoint, RCLONE_S3_REGION: s.region, RCLONE_S3_FORCE_PATH_STYLE: 'true', RCLONE_S3_NO_CHECK_BUCKET: 'true' };
   return ['rclone', args, env];
 }
