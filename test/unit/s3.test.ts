@@ -22,6 +22,8 @@ describe('S3 StorageClass parameters', () => {
     [{ clusterID: 'lab', uid: '-1' }, /"uid"/],
     [{ clusterID: 'lab', mode: '999' }, /"mode"/],
     [{ clusterID: 'lab', mountOptions: 'passwd_file=/etc/x' }, /set by the driver/],
+    [{ clusterID: 'lab', mountOptions: 'default_acl=private' }, /set by the driver/],
+    [{ clusterID: 'lab', mountOptions: 's3-acl=private' }, /set by the driver/],
     [{ clusterID: 'lab', mountOptions: 'url=http://evil' }, /set by the driver/],
     [{ clusterID: 'lab', mountOptions: 'a b' }, /characters/],
     [{ clusterID: 'lab', bucketName: 'x' }, /unknown parameter "bucketName"/],
@@ -67,7 +69,7 @@ describe('S3 mount commands', () => {
     assert.deepEqual(args.slice(0, 3), ['team:/csi-vol-x/fs', '/stage', '-o']);
     assert.deepEqual(args[3]!.split(','), [
       'passwd_file=/state/s3/k.passwd', 'url=http://rgw:7480', 'use_path_request_style', 'endpoint=us-east-1', 'allow_other',
-      'stat_cache_expire=5', 'uid=1000', 'gid=1000', 'umask=0002', 'mp_umask=0002', 'multipart_size=64',
+      'stat_cache_expire=5', 'default_acl=bucket-owner-full-control', 'uid=1000', 'gid=1000', 'umask=0002', 'mp_umask=0002', 'multipart_size=64',
     ]);
     assert.match(s3fsCommand({ ...spec, readonly: true }, '/k')[1][3]!, /,ro(,|$)/);
   });
@@ -80,7 +82,7 @@ describe('S3 mount commands', () => {
     assert.equal(args[args.indexOf('--umask') + 1], '0002');
     // Our --no-checksum comes before user options so "no-checksum=false" wins.
     assert.ok(args.indexOf('--no-checksum') > 0 && args.indexOf('--no-checksum') < args.indexOf('--transfers=8'));
-    assert.deepEqual(Object.keys(env).sort(), ['RCLONE_S3_ENDPOINT', 'RCLONE_S3_FORCE_PATH_STYLE', 'RCLONE_S3_NO_CHECK_BUCKET', 'RCLONE_S3_PROVIDER', 'RCLONE_S3_REGION']);
+    assert.deepEqual(Object.keys(env).sort(), ['RCLONE_S3_ACL', 'RCLONE_S3_ENDPOINT', 'RCLONE_S3_FORCE_PATH_STYLE', 'RCLONE_S3_NO_CHECK_BUCKET', 'RCLONE_S3_PROVIDER', 'RCLONE_S3_REGION']);
     assert.ok(!args.some((a) => /secret|access.key/i.test(a)));
   });
 });
