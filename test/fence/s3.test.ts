@@ -18,8 +18,9 @@ import { fusePids, restartAndRelease, syncWrite } from './helpers.js';
 
 /**
  * S3 fencing on the lab's RGW with two node plugins and one controller. Each
- * volume has an RGW user of its own, and each node a key on it, handed over
- * in the publish context; ControllerUnpublish for a node removes its keys, so
+ * node a volume is published to gets a key of its own that reaches that
+ * volume alone (a bucket of its own, or a prefix of a shared bucket), handed
+ * over in the publish context; ControllerUnpublish for a node removes it, so
  * whatever the node still runs gets 403. The node plugins' config has no S3
  * keys, and NodeStage gets no secrets: nodes mount with their own key alone.
  * Node A's s3fs is frozen (SIGSTOP) as a partitioned node's.
@@ -64,8 +65,8 @@ describe('s3 fencing', { timeout: 600_000 }, () => {
     await lab?.stop();
   });
 
-  const create = async (name: string, mode: MountMode) =>
-    (await cc.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap('', mode)], parameters: PARAMS, secrets }))!.volume!;
+  const create = async (name: string, mode: MountMode, params: Record<string, string> = {}) =>
+    (await cc.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap('', mode)], parameters: { ...PARAMS, ...params }, secrets }))!.volume!;
   const bucketOf = (vol: Volume) => vol.volume_context!.bucket!;
   const publish = async (vol: Volume, node: string, mode: MountMode) =>
     (await cc.controller.ControllerPublishVolume({ volume_id: vol.volume_id!, node_id: node, volume_capability: mountCap('', mode), secrets }))!.publish_context!;
@@ -154,25 +155,48 @@ describe('s3 fencing', { timeout: 600_000 }, () => {
     assert.equal(await rgwUserExists(vol), false, "the volume's RGW user went with it");
   });
 
-  it('a multi-node volume: fencing one node leaves the other writing', async () => {
+  it('a multi-node volume, a prefix of a shared bucket with rclone: fencing one node leaves the other writing', async () => {
     const RWX: MountMode = 'MULTI_NODE_MULTI_WRITER';
-    const vol = await create('fence-shared', RWX);
+    const shared = { bucket: 'fence-team', mounter: 'rclone' };
+    const vol = await create('fence-shared', RWX, shared);
+    const neighbour = await create('fence-neighbour', RWX, shared);
+    const prefixOf = (v: Volume) => v.volume_context!.prefix!;
     const attA = await attach(ca, vol, 'node-a', path.join(a.dir, 'shared'), RWX);
     const attB = await attach(cb, vol, 'node-b', path.join(b.dir, 'shared'), RWX);
+    assert.notEqual(attA.key.accessKeyID, attB.key.accessKeyID);
+    assert.deepEqual(await publish(vol, 'node-b', RWX), attB.key, 'a retried ControllerPublish hands over the same key');
     assert.ok(syncWrite(path.join(attA.target, 'a'), 'a').ok);
     assert.ok(syncWrite(path.join(attB.target, 'b'), 'b').ok);
+    // The node's key reaches its prefix only: not the neighbour's data, nor a listing of the bucket.
+    const nodeStore = new S3Store({ endpoint: lab.s3Endpoint, region: 'us-east-1' }, { accessKeyID: attB.key.accessKeyID!, secretAccessKey: attB.key.secretAccessKey! });
+    try {
+      await s3.send(new PutObjectCommand({ Bucket: 'fence-team', Key: `${prefixOf(neighbour)}secret.json`, Body: Buffer.from('{}') }));
+      await assert.rejects(nodeStore.getJson('fence-team', `${prefixOf(neighbour)}secret.json`), /refused/);
+      await assert.rejects(nodeStore.put('fence-team', `${prefixOf(neighbour)}planted`, 'x'), /refused/);
+      await assert.rejects(nodeStore.put('fence-team', `${prefixOf(vol).replace(/fs\/$/, '')}.strata/attach/forged`, '{}'), /refused/);
+      await assert.rejects(nodeStore.list('fence-team', '').next(), /refused/);
+      assert.deepEqual((await nodeStore.list('fence-team', prefixOf(vol)).next()).value?.map((o: { key: string }) => o.key).sort(), [prefixOf(vol), `${prefixOf(vol)}a`, `${prefixOf(vol)}b`]);
+      assert.deepEqual(await nodeStore.listBuckets(), [], 'the node key owns no bucket');
+    } finally {
+      nodeStore.destroy();
+    }
     await cc.controller.ControllerUnpublishVolume({ volume_id: vol.volume_id!, node_id: 'node-a', secrets });
     await cc.controller.ControllerUnpublishVolume({ volume_id: vol.volume_id!, node_id: 'node-a', secrets }); // idempotent
+    assert.equal(await keyValid(attA.key), false, "RGW no longer knows node-a's key");
     assert.equal(syncWrite(path.join(attA.target, 'a2'), 'a2').ok, false, 'node-a is cut off');
     assert.ok(await keyValid(attB.key), "node-b's key stays");
     assert.ok(syncWrite(path.join(attB.target, 'b2'), 'b2').ok, 'node-b writes on');
-    assert.deepEqual((await listKeys(s3, bucketOf(vol), 'fs/')).sort(), ['fs/', 'fs/a', 'fs/b', 'fs/b2']);
+    assert.deepEqual((await listKeys(s3, 'fence-team', prefixOf(vol))).sort(), [prefixOf(vol), `${prefixOf(vol)}a`, `${prefixOf(vol)}b`, `${prefixOf(vol)}b2`]);
+    assert.equal((await getObject(s3, 'fence-team', `${prefixOf(vol)}b2`)).toString(), 'b2', "the bucket's owner reads what a node wrote");
     // The fenced node's late kubelet calls tear down cleanly.
     await ca.node.NodeUnpublishVolume({ volume_id: vol.volume_id!, target_path: attA.target });
     await ca.node.NodeUnstageVolume({ volume_id: vol.volume_id!, staging_target_path: attA.staging });
     assert.deepEqual(await leftovers(path.join(a.dir, 'shared')), []);
     await detach(cb, vol, 'node-b', attB);
+    assert.equal(await keyValid(attB.key), false, "a clean detach removes the node's user too");
+    await publish(vol, 'node-a', RWX); // left published: DeleteVolume removes its node user
     await cc.controller.DeleteVolume({ volume_id: vol.volume_id!, secrets });
+    await cc.controller.DeleteVolume({ volume_id: neighbour.volume_id!, secrets });
   });
 
   it('a clean detach fences nothing; keys are new after each detach, reach only their volume, and go with it', async (t) => {

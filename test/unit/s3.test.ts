@@ -4,7 +4,7 @@ import { parseS3Params } from '../../src/backends/s3/params.js';
 import { rcloneCommand, s3fsCommand, type S3MountSpec } from '../../src/backends/s3/mount-commands.js';
 import { bucketOf, dataPrefix, idOf, locationOf, recordKey, type Location } from '../../src/backends/s3/layout.js';
 import { CopyJobs } from '../../src/backends/s3/copier.js';
-import { bucketPolicy, volumeUser } from '../../src/backends/s3/volume-keys.js';
+import { bucketPolicy, prefixPolicy, prefixUser, volumeUser } from '../../src/backends/s3/volume-keys.js';
 import { parseId } from '../../src/csi/ids.js';
 import { createLogger } from '../../src/log.js';
 
@@ -101,6 +101,21 @@ describe('S3 volume users (RGW)', () => {
     assert.deepEqual(writes.flatMap((st) => st.Resource), [`arn:aws:s3:::${bucket}/fs*`]);
     assert.deepEqual(p.Statement.flatMap((st) => st.Resource).sort(), [`arn:aws:s3:::${bucket}`, `arn:aws:s3:::${bucket}/.strata/record.json`, `arn:aws:s3:::${bucket}/fs*`]);
     assert.ok(!p.Statement.some((st) => st.Action.some((a) => /Policy|Acl|CreateBucket|DeleteBucket$|\*/.test(a))));
+  });
+  it("a node's user of a prefix reaches that prefix's file system and record, and lists only it where the mounter allows", () => {
+    type Policy = { Statement: Array<{ Action: string[]; Resource: string[]; Condition?: unknown }> };
+    const l: Location = { kind: 'v', cluster: 'lab', hash: 'b'.repeat(32), shared: 'team' };
+    const root = `csi-vol-${'b'.repeat(32)}/`;
+    assert.match(prefixUser(l, 'node-a'), new RegExp(`^strata-csi-vol-${'b'.repeat(32)}-[0-9a-f]{16}$`));
+    assert.notEqual(prefixUser(l, 'node-a'), prefixUser(l, 'node-b'));
+    assert.notEqual(prefixUser(l, 'node-a'), prefixUser({ ...l, shared: 'other' }, 'node-a'));
+    const p = JSON.parse(prefixPolicy(l, 'rclone')) as Policy;
+    const writes = p.Statement.filter((st) => st.Action.some((a) => /Put|Delete/.test(a)));
+    assert.deepEqual(writes.flatMap((st) => st.Resource), [`arn:aws:s3:::team/${root}fs*`]);
+    assert.deepEqual([...new Set(p.Statement.flatMap((st) => st.Resource))].sort(), ['arn:aws:s3:::team', `arn:aws:s3:::team/${root}.strata/record.json`, `arn:aws:s3:::team/${root}fs*`]);
+    assert.deepEqual(p.Statement.find((st) => st.Action.includes('s3:ListBucket'))!.Condition, { StringLike: { 's3:prefix': [`${root}fs*`] } });
+    // s3fs checks the bucket with an unfiltered listing when it mounts.
+    assert.equal((JSON.parse(prefixPolicy(l, 's3fs')) as Policy).Statement.find((st) => st.Action.includes('s3:ListBucket'))!.Condition, undefined);
   });
 });
 

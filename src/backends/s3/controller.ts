@@ -230,8 +230,8 @@ export class S3Controller implements ControllerBackend {
     const store = this.store(l.cluster, secrets);
     const bucket = bucketOf(l);
     await this.jobs.cancel(idOf(l));
-    // The volume's RGW user goes last: a retry after a crash anywhere still finds it to remove.
-    if (!l.shared && (await removeEmptyBucket(store, l))) return this.keys.remove(l);
+    // The volume's RGW user goes after its bucket: a retry after a crash anywhere still finds it to remove.
+    if (!l.shared && (await removeEmptyBucket(store, l))) return this.keys.remove(l, []);
     const rec = await store.getJson<VolumeRecord>(bucket, recordKey(l));
     if (rec) {
       for await (const page of store.list(bucket, copyingPrefix(l))) {
@@ -247,8 +247,9 @@ export class S3Controller implements ControllerBackend {
       }
       if (rec.state !== 'deleting') await this.putRecord(store, l, rec.capacity, recordKey(l), { ...rec, state: 'deleting' }, ctx);
     }
+    // Keys go before the attachments, through which a prefix's node users are found.
+    await this.keys.remove(l, (await this.attachments(store, l)).keys());
     ctx.log.debug({ objects: await removeAll(store, l) }, 'volume objects removed');
-    await this.keys.remove(l);
   }
 
   /** Writes one of Strata's records into a volume's bucket, also when its app has filled the volume. */
@@ -286,7 +287,7 @@ export class S3Controller implements ControllerBackend {
     }
     // On RGW the node mounts with a key of its own on the volume's user, handed over in the publish
     // context, made after the attachment (see revokeOthers); elsewhere it mounts with the provisioner's keys.
-    const key = await this.keys.issue(l, req.node_id, store, ctx.log);
+    const key = await this.keys.issue(l, req.node_id, rec.params.mounter, store, ctx.log);
     return key ? { accessKeyID: key.accessKeyID, secretAccessKey: key.secretAccessKey } : {};
   }
 
@@ -300,7 +301,7 @@ export class S3Controller implements ControllerBackend {
       await this.keys.revokeNode(l, nodeId, ctx.log);
       return store.deleteKey(bucketOf(l), attachKey(l, nodeId));
     }
-    await this.keys.revokeOthers(l, async () => [], ctx.log);
+    await this.keys.revokeAll(l, (await this.attachments(store, l)).keys(), ctx.log);
     for await (const page of store.list(bucketOf(l), attachPrefix(l))) for (const o of page) await store.deleteKey(bucketOf(l), o.key);
   }
 

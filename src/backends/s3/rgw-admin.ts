@@ -7,10 +7,11 @@ import { boundedSignal, stopReason, throwIfStopped } from '../../util/call-conte
 import { readKey, type S3ClusterConfig } from './credentials.js';
 
 /**
- * Ceph RGW's admin ops API (/admin/bucket, /admin/user), signed like S3 with
- * the cluster config's rgwAdmin identity. Bucket quotas need its
- * "buckets=*" cap, per-volume users and keys its "users=*" cap. Answers are
- * never echoed into errors: user answers carry secret keys.
+ * Ceph RGW's admin ops API (/admin/bucket, /admin/user) and its IAM API (user
+ * policies), signed like S3 with the cluster config's rgwAdmin identity.
+ * Bucket quotas need its "buckets=*" cap, users and keys of volumes and nodes
+ * "users=*", their policies "user-policy=*". Answers are never echoed into
+ * errors: user answers carry secret keys.
  */
 
 const TIMEOUT_MS = 10_000;
@@ -18,6 +19,8 @@ const TIMEOUT_MS = 10_000;
 export interface RgwAdminEndpoint {
   s3: S3ClusterConfig;
   signer: SignatureV4;
+  /** The same identity for RGW's IAM API (user policies), which is signed as service "iam". */
+  iam: SignatureV4;
 }
 
 /** An answer of the admin API: HTTP status and RGW's error code ("NoSuchUser"...), body only when it succeeded. */
@@ -32,7 +35,8 @@ export function rgwAdminOf(cfg: Config, cluster: string): RgwAdminEndpoint | und
   const s3 = findCluster(cfg, cluster)?.s3;
   if (!s3?.rgwAdmin) return undefined;
   const credentials = { accessKeyId: readKey(s3.rgwAdmin.accessKeyIDFile, 'rgwAdmin.accessKeyIDFile'), secretAccessKey: readKey(s3.rgwAdmin.secretAccessKeyFile, 'rgwAdmin.secretAccessKeyFile') };
-  return { s3, signer: new SignatureV4({ credentials, region: s3.region, service: 's3', sha256: Sha256 }) };
+  const signer = (service: string) => new SignatureV4({ credentials, region: s3.region, service, sha256: Sha256 });
+  return { s3, signer: signer('s3'), iam: signer('iam') };
 }
 
 /**
@@ -54,11 +58,32 @@ export async function rgwAdminRequest(a: RgwAdminEndpoint, method: 'GET' | 'PUT'
     body,
   });
   const qs = Object.entries(query).map(([k, v]) => (v === '' ? encodeURIComponent(k) : `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)).join('&');
+  return send(`${url.origin}${url.pathname}?${qs}`, method, signed.headers, body);
+}
+
+/** One action of RGW's IAM API (a form POST to the endpoint's root), such as PutUserPolicy. */
+export async function rgwIamRequest(a: RgwAdminEndpoint, params: Record<string, string>): Promise<RgwAnswer> {
+  const url = new URL('/', a.s3.endpoint);
+  const body = new URLSearchParams({ ...params, Version: '2010-05-08' }).toString();
+  const signed = await a.iam.sign({
+    method: 'POST',
+    protocol: url.protocol,
+    hostname: url.hostname,
+    port: url.port ? Number(url.port) : undefined,
+    path: '/',
+    headers: { host: url.host, 'content-type': 'application/x-www-form-urlencoded' },
+    body,
+  });
+  return send(url.href, 'POST', signed.headers, body);
+}
+
+async function send(url: string, method: string, headers: Record<string, string>, body: string | undefined): Promise<RgwAnswer> {
   throwIfStopped();
   try {
-    const r = await fetch(`${url.origin}${url.pathname}?${qs}`, { method, headers: signed.headers, body, signal: boundedSignal(TIMEOUT_MS) });
+    const r = await fetch(url, { method, headers, body, signal: boundedSignal(TIMEOUT_MS) });
     const text = await r.text();
-    return r.ok ? { status: r.status, body: text } : { status: r.status, code: /"Code":"(\w+)"/.exec(text)?.[1], body: '' };
+    // Admin ops answer errors in JSON, the IAM API in XML.
+    return r.ok ? { status: r.status, body: text } : { status: r.status, code: (/"Code":"(\w+)"/.exec(text) ?? /<Code>(\w+)<\/Code>/.exec(text))?.[1], body: '' };
   } catch (e) {
     throw stopReason() ?? unavailable(`RGW admin API unreachable: ${(e as Error).name}`);
   }
@@ -69,6 +94,6 @@ export function rgwAdminOk(r: RgwAnswer, what: string): string {
   if (r.status >= 200 && r.status < 300) return r.body;
   const why = `RGW admin API refused ${what}: HTTP ${r.status} ${r.code ?? ''}`.trim();
   // A missing cap is the operator's to fix, not a passing failure.
-  if (r.status === 403) throw failedPrecondition(`${why} (the rgwAdmin identity needs the "buckets=*" and "users=*" caps)`);
+  if (r.status === 403) throw failedPrecondition(`${why} (the rgwAdmin identity needs the "buckets=*", "users=*" and "user-policy=*" caps)`);
   throw unavailable(why);
 }
