@@ -106,9 +106,10 @@ export class VolumeKeys {
   }
 
   /**
-   * The node's key on the volume, made when it has none: the user (owning
-   * nothing, allowed no bucket) and the bucket policy come first, so a key
-   * never exists without them. `owner` is the bucket owner's store.
+   * The node's key on the volume, made when it has none. A bucket of its
+   * own: the volume's user (owning nothing, allowed no bucket) and the bucket
+   * policy come first, so a key never exists without them; `owner` is the
+   * bucket owner's store. A prefix: see issuePrefix.
    */
   async issue(l: Location, nodeId: string, mounter: S3Mounter, owner: S3Store, log: Logger): Promise<S3Credentials | undefined> {
     const a = this.admin(l);
@@ -158,7 +159,7 @@ export class VolumeKeys {
     return { accessKeyID: k.access_key!, secretAccessKey: k.secret_key! };
   }
 
-  /** Removes a prefix's node user with its key and policy; one already gone is fine. */
+  /** Removes an RGW user with its keys and policy; one already gone is fine (false). */
   private async removeUser(a: RgwAdminEndpoint, uid: string): Promise<boolean> {
     const r = await rgwAdminRequest(a, 'DELETE', 'user', { uid, 'purge-data': 'false', format: 'json' });
     if (r.status === 404) return false;
