@@ -216,6 +216,17 @@ describe('rbd controller: snapshots and restores', () => {
 });
 
 describe('rbd controller: deletion and the trash', () => {
+  it('answers ABORTED, not INTERNAL, for a volume whose removal a kill cut short after its id object went', async () => {
+    const { rbd, ctrl, create, vid, image } = setup();
+    const v = await create('pvc-1');
+    rbd.find('rbd', image('vol', 'pvc-1'))!.watchers.push('10.0.0.9:0/1');
+    rbd.failNext('metaList', new ExecError('rbd meta_list', ENOENT, 'ObjectNotFound: failed to read rbd_id.csi-vol-x', false));
+    await rejects(ctrl.deleteVolume(vid(v.volume_id), {}, ctx), status.ABORTED, /still open/);
+    rbd.find('rbd', image('vol', 'pvc-1'))!.watchers.length = 0;
+    await ctrl.deleteVolume(vid(v.volume_id), {}, ctx);
+    assert.equal(rbd.find('rbd', image('vol', 'pvc-1')), undefined);
+  });
+
   it('removes temporary snapshots a crash left on a volume before removing it', async () => {
     const { rbd, ctrl, create, vid, image } = setup();
     const v = await create('pvc-1');

@@ -238,7 +238,9 @@ export class RbdController implements ControllerBackend {
       // A volume published somewhere is in use. Otherwise the watch is most likely a
       // killed command's (a crashed controller's), which the OSD drops within 30 s.
       // Snapshot images are never published (the attachments they show were copied from their source).
-      if (image.startsWith('csi-vol-') && attachmentsIn(await rbd.metaList(pool, image)).size) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
+      // A removal cut short by a kill may have taken the image's id object already: no record is left to read, and the retry finishes it.
+      const meta = image.startsWith('csi-vol-') ? await rbd.metaList(pool, image).catch((err: unknown) => (isErrno(err, ENOENT) ? {} : Promise.reject(err))) : {};
+      if (attachmentsIn(meta).size) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
       throw aborted(`image ${pool}/${image} is still open (a killed client's watch lasts up to 30 s); retry`);
     }
     ctx.log.debug({ image, result }, 'image removed');
