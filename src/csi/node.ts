@@ -5,7 +5,8 @@ import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '..
 import { pathProblem } from '../mount/checks.js';
 import { findMount, isReadOnly } from '../mount/mountinfo.js';
 import { bindMount, deviceSize, fsUsage, mountHealth, pathKind, removeMountPoint, unmount } from '../mount/mounter.js';
-import { isReadOnlyMode, modeOf, requireCapability, sizeFromRange } from './capabilities.js';
+import { applyMountGroup } from '../mount/ownership.js';
+import { isReadOnlyMode, modeOf, mountGroupOf, requireCapability, sizeFromRange } from './capabilities.js';
 import type { NodeHandlers } from './gen/csi/v1/Node.js';
 import type { VolumeUsage } from './gen/csi/v1/VolumeUsage.js';
 import { wrap, wrapChecked, type RpcRuntime } from './handler.js';
@@ -157,12 +158,12 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
           const target = cleanPath(required(req.target_path, 'target_path'), 'target_path');
           const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
           const cap = requireCapability(req.volume_capability);
-          volumeOf(req.volume_id, cap);
-          return { target, staging, cap };
+          const { backend } = volumeOf(req.volume_id, cap);
+          return { target, staging, cap, backend };
         },
         lockKeys: (r) => [r.volume_id, `target:${r.target_path}`],
       },
-      async (req, ctx, { target, staging, cap }) => {
+      async (req, ctx, { target, staging, cap, backend }) => {
         const readonly = req.readonly || isReadOnlyMode(modeOf(cap));
         const source = cap.block ? path.join(staging, STAGED_BLOCK_FILE) : staging;
         // The stage record says which volume the staging path holds: a mount there alone could be anyone's.
@@ -184,6 +185,10 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         } else {
           mkdirSync(target, { recursive: true });
         }
+        // The pod's fsGroup (kubelet delegates it, VOLUME_MOUNT_GROUP), on the staged volume before
+        // the bind: a publish cut short is not taken for done, and its retry walks again.
+        const group = mountGroupOf(cap);
+        if (group !== undefined && !readonly && !cap.block && !backend.mountGroupByOptions) await applyMountGroup(source, group, ctx.log);
         await bindMount(source, target, readonly, cap.mount?.mount_flags ?? [], ctx.log);
         records.published(req.volume_id, staging, target, { readonly, flags: cap.mount?.mount_flags ?? [] });
         return {};
@@ -266,7 +271,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
     ),
 
     NodeGetCapabilities: wrap(rt, 'NodeGetCapabilities', async () => ({
-      capabilities: (['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION'] as const).map((type) => ({ rpc: { type } })),
+      capabilities: (['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'VOLUME_MOUNT_GROUP'] as const).map((type) => ({ rpc: { type } })),
     })),
 
     NodeGetInfo: wrap(rt, 'NodeGetInfo', async () => ({
