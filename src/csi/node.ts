@@ -1,24 +1,17 @@
-import { lstatSync, mkdirSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
-import { STAGED_BLOCK_FILE, type NodeBackend } from '../backends/types.js';
-import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errors.js';
+import type { NodeBackend } from '../backends/types.js';
+import { invalidArgument, notFound } from '../errors.js';
 import { pathProblem } from '../mount/checks.js';
-import { findMount, isReadOnly } from '../mount/mountinfo.js';
-import { bindMount, deviceSize, fsUsage, mountHealth, pathKind, removeMountPoint, unmount } from '../mount/mounter.js';
-import { applyMountGroup } from '../mount/ownership.js';
+import { pathKind } from '../mount/mounter.js';
+import type { NodeVolumes } from '../node/volumes.js';
 import { isReadOnlyMode, modeOf, mountGroupOf, requireCapability, sizeFromRange } from './capabilities.js';
 import type { NodeHandlers } from './gen/csi/v1/Node.js';
-import type { VolumeUsage } from './gen/csi/v1/VolumeUsage.js';
 import { wrap, wrapChecked, type RpcRuntime } from './handler.js';
 import { parseId, type Backend } from './ids.js';
-import type { Healer } from './healer.js';
-import type { StageRecords } from './stage-records.js';
 import type * as csi from './types.js';
 
 /**
- * The Node service. Staging is backend specific; publishing is the same for
- * every backend (a bind mount of the staged file system, or of the staged
- * device file for raw block), as are stats and path checks.
+ * The Node service: each RPC's request checked (ids, paths, capabilities),
+ * its lock taken, and the work handed to the node's volumes (src/node/).
  */
 
 export type NodeBackends = Partial<Record<Backend, NodeBackend>>;
@@ -28,7 +21,6 @@ export interface NodeIdentity {
   topology?: Record<string, string>;
   maxVolumes?: number;
 }
-
 
 const required = (v: string | undefined, field: string): string => {
   if (!v) throw invalidArgument(`${field} is required`);
@@ -48,31 +40,7 @@ function existingVolumePath(p: string): string {
   return p;
 }
 
-/** What sits at `p` before the node mounts on it: nothing, or (a directory | a file) the node may use. */
-function mountPointKind(p: string): 'missing' | 'dir' | 'file' | 'other' {
-  try {
-    const s = lstatSync(p);
-    return s.isDirectory() ? 'dir' : s.isFile() ? 'file' : 'other';
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
-    throw e;
-  }
-}
-
-/** A mount point must be what the access type needs; a symlink would move the mount elsewhere. */
-function requireMountPoint(p: string, field: string, want: 'dir' | 'file'): void {
-  const kind = mountPointKind(p);
-  if (kind !== 'missing' && kind !== want) throw failedPrecondition(`${field} ${p} exists and is not a ${want === 'dir' ? 'directory' : 'regular file'}`);
-}
-
-/** Remembering FUSE stages and healing them (see healer.ts). */
-export interface NodeHealing {
-  records: StageRecords;
-  healer: Healer;
-}
-
-export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIdentity, healing: NodeHealing): NodeHandlers {
-  const { records, healer } = healing;
+export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIdentity, volumes: NodeVolumes): NodeHandlers {
   const byVolume = <R extends { volume_id: string }>(r: R) => [r.volume_id];
   const resolve = (volumeId: string) => {
     const id = parseId(volumeId, 'v');
@@ -94,12 +62,6 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
     return cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
   };
 
-  /** The volume a staging path's record names when it is another than `volumeId`: that path is not this request's to use. */
-  const otherVolumeAt = (staging: string, volumeId: string) => {
-    const held = records.get(staging)?.request.volume_id;
-    return held !== undefined && held !== volumeId ? held : undefined;
-  };
-
   return {
     NodeStageVolume: wrapChecked(
       rt,
@@ -112,22 +74,8 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         },
         lockKeys: byVolume,
       },
-      async (req, ctx, { id, backend, staging }) => {
-        const other = otherVolumeAt(staging, req.volume_id);
-        if (other && (await findMount(staging))) throw failedPrecondition(`staging_target_path ${staging} holds volume ${other}`);
-        const health = await mountHealth(staging);
-        if (health === 'dead') {
-          ctx.log.warn('staging mount is dead (its FUSE daemon is gone): mounting it again');
-          await unmount(staging, ctx.log);
-        }
-        // Looked at only when nothing is mounted there: a stat of a stuck FUSE mount would never return.
-        if (health === 'dead' || health === 'unmounted') requireMountPoint(staging, 'staging_target_path', 'dir');
-        await backend.stage(id, req, ctx);
-        // Every stage is recorded, so publish can tell which volume a staging path holds. A FUSE stage
-        // keeps its secrets (its daemon may die with the plugin, and kubelet never sends them again), as
-        // does a stage of a fencing backend (unstage and the healer ask the cluster whether it is still ours).
-        const fuse = !!(await findMount(staging))?.fsType.startsWith('fuse');
-        records.staged(req, fuse, fuse || !!backend.owned);
+      async (req, ctx, { id, backend }) => {
+        await volumes.stage(id, backend, req, ctx);
         return {};
       },
     ),
@@ -141,10 +89,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         lockKeys: byVolume,
       },
       async (req, ctx, { id, backend, staging }) => {
-        const record = records.get(staging)?.request;
-        if (record && record.volume_id !== req.volume_id) throw failedPrecondition(`staging_target_path ${staging} holds volume ${record.volume_id}, not ${req.volume_id}`);
-        await backend.unstage(id, staging, ctx, record);
-        records.unstaged(staging);
+        await volumes.unstage(id, backend, req.volume_id, staging, ctx);
         return {};
       },
     ),
@@ -159,38 +104,13 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
           const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
           const cap = requireCapability(req.volume_capability);
           const { backend } = volumeOf(req.volume_id, cap);
-          return { target, staging, cap, backend };
+          // The pod's fsGroup (VOLUME_MOUNT_GROUP): S3 mounts took it at stage, the others are walked.
+          return { target, staging, cap, group: backend.mountGroupByOptions ? undefined : mountGroupOf(cap) };
         },
         lockKeys: (r) => [r.volume_id, `target:${r.target_path}`],
       },
-      async (req, ctx, { target, staging, cap, backend }) => {
-        const readonly = req.readonly || isReadOnlyMode(modeOf(cap));
-        const source = cap.block ? path.join(staging, STAGED_BLOCK_FILE) : staging;
-        // The stage record says which volume the staging path holds: a mount there alone could be anyone's.
-        const record = records.get(staging);
-        if (record?.request.volume_id !== req.volume_id) throw failedPrecondition(`volume ${req.volume_id} is not staged at ${staging}`);
-        if (!record.kernel) await healer.heal(record, ctx);
-        if (!(await findMount(source))) throw failedPrecondition(`volume ${req.volume_id} is not staged at ${staging}${cap.block ? ' as a raw block device' : ''}`);
-        if ((await mountHealth(target)) === 'dead') await unmount(target, ctx.log);
-        const existing = await findMount(target);
-        if (existing) {
-          if (isReadOnly(existing) !== readonly) throw alreadyExists(`${target} is already published with a different read-only setting`);
-          return {};
-        }
-        requireMountPoint(target, 'target_path', cap.block ? 'file' : 'dir');
-        if (cap.block) {
-          mkdirSync(path.dirname(target), { recursive: true });
-          // Never truncates: a file already there keeps its bytes (and is not removed at unpublish).
-          writeFileSync(target, '', { flag: 'a' });
-        } else {
-          mkdirSync(target, { recursive: true });
-        }
-        // The pod's fsGroup (kubelet delegates it, VOLUME_MOUNT_GROUP), on the staged volume before
-        // the bind: a publish cut short is not taken for done, and its retry walks again.
-        const group = mountGroupOf(cap);
-        if (group !== undefined && !readonly && !cap.block && !backend.mountGroupByOptions) await applyMountGroup(source, group, ctx.log);
-        await bindMount(source, target, readonly, cap.mount?.mount_flags ?? [], ctx.log);
-        records.published(req.volume_id, staging, target, { readonly, flags: cap.mount?.mount_flags ?? [] });
+      async (req, ctx, { target, staging, cap, group }) => {
+        await volumes.publish({ volumeId: req.volume_id, staging, target, capability: cap, readonly: req.readonly || isReadOnlyMode(modeOf(cap)), group }, ctx);
         return {};
       },
     ),
@@ -209,10 +129,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
         lockKeys: (r) => [r.volume_id, `target:${r.target_path}`],
       },
       async (req, ctx, target) => {
-        await unmount(target, ctx.log);
-        records.unpublished(req.volume_id, target);
-        // Only the mount point publish made (an empty directory or file) goes; content is never ours to delete.
-        if ((await removeMountPoint(target)) === 'kept') ctx.log.warn({ target }, 'target_path holds something the node did not make: left in place');
+        await volumes.unpublish(req.volume_id, target, ctx);
         return {};
       },
     ),
@@ -221,33 +138,9 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       required(req.volume_id, 'volume_id');
       const p = existingVolumePath(required(req.volume_path, 'volume_path'));
       // An id that cannot be ours has no volume at any path: its stats are nobody's.
-      resolve(req.volume_id);
-      // Probed before anything else touches the path: a stuck FUSE daemon would hang this call past kubelet's deadline.
-      const health = await mountHealth(p);
-      if (health === 'dead' || health === 'hung') {
-        return { usage: [], volume_condition: { abnormal: true, message: `${p} does not answer: ${health === 'dead' ? 'its FUSE daemon is gone (ENOTCONN); the node remounts it' : 'no answer in 5 s'}` } };
-      }
-      const kind = await pathKind(p);
-      if (kind === 'missing') throw notFound(`volume path ${p} does not exist`);
-      if (health === 'unmounted') return { usage: [], volume_condition: { abnormal: true, message: `${p} is not mounted` } };
-      try {
-        const t = parseId(req.volume_id, 'v');
-        const fromStore = t && (await backends[t.backend]?.usage?.(t, p, ctx));
-        if (fromStore) return { usage: fromStore, volume_condition: { abnormal: false, message: 'volume is mounted; usage is read from the store' } };
-        if (kind === 'file' || kind === 'block') {
-          const total = await deviceSize(p, ctx.log);
-          return { usage: [{ unit: 'BYTES', total }], volume_condition: { abnormal: false, message: 'device is attached' } };
-        }
-        const u = await fsUsage(p);
-        const usage: VolumeUsage[] = [
-          { unit: 'BYTES', total: u.bytesTotal, used: u.bytesUsed, available: u.bytesAvailable },
-          { unit: 'INODES', total: u.inodesTotal, used: u.inodesUsed, available: u.inodesFree },
-        ];
-        return { usage, volume_condition: { abnormal: false, message: 'file system is mounted and answers' } };
-      } catch (e) {
-        // A FUSE daemon that died leaves ENOTCONN; a failed device gives EIO.
-        return { usage: [], volume_condition: { abnormal: true, message: `${p} does not answer: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` } };
-      }
+      const { id, backend } = resolve(req.volume_id);
+      const { usage, condition } = await volumes.stats(id, backend, p, ctx);
+      return { usage, volume_condition: condition };
     }),
 
     NodeExpandVolume: wrapChecked(

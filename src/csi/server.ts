@@ -13,8 +13,9 @@ import { controllerService } from './controller.js';
 import { identityService, watchReachability } from './identity.js';
 import { KeyedTryLock } from './locks.js';
 import { nodeService, type NodeIdentity } from './node.js';
-import { Healer } from './healer.js';
-import { StageRecords } from './stage-records.js';
+import { Healer } from '../node/healer.js';
+import { StageRecords } from '../node/stage-records.js';
+import { NodeVolumes } from '../node/volumes.js';
 import { loadCsi } from './proto.js';
 import { lenientService, type RpcRuntime } from './handler.js';
 
@@ -65,8 +66,8 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
     const backends = { rbd: new RbdNode(opts.config, opts.stateDir, opts.node.nodeId), cephfs: new CephfsNode(opts.config), s3: new S3Node(opts.config, opts.stateDir) };
     const records = new StageRecords(opts.stateDir);
-    healer = new Healer(rt, backends, records, opts.log.child({ component: 'healer' }));
-    server.addService(lenientService(csi.Node.service), nodeService(rt, backends, opts.node, { records, healer }));
+    healer = new Healer(rt.locks, backends, records, opts.log.child({ component: 'healer' }));
+    server.addService(lenientService(csi.Node.service), nodeService(rt, backends, opts.node, new NodeVolumes(records, healer)));
   }
 
   const { bind, socket } = listenAddress(opts.endpoint);

@@ -11,3 +11,4 @@ export type { NodeStageVolumeRequest__Output as NodeStageVolumeRequest } from '.
 export type { NodeExpandVolumeRequest__Output as NodeExpandVolumeRequest } from './gen/csi/v1/NodeExpandVolumeRequest.js';
 export type { NodePublishVolumeRequest__Output as NodePublishVolumeRequest } from './gen/csi/v1/NodePublishVolumeRequest.js';
 export type { VolumeContentSource__Output as VolumeContentSource } from './gen/csi/v1/VolumeContentSource.js';
+export type { VolumeUsage } from './gen/csi/v1/VolumeUsage.js';

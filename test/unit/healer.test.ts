@@ -6,10 +6,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { NodeBackend } from '../../src/backends/types.js';
-import { Healer } from '../../src/csi/healer.js';
+import { Healer } from '../../src/node/healer.js';
 import { encodeId } from '../../src/csi/ids.js';
 import { KeyedTryLock } from '../../src/csi/locks.js';
-import { StageRecords } from '../../src/csi/stage-records.js';
+import { StageRecords } from '../../src/node/stage-records.js';
 import type * as csi from '../../src/csi/types.js';
 
 const log = pino({ level: 'silent' });
@@ -28,7 +28,7 @@ function nodeWith(answers: Array<boolean | Error>) {
     },
   } as unknown as NodeBackend;
   const locks = new KeyedTryLock();
-  const healer = new Healer({ log, locks, inflight: { count: 0 } }, { rbd: backend }, records, log);
+  const healer = new Healer(locks, { rbd: backend }, records, log);
   return { healer, locks, asked: () => asked };
 }
 

@@ -10,7 +10,7 @@ import { stageOptions as rbdOptions } from '../../src/backends/rbd/node.js';
 import { locationOf } from '../../src/backends/s3/layout.js';
 import { stageOptions as s3Options } from '../../src/backends/s3/node.js';
 import { parseId, type ObjectId } from '../../src/csi/ids.js';
-import { StageRecords } from '../../src/csi/stage-records.js';
+import { StageRecords } from '../../src/node/stage-records.js';
 import type * as csi from '../../src/csi/types.js';
 import { isInside, pathProblem } from '../../src/mount/checks.js';
 import { removeMountPoint } from '../../src/mount/mounter.js';

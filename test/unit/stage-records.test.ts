@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { StageRecords } from '../../src/csi/stage-records.js';
+import { StageRecords } from '../../src/node/stage-records.js';
 import type * as csi from '../../src/csi/types.js';
 
 const stageReq = (volume_id: string, staging: string): csi.NodeStageVolumeRequest =>

@@ -4,8 +4,9 @@ import type { Logger } from 'pino';
 import type { NodeBackend } from '../backends/types.js';
 import { readMountInfo } from '../mount/mountinfo.js';
 import { bindMount, mountHealth, unmount } from '../mount/mounter.js';
-import type { RpcContext, RpcRuntime } from './handler.js';
-import { parseId, type Backend } from './ids.js';
+import type { RpcContext } from '../csi/handler.js';
+import { parseId, type Backend } from '../csi/ids.js';
+import type { KeyedTryLock } from '../csi/locks.js';
 import type { StageRecord, StageRecords } from './stage-records.js';
 import { STAGED_BLOCK_FILE } from '../backends/types.js';
 
@@ -28,7 +29,7 @@ export class Healer {
   private stopped = false;
 
   constructor(
-    private readonly rt: RpcRuntime,
+    private readonly locks: KeyedTryLock,
     private readonly backends: Partial<Record<Backend, NodeBackend>>,
     private readonly records: StageRecords,
     private readonly log: Logger,
@@ -66,7 +67,7 @@ export class Healer {
         // probe needs no lock: a pass that finds every mount well never turns one of kubelet's calls away.
         if (!this.fences(r) && (r.kernel || !(await this.needsCare(r, entries)))) continue;
         // Kubelet acting on the volume right now wins; the next pass looks again.
-        const release = this.rt.locks.tryAcquire([r.request.volume_id]);
+        const release = this.locks.tryAcquire([r.request.volume_id]);
         if (!release) {
           unfinished++;
           continue;

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathProblem } from '../mount/checks.js';
-import type * as csi from './types.js';
+import type * as csi from '../csi/types.js';
 
 /**
  * Which volume each staging path holds, and what the node needs to remount a
