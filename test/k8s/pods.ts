@@ -86,7 +86,8 @@ export async function deletePodAndWait(api: KubeApi, pod: Pod, timeoutMs = 120_0
  */
 export async function volumeStats(api: KubeApi, nodeName: string, pod: Pod, volume: string): Promise<Obj | undefined> {
   const answer: unknown = await api.core.connectGetNodeProxyWithPath({ name: nodeName, path: 'stats/summary' });
-  // The summary API is not in the OpenAPI schema: the client hands its JSON back as it came.
+  // The summary API is not in the OpenAPI schema: the client types the answer as a string, yet
+  // parses it when kubelet answers application/json.
   const summary = (typeof answer === 'string' ? JSON.parse(answer) : answer) as Obj;
   const p = ((summary.pods ?? []) as Obj[]).find((x) => x.podRef?.name === pod.metadata.name && x.podRef?.namespace === pod.metadata.namespace);
   return ((p?.volume ?? []) as Obj[]).find((v) => v.name === volume);
