@@ -64,8 +64,7 @@ describe('the ownership walk (as kubelet does it)', () => {
       writeFileSync(path.join(base, 'outside'), 'x', { mode: 0o600 });
       symlinkSync('../outside', path.join(root, 'link'));
       const outsideGid = lstatSync(path.join(base, 'outside')).gid;
-      const n = await applyMountGroup(root, 4321, log);
-      assert.equal(n, 6);
+      assert.deepEqual(await applyMountGroup(root, 4321, log), { entries: 6, changed: 6 });
       const st = (p: string) => lstatSync(path.join(root, p));
       for (const p of ['', 'd', 'd/e', 'd/e/f', 'g', 'link']) assert.equal(st(p).gid, 4321, p || 'root');
       assert.equal(st('d').mode & 0o7777, 0o2770);
@@ -75,6 +74,15 @@ describe('the ownership walk (as kubelet does it)', () => {
       // What a link in the volume points at, outside it, is left alone.
       assert.equal(lstatSync(path.join(base, 'outside')).mode & 0o7777, 0o600);
       assert.equal(lstatSync(path.join(base, 'outside')).gid, outsideGid);
+
+      // Again (kubelet's retry, the next pod): nothing is chowned or chmodded, so no ctime moves.
+      const ctimes = ['', 'd', 'd/e/f', 'g', 'link'].map((p) => st(p).ctimeMs);
+      await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(await applyMountGroup(root, 4321, log), { entries: 6, changed: 0 });
+      assert.deepEqual(['', 'd', 'd/e/f', 'g', 'link'].map((p) => st(p).ctimeMs), ctimes);
+      // One entry put back is the one the next walk changes.
+      writeFileSync(path.join(root, 'd/new'), 'x', { mode: 0o600 });
+      assert.deepEqual(await applyMountGroup(root, 4321, log), { entries: 7, changed: 1 });
     } finally {
       rmSync(base, { recursive: true, force: true });
     }
