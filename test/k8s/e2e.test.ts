@@ -14,11 +14,12 @@ import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import type { V1PersistentVolumeClaim, V1Pod, V1TypedObjectReference } from '@kubernetes/client-node';
 import { ignoreNotFound, MERGE_PATCH, SNAPSHOT_GROUP, type Obj } from './api.js';
 import { busyboxPod, createAndWait, deletePodAndWait, podLog, readPod, runToCompletion, volumeStats } from './pods.js';
-import { labS3Client } from '../helpers/s3.js';
+import { labS3Client, listObjects } from '../helpers/s3.js';
 
 /**
  * Issue 15's scenarios for each backend (rbd through rbd-fuse with xfs, cephfs through ceph-fuse,
- * s3 through s3fs, and s3 through rclone) with Strata installed by its chart, as users install it:
+ * s3 through s3fs in a bucket per volume, and s3 through rclone in a shared bucket, the examples'
+ * two S3 layouts) with Strata installed by its chart, as users install it:
  * 1. PVC bound and a non-root pod with an fsGroup writes and fsyncs; 2. a snapshot restored into
  * a PVC that a second pod reads; 3. the PVC grown by editing it, seen by the running pod and in
  * kubelet's volume stats; 6. a ReadWriteOncePod PVC admits one pod at a time; 4. the node plugin
@@ -45,6 +46,7 @@ const times: Record<string, number> = {};
 type Backend = 'rbd' | 'cephfs' | 's3' | 'rclone';
 const BACKENDS: Backend[] = ['rbd', 'cephfs', 's3', 'rclone'];
 const isS3 = (b: Backend) => b === 's3' || b === 'rclone';
+const SHARED_BUCKET = 'team-data';
 
 describe('every backend through the chart on the Kubernetes lab', { timeout: 1_800_000 }, () => {
   let ceph: CephLab | undefined;
@@ -124,7 +126,8 @@ describe('every backend through the chart on the Kubernetes lab', { timeout: 1_8
         { name: 'strata-cephfs', parameters: { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs', subvolumeGroup: 'csi' }, secret: { name: 'strata-ceph' } },
         // No uid or gid: the group comes from the pod's fsGroup (VOLUME_MOUNT_GROUP).
         { name: 'strata-s3', parameters: { backend: 's3', clusterID: 'lab', mounter: 's3fs' }, secret: { name: 'strata-s3' } },
-        { name: 'strata-rclone', parameters: { backend: 's3', clusterID: 'lab', mounter: 'rclone' }, secret: { name: 'strata-s3' } },
+        // As the examples' strata-s3-shared: a prefix per volume in one shared bucket.
+        { name: 'strata-rclone', parameters: { backend: 's3', clusterID: 'lab', bucket: SHARED_BUCKET, mounter: 'rclone' }, secret: { name: 'strata-s3' } },
       ],
       snapshotClasses: BACKENDS.map((b) => ({ name: `strata-${b}`, secret: { name: isS3(b) ? 'strata-s3' : 'strata-ceph' } })),
     };
@@ -363,8 +366,10 @@ describe('every backend through the chart on the Kubernetes lab', { timeout: 1_8
         const vscs = ((await api().custom.listClusterCustomObject({ ...SNAPSHOT_GROUP, plural: 'volumesnapshotcontents' })) as Obj).items as Obj[];
         const images = (await ceph!.rbd(['ls', 'rbd'])).trim();
         const subvolumes = JSON.parse(await ceph!.ceph(['fs', 'subvolume', 'ls', 'cephfs', '--group_name', 'csi', '-f', 'json'])) as unknown[];
-        const buckets = JSON.parse((await run('radosgw-admin', ['-c', ceph!.conf, 'bucket', 'list'], { timeoutMs: 30_000 })).stdout) as unknown[];
-        return pvs.length + vas.length + vscs.length + subvolumes.length + buckets.length === 0 && images === '' ? true : undefined;
+        // The shared bucket stays (it is the class's, not a volume's), empty.
+        const buckets = (JSON.parse((await run('radosgw-admin', ['-c', ceph!.conf, 'bucket', 'list'], { timeoutMs: 30_000 })).stdout) as string[]).filter((n) => n !== SHARED_BUCKET);
+        const shared = await listObjects(labS3Client(ceph!), SHARED_BUCKET, '');
+        return pvs.length + vas.length + vscs.length + subvolumes.length + buckets.length + shared.length === 0 && images === '' ? true : undefined;
       }, 180_000, 1000),
     );
     say(`rbd trash after the deletes: ${JSON.stringify((await ceph!.rbd(['trash', 'ls', 'rbd'])).trim())}`);
