@@ -46,6 +46,12 @@ export interface ControllerBackend {
 export interface NodeBackend {
   /** Whether its volumes can be used as raw block devices (only RBD's can; the others are file systems). */
   readonly rawBlock: boolean;
+  /**
+   * Whether the stage gives the volume_mount_group (a pod's fsGroup) to the mount as options (S3's
+   * FUSE mounts: their files' owners are the daemon's to report). Otherwise publish walks the
+   * volume and changes its group as kubelet would (src/mount/ownership.ts).
+   */
+  readonly mountGroupByOptions?: boolean;
   stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void>;
   /** `staged` is the stage request the node recorded, when it has one (its secrets reach the store). */
   unstage(id: ObjectId, stagingPath: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void>;

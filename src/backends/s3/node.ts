@@ -3,7 +3,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../../config/config.js';
 import { findCluster } from '../../config/config.js';
-import { isReadOnlyMode, modeOf } from '../../csi/capabilities.js';
+import { isReadOnlyMode, modeOf, mountGroupOf } from '../../csi/capabilities.js';
 import type { VolumeUsage } from '../../csi/gen/csi/v1/VolumeUsage.js';
 import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, type ObjectId } from '../../csi/ids.js';
@@ -40,6 +40,7 @@ interface UsageEntry {
 
 export class S3Node implements NodeBackend {
   readonly rawBlock = false;
+  readonly mountGroupByOptions = true;
   private readonly stores = new S3Stores();
   private readonly usageCache = new Map<string, UsageEntry>();
   private readonly dir: string;
@@ -201,6 +202,12 @@ function nodeKey(req: Pick<csi.NodeStageVolumeRequest, 'publish_context'>): Reco
  * location. The volume context may repeat them (CreateVolume put them there)
  * but not change them; it may add the StorageClass's options, read with the
  * StorageClass's own grammar, as are the capability's mount flags.
+ *
+ * The pod's fsGroup (volume_mount_group) becomes the mount's group, with
+ * group write (mode 0775), unless the StorageClass set gid or mode: kubelet
+ * then changes no owner, so a pod start never rewrites the bucket's objects.
+ * The group is the first pod's on the node: it is the stage's, and later
+ * pods of the volume on the node share the mount.
  */
 export function stageOptions(id: ObjectId, l: Location, req: Pick<csi.NodeStageVolumeRequest, 'volume_context' | 'volume_capability'>): Omit<S3Params, 'clusterID' | 'bucket'> {
   const vc = req.volume_context ?? {};
@@ -212,6 +219,11 @@ export function stageOptions(id: ObjectId, l: Location, req: Pick<csi.NodeStageV
   if (options) given.mountOptions = options;
   try {
     const { clusterID: _c, bucket: _b, ...opts } = parseS3Params(given);
+    const group = mountGroupOf(req.volume_capability);
+    if (group !== undefined) {
+      opts.gid ??= group;
+      opts.mode ??= 0o775;
+    }
     return opts;
   } catch (e) {
     if (isCsiError(e)) throw invalidArgument(`volume_context: ${e.message}`);
