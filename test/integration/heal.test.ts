@@ -245,3 +245,215 @@ describe('mounts that heal', { timeout: 600_000 }, () => {
     assert.deepEqual(existsSync(dir) ? readdirSync(dir) : [], []);
   });
 });
+
+/** The loop devices bound now, by name, with the file each reads. */
+function loopDevices(): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const loop of readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
+    try {
+      out.set(loop, readFileSync(`/sys/block/${loop}/loop/backing_file`, 'utf8').trim());
+    } catch {
+      /* not bound */
+    }
+  }
+  return out;
+}
+
+/** rbd-fuse daemons serving images under `dir`. */
+function rbdFuseDaemons(dir: string): number[] {
+  const pids: number[] = [];
+  for (const ent of readdirSync('/proc')) {
+    if (!/^\d+$/.test(ent)) continue;
+    try {
+      const argv = readFileSync(`/proc/${ent}/cmdline`, 'utf8').split('\0');
+      if (/rbd-fuse$/.test(argv[0] ?? '') && argv.some((a) => a.startsWith(dir))) pids.push(Number(ent));
+    } catch {
+      /* exited */
+    }
+  }
+  return pids;
+}
+
+/**
+ * RBD through rbd-fuse: the staged file system sits on a loop device over the
+ * rbd-fuse file, a kernel mount that outlives the plugin but fails every I/O
+ * once rbd-fuse is gone. The restarted plugin stages it again on top of the
+ * dead stack and binds it over the pods' targets; unstaging takes down the
+ * whole stack, both loop devices included.
+ */
+describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
+  let lab: CephLab;
+  let ctrl: DriverProcess;
+  let node: DriverProcess;
+  let cc: CsiClients;
+  let cn: CsiClients;
+  let secrets: Record<string, string> = {};
+  let kubeletDir = '';
+  const RBD = [
+    { name: 'heal-rbd-xfs', fsType: 'xfs', bytes: 320 * MiB },
+    { name: 'heal-rbd-ext4', fsType: 'ext4', bytes: 64 * MiB },
+  ];
+  const vols: Volume[] = [];
+  const attached: Attached[] = [];
+  const cap = (fsType: string) => mountCap(fsType, 'SINGLE_NODE_WRITER');
+  let second = '';
+  /** The loop devices the dead file systems sat on, which unstaging must release. */
+  const deadLoops: string[] = [];
+
+  before(async () => {
+    lab = await CephLab.start({ components: ['rbd'] });
+    const config = lab.writeDriverConfig();
+    ctrl = await startDriver({ config, mode: 'controller' });
+    node = await startDriver({ config, mode: 'node', nodeId: 'node-r', args: ['--heal-interval', '0'] });
+    cc = connect(ctrl.socket);
+    cn = { ...connect(node.socket), controller: cc.controller };
+    secrets = { userID: 'admin', userKey: lab.adminKey };
+    kubeletDir = path.join(node.dir, 'kubelet');
+    second = path.join(kubeletDir, 'heal-rbd-xfs', 'target2');
+    mkdirSync(kubeletDir);
+    spawnSync('mount', ['--bind', kubeletDir, kubeletDir]);
+    assert.equal(spawnSync('mount', ['--make-rshared', kubeletDir]).status, 0);
+    for (const v of RBD) {
+      const params = { backend: 'rbd', clusterID: 'lab', pool: 'rbd', mounter: 'rbd-fuse', fsType: v.fsType };
+      const vol = (await cc.controller.CreateVolume({ name: v.name, capacity_range: { required_bytes: v.bytes }, volume_capabilities: [cap(v.fsType)], parameters: params, secrets }))!.volume!;
+      vols.push(vol);
+      attached.push(await attach(cn, vol, 'node-r', path.join(kubeletDir, v.name), cap(v.fsType), secrets));
+    }
+    // A second pod of the xfs volume on this node.
+    mkdirSync(second, { recursive: true });
+    await cn.node.NodePublishVolume({ volume_id: vols[0]!.volume_id!, staging_target_path: attached[0]!.staging, target_path: second, volume_capability: cap('xfs'), volume_context: vols[0]!.volume_context });
+  });
+
+  after(async () => {
+    if (kubeletDir) spawnSync('umount', ['-l', kubeletDir]);
+    cc?.close();
+    cn?.close();
+    await node?.stop();
+    await ctrl?.stop();
+    await lab?.stop();
+  });
+
+  /** This node's client record on the image and the image's watchers. */
+  async function clients(i: number): Promise<{ recorded: string[]; watchers: string[] }> {
+    const name = vols[i]!.volume_context!.imageName ?? '';
+    const meta = JSON.parse(await lab.rbd(['image-meta', 'list', `rbd/${name}`, '--format', 'json'])) as Record<string, string>;
+    const rec = Object.entries(meta).find(([k]) => k.startsWith('strata.client.'))?.[1];
+    const status = JSON.parse(await lab.rbd(['status', `rbd/${name}`, '--format', 'json'])) as { watchers: Array<{ address: string }> };
+    return { recorded: rec ? (JSON.parse(rec) as { addrs: string[] }).addrs : [], watchers: status.watchers.map((w) => w.address) };
+  }
+
+  it('a restarted node plugin stages rbd-fuse volumes again on top of the dead ones, and running pods read and write them', async (ctx) => {
+    RBD.forEach((v, i) => writeFileSync(path.join(attached[i]!.target, 'before.txt'), `written before the restart to ${v.name}`));
+    spawnSync('sync', ['-f', attached[0]!.target]);
+    spawnSync('sync', ['-f', attached[1]!.target]);
+    const before = await Promise.all(RBD.map((_, i) => clients(i)));
+    for (const c of before) assert.equal(c.recorded.length, 1, 'the stage recorded its client');
+    const mounts = await readMountInfo();
+    for (const a of attached) deadLoops.push(mounts.filter((m) => m.mountPoint === path.resolve(a.staging)).at(-1)!.source);
+    assert.ok(deadLoops.every((d) => d.startsWith('/dev/loop')), deadLoops.join(' '));
+
+    // The xfs volume's second pod is the last one.
+    const pods = [...RBD.map((v, i) => containerView(attached[i]!.target, path.join(node.dir, `pod-${v.name}`))), containerView(second, path.join(node.dir, 'pod-second'))];
+    const data = (i: number) => path.join(node.dir, i < RBD.length ? `pod-${RBD[i]!.name}` : 'pod-second', 'data');
+    const vol = (i: number) => RBD[i % RBD.length]!;
+    try {
+      await Promise.all(pods.map((c) => new Promise<void>((res, rej) => (c.stdout!.once('data', () => res()), c.once('exit', (code) => rej(new Error(`container view exited ${code}`)))))));
+      for (const [i, c] of pods.entries()) assert.equal(inContainer(c, `cat ${data(i)}/before.txt`).out, `written before the restart to ${vol(i).name}`);
+
+      // The container restart: the plugin and its rbd-fuse daemons die together.
+      node.child.kill('SIGKILL');
+      await until('the plugin to exit', () => node.child.exitCode !== null || node.child.signalCode !== null);
+      const daemons = rbdFuseDaemons(node.dir);
+      assert.equal(daemons.length, RBD.length);
+      for (const pid of daemons) process.kill(pid, 'SIGKILL');
+      for (const [i, c] of pods.entries()) {
+        const r = inContainer(c, `echo lost > ${data(i)}/lost.txt && sync -f ${data(i)}/lost.txt && ls ${data(i)}`);
+        assert.notEqual(r.code, 0, `${vol(i).name}: the container's writes fail while rbd-fuse is gone (${r.out})`);
+      }
+
+      cn.close();
+      const t0 = Date.now();
+      node = await startDriver({ config: lab.writeDriverConfig(), mode: 'node', nodeId: 'node-r', dir: node.dir, args: ['--heal-interval', '0'] });
+      cn = { ...connect(node.socket), controller: cc.controller };
+      await until('every target to read again', () => attached.every((a) => {
+        try {
+          readFileSync(path.join(a.target, 'before.txt'));
+          return true;
+        } catch {
+          return false;
+        }
+      }));
+      ctx.diagnostic(`rbd-fuse volumes healed in ${Date.now() - t0} ms after the plugin started`);
+      const log = readFileSync(node.logFile, 'utf8');
+      assert.equal((log.match(/"msg":"volume healed"/g) ?? []).length, RBD.length, 'the start-up pass healed each volume once');
+      assert.ok(!log.includes(lab.adminKey), 'no secret in the log');
+
+      for (const [i, c] of pods.entries()) {
+        const t = Date.now();
+        const file = i < RBD.length ? 'pod.txt' : 'second.txt';
+        const r = inContainer(c, `cat ${data(i)}/before.txt && echo from-the-pod > ${data(i)}/${file} && sync -f ${data(i)}/${file} && cat ${data(i)}/${file}`);
+        assert.deepEqual(r, { code: 0, out: `written before the restart to ${vol(i).name}from-the-pod` }, `${vol(i).name}: the running container reads and writes the healed volume`);
+        ctx.diagnostic(`${vol(i).name}: first write and fsync from the pod took ${Date.now() - t} ms`);
+      }
+      // The record names the new client (a fence must take it), and the dead one holds nothing.
+      for (const [i, b] of before.entries()) {
+        const now = await clients(i);
+        assert.equal(now.watchers.length, 1, `${RBD[i]!.name}: one watcher, the new rbd-fuse`);
+        assert.deepEqual(now.recorded, now.watchers, `${RBD[i]!.name}: the record names the new client`);
+        assert.notDeepEqual(now.recorded, b.recorded);
+      }
+      for (const [i, v] of vols.entries()) {
+        const stats = (await cn.node.NodeGetVolumeStats({ volume_id: v.volume_id!, volume_path: attached[i]!.target }))!;
+        assert.equal(stats.volume_condition!.abnormal, false, `${RBD[i]!.name}: ${stats.volume_condition!.message}`);
+      }
+      // Kubelet's publish again (a retry): a healthy healed stack is left as it is.
+      for (const [i, v] of vols.entries()) {
+        await cn.node.NodePublishVolume({ volume_id: v.volume_id!, staging_target_path: attached[i]!.staging, target_path: attached[i]!.target, volume_capability: cap(RBD[i]!.fsType), volume_context: v.volume_context });
+      }
+      assert.equal((readFileSync(node.logFile, 'utf8').match(/staging it again on top/g) ?? []).length, RBD.length);
+      const layers = await readMountInfo();
+      for (const a of [...attached, { staging: attached[0]!.staging, target: second }]) {
+        assert.equal(layers.filter((m) => m.mountPoint === path.resolve(a.staging)).length, 2, 'the new file system over the dead one at the staging path');
+        assert.equal(layers.filter((m) => m.mountPoint === path.resolve(a.target)).length, 2, 'the new bind over the dead one at the target');
+      }
+    } finally {
+      for (const c of pods) c.kill('SIGKILL');
+    }
+  });
+
+  it('unpublishing one pod of a healed volume takes the healed layer from the others too, and the next heal stages it again', async () => {
+    // Kubelet's directory is a shared mount: the staging path and every target are peers, and unmounting
+    // the layer stacked on one of them unmounts it from all (the kernel propagates it). Seen here; a heal
+    // pass (or kubelet's next call) finds the dead stack again and stages the volume once more.
+    await cn.node.NodeUnpublishVolume({ volume_id: vols[0]!.volume_id!, target_path: second });
+    assert.equal(errno(path.join(attached[0]!.target, 'second.txt')), 'EIO', 'the other pod lost the healed layer');
+    await cn.node.NodePublishVolume({ volume_id: vols[0]!.volume_id!, staging_target_path: attached[0]!.staging, target_path: attached[0]!.target, volume_capability: cap('xfs'), volume_context: vols[0]!.volume_context });
+    assert.equal(readFileSync(path.join(attached[0]!.target, 'second.txt'), 'utf8'), 'from-the-pod\n');
+    writeFileSync(path.join(attached[0]!.target, 'after.txt'), 'after');
+    assert.equal(readFileSync(path.join(attached[0]!.staging, 'after.txt'), 'utf8'), 'after');
+  });
+
+  it('unstaging a healed rbd-fuse volume takes down the whole stack and both loop devices; what the pod wrote is in the image', async () => {
+    for (const [i, v] of vols.entries()) await detach(cn, v.volume_id!, 'node-r', attached[i]!, secrets);
+    const loops = loopDevices();
+    for (const d of deadLoops) {
+      const f = loops.get(path.basename(d));
+      assert.ok(f === undefined || !f.includes('csi-vol'), `${d} is released (${f})`);
+    }
+    assert.deepEqual([...loopDevices()].filter(([, f]) => f.startsWith(node.dir)), []);
+    // Staged afresh elsewhere: the pod's write after the heal is in the image.
+    for (const [i, v] of vols.entries()) {
+      const a = await attach(cn, v, 'node-r', path.join(node.dir, `again-${RBD[i]!.name}`), cap(RBD[i]!.fsType), secrets);
+      assert.equal(readFileSync(path.join(a.target, 'pod.txt'), 'utf8'), 'from-the-pod\n');
+      if (i === 0) assert.equal(readFileSync(path.join(a.target, 'after.txt'), 'utf8'), 'after');
+      assert.equal(readFileSync(path.join(a.target, 'before.txt'), 'utf8'), `written before the restart to ${RBD[i]!.name}`);
+      await detach(cn, v.volume_id!, 'node-r', a, secrets);
+      await cc.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
+    }
+    assert.equal(spawnSync('umount', [kubeletDir]).status, 0, 'nothing mounted below the kubelet directory');
+    kubeletDir = '';
+    assert.deepEqual(await leftovers(node.dir), []);
+    const dir = path.join(node.stateDir, 'staged');
+    assert.deepEqual(existsSync(dir) ? readdirSync(dir) : [], []);
+  });
+});
