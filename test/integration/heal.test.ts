@@ -375,17 +375,12 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
       const t0 = Date.now();
       node = await startDriver({ config: lab.writeDriverConfig(), mode: 'node', nodeId: 'node-r', dir: node.dir, args: ['--heal-interval', '0'] });
       cn = { ...connect(node.socket), controller: cc.controller };
-      await until('every target to read again', () => attached.every((a) => {
-        try {
-          readFileSync(path.join(a.target, 'before.txt'));
-          return true;
-        } catch {
-          return false;
-        }
-      }));
+      // Not a read: a dead file system still answers from its page cache.
+      const healed = () => (readFileSync(node.logFile, 'utf8').match(/"msg":"volume healed"/g) ?? []).length;
+      await until('every volume healed', () => healed() >= RBD.length);
       ctx.diagnostic(`rbd-fuse volumes healed in ${Date.now() - t0} ms after the plugin started`);
       const log = readFileSync(node.logFile, 'utf8');
-      assert.equal((log.match(/"msg":"volume healed"/g) ?? []).length, RBD.length, 'the start-up pass healed each volume once');
+      assert.equal(healed(), RBD.length, 'the start-up pass healed each volume once');
       assert.ok(!log.includes(lab.adminKey), 'no secret in the log');
 
       for (const [i, c] of pods.entries()) {
@@ -433,6 +428,25 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
     assert.equal(readFileSync(path.join(attached[0]!.staging, 'after.txt'), 'utf8'), 'after');
   });
 
+  it('an rbd-fuse that dies under a running plugin is staged again by the next NodeStage', async () => {
+    // The ext4 volume's rbd-fuse only: the one its loop device reads through.
+    const loop = (await readMountInfo()).filter((m) => m.mountPoint === path.resolve(attached[1]!.staging)).at(-1)!.source;
+    const dir = path.dirname(loopDevices().get(path.basename(loop))!);
+    assert.ok(dir.startsWith(path.join(node.stateDir, 'rbd-fuse')), dir);
+    assert.equal(rbdFuseDaemons(dir).length, 1);
+    deadLoops.push(loop);
+    for (const pid of rbdFuseDaemons(dir)) process.kill(pid, 'SIGKILL');
+    await until('rbd-fuse gone', () => rbdFuseDaemons(dir).length === 0);
+    const write = () => spawnSync('sh', ['-c', `echo again > ${attached[1]!.target}/again.txt && sync -f ${attached[1]!.target}/again.txt`]).status;
+    assert.notEqual(write(), 0, 'writes fail while rbd-fuse is gone');
+    const v = vols[1]!;
+    const pub = await cc.controller.ControllerPublishVolume({ volume_id: v.volume_id!, node_id: 'node-r', volume_capability: cap('ext4'), secrets, volume_context: v.volume_context });
+    await cn.node.NodeStageVolume({ volume_id: v.volume_id!, staging_target_path: attached[1]!.staging, volume_capability: cap('ext4'), secrets, volume_context: v.volume_context, publish_context: pub!.publish_context });
+    assert.equal(write(), 0, 'the target writes again');
+    assert.equal(readFileSync(path.join(attached[1]!.target, 'pod.txt'), 'utf8'), 'from-the-pod\n');
+    assert.equal((await readMountInfo()).filter((m) => m.mountPoint === path.resolve(attached[1]!.staging)).length, 3, 'a third layer over the two dead ones');
+  });
+
   it('unstaging a healed rbd-fuse volume takes down the whole stack and both loop devices; what the pod wrote is in the image', async () => {
     for (const [i, v] of vols.entries()) await detach(cn, v.volume_id!, 'node-r', attached[i]!, secrets);
     const loops = loopDevices();
@@ -446,6 +460,7 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
       const a = await attach(cn, v, 'node-r', path.join(node.dir, `again-${RBD[i]!.name}`), cap(RBD[i]!.fsType), secrets);
       assert.equal(readFileSync(path.join(a.target, 'pod.txt'), 'utf8'), 'from-the-pod\n');
       if (i === 0) assert.equal(readFileSync(path.join(a.target, 'after.txt'), 'utf8'), 'after');
+      if (i === 1) assert.equal(readFileSync(path.join(a.target, 'again.txt'), 'utf8'), 'again\n');
       assert.equal(readFileSync(path.join(a.target, 'before.txt'), 'utf8'), `written before the restart to ${RBD[i]!.name}`);
       await detach(cn, v.volume_id!, 'node-r', a, secrets);
       await cc.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
