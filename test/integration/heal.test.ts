@@ -10,7 +10,7 @@ import { connect, startDriver, type CsiClients, type DriverProcess } from '../he
 import { leftovers } from '../helpers/leftovers.js';
 import { getObject, labS3Client } from '../helpers/s3.js';
 import type { Volume } from '../../src/csi/gen/csi/v1/Volume.js';
-import { attach, detach, MiB, mountCap, type Attached } from '../helpers/volumes.js';
+import { attach, blockCap, detach, MiB, mountCap, type Attached } from '../helpers/volumes.js';
 import { readMountInfo } from '../../src/mount/mountinfo.js';
 
 /**
@@ -296,6 +296,17 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
   const vols: Volume[] = [];
   const attached: Attached[] = [];
   const cap = (fsType: string) => mountCap(fsType, 'SINGLE_NODE_WRITER');
+  // And a raw block volume, whose staged device node is bound where the file system would be mounted.
+  let blockVol: Volume;
+  let blockAt: Attached;
+  const HEALS = RBD.length + 1;
+  /** 4 KiB at block `n` of a device, past every cache. */
+  const readBlock = (dev: string, n: number): string => {
+    const r = spawnSync('dd', [`if=${dev}`, 'bs=4096', 'count=1', `skip=${n}`, 'iflag=direct', 'status=none'], { encoding: 'latin1' });
+    return r.status === 0 ? r.stdout.replace(/\0+$/, '') : `error ${r.status}: ${r.stderr}`;
+  };
+  const writeBlock = (dev: string, n: number, text: string): number | null =>
+    spawnSync('dd', [`of=${dev}`, 'bs=4096', 'count=1', `seek=${n}`, 'oflag=direct', 'conv=fsync,notrunc', 'status=none'], { input: Buffer.concat([Buffer.from(text), Buffer.alloc(4096 - text.length)]) }).status;
   let second = '';
   /** The loop devices the dead file systems sat on, which unstaging must release. */
   const deadLoops: string[] = [];
@@ -319,6 +330,8 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
       vols.push(vol);
       attached.push(await attach(cn, vol, 'node-r', path.join(kubeletDir, v.name), cap(v.fsType), secrets));
     }
+    blockVol = (await cc.controller.CreateVolume({ name: 'heal-rbd-block', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [blockCap()], parameters: { backend: 'rbd', clusterID: 'lab', pool: 'rbd', mounter: 'rbd-fuse' }, secrets }))!.volume!;
+    blockAt = await attach(cn, blockVol, 'node-r', path.join(kubeletDir, 'heal-rbd-block'), blockCap(), secrets);
     // A second pod of the xfs volume on this node.
     mkdirSync(second, { recursive: true });
     await cn.node.NodePublishVolume({ volume_id: vols[0]!.volume_id!, staging_target_path: attached[0]!.staging, target_path: second, volume_capability: cap('xfs'), volume_context: vols[0]!.volume_context });
@@ -348,7 +361,9 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
     spawnSync('sync', ['-f', attached[1]!.target]);
     const before = await Promise.all(RBD.map((_, i) => clients(i)));
     for (const c of before) assert.equal(c.recorded.length, 1, 'the stage recorded its client');
+    assert.equal(writeBlock(blockAt.target, 0, 'block written before the restart'), 0);
     const mounts = await readMountInfo();
+    deadLoops.push(`/dev${mounts.filter((m) => m.mountPoint === path.join(blockAt.staging, 'dev')).at(-1)!.root}`);
     for (const a of attached) deadLoops.push(mounts.filter((m) => m.mountPoint === path.resolve(a.staging)).at(-1)!.source);
     assert.ok(deadLoops.every((d) => d.startsWith('/dev/loop')), deadLoops.join(' '));
 
@@ -364,12 +379,14 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
       node.child.kill('SIGKILL');
       await until('the plugin to exit', () => node.child.exitCode !== null || node.child.signalCode !== null);
       const daemons = rbdFuseDaemons(node.dir);
-      assert.equal(daemons.length, RBD.length);
+      assert.equal(daemons.length, HEALS);
       for (const pid of daemons) process.kill(pid, 'SIGKILL');
       for (const [i, c] of pods.entries()) {
         const r = inContainer(c, `echo lost > ${data(i)}/lost.txt && sync -f ${data(i)}/lost.txt && ls ${data(i)}`);
         assert.notEqual(r.code, 0, `${vol(i).name}: the container's writes fail while rbd-fuse is gone (${r.out})`);
       }
+      // Writes: reads may still come from the page cache of the dead rbd-fuse file.
+      assert.notEqual(writeBlock(blockAt.target, 2, 'lost'), 0, 'the raw block device fails writes while rbd-fuse is gone');
 
       cn.close();
       const t0 = Date.now();
@@ -377,10 +394,12 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
       cn = { ...connect(node.socket), controller: cc.controller };
       // Not a read: a dead file system still answers from its page cache.
       const healed = () => (readFileSync(node.logFile, 'utf8').match(/"msg":"volume healed"/g) ?? []).length;
-      await until('every volume healed', () => healed() >= RBD.length);
+      await until('every volume healed', () => healed() >= HEALS);
       ctx.diagnostic(`rbd-fuse volumes healed in ${Date.now() - t0} ms after the plugin started`);
       const log = readFileSync(node.logFile, 'utf8');
-      assert.equal(healed(), RBD.length, 'the start-up pass healed each volume once');
+      assert.equal(healed(), HEALS, 'the start-up pass healed each volume once');
+      assert.equal(readBlock(blockAt.target, 0), 'block written before the restart', 'the pod\'s raw block device reads again');
+      assert.equal(writeBlock(blockAt.target, 1, 'block written after the heal'), 0);
       assert.ok(!log.includes(lab.adminKey), 'no secret in the log');
 
       for (const [i, c] of pods.entries()) {
@@ -405,7 +424,7 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
       for (const [i, v] of vols.entries()) {
         await cn.node.NodePublishVolume({ volume_id: v.volume_id!, staging_target_path: attached[i]!.staging, target_path: attached[i]!.target, volume_capability: cap(RBD[i]!.fsType), volume_context: v.volume_context });
       }
-      assert.equal((readFileSync(node.logFile, 'utf8').match(/staging it again on top/g) ?? []).length, RBD.length);
+      assert.equal((readFileSync(node.logFile, 'utf8').match(/staging it again on top/g) ?? []).length, HEALS);
       const layers = await readMountInfo();
       for (const a of [...attached, { staging: attached[0]!.staging, target: second }]) {
         assert.equal(layers.filter((m) => m.mountPoint === path.resolve(a.staging)).length, 2, 'the new file system over the dead one at the staging path');
@@ -449,6 +468,7 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
 
   it('unstaging a healed rbd-fuse volume takes down the whole stack and both loop devices; what the pod wrote is in the image', async () => {
     for (const [i, v] of vols.entries()) await detach(cn, v.volume_id!, 'node-r', attached[i]!, secrets);
+    await detach(cn, blockVol.volume_id!, 'node-r', blockAt, secrets);
     const loops = loopDevices();
     for (const d of deadLoops) {
       const f = loops.get(path.basename(d));
@@ -465,6 +485,11 @@ describe('rbd-fuse volumes that heal', { timeout: 600_000 }, () => {
       await detach(cn, v.volume_id!, 'node-r', a, secrets);
       await cc.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
     }
+    const b = await attach(cn, blockVol, 'node-r', path.join(node.dir, 'again-block'), blockCap(), secrets);
+    assert.equal(readBlock(b.target, 0), 'block written before the restart');
+    assert.equal(readBlock(b.target, 1), 'block written after the heal');
+    await detach(cn, blockVol.volume_id!, 'node-r', b, secrets);
+    await cc.controller.DeleteVolume({ volume_id: blockVol.volume_id!, secrets });
     assert.equal(spawnSync('umount', [kubeletDir]).status, 0, 'nothing mounted below the kubelet directory');
     kubeletDir = '';
     assert.deepEqual(await leftovers(node.dir), []);
