@@ -3,6 +3,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../../config/config.js';
 import { CephClusters } from '../../ceph/clusters.js';
+import type { CephConn } from '../../ceph/conn.js';
 import { isReadOnlyMode, isSingleNode, modeOf } from '../../csi/capabilities.js';
 import type { RpcContext } from '../../csi/handler.js';
 import type { ObjectId } from '../../csi/ids.js';
@@ -202,7 +203,7 @@ export class RbdNode implements NodeBackend {
    * again (its FUSE connection is gone), so it is blocklisted, as a fence
    * would; a key not allowed to do that waits for the watch to time out.
    */
-  private async releaseDeadClient(conn: ReturnType<CephClusters['conn']>, rbd: RbdApi, ref: ImageRef, ctx: RpcContext): Promise<void> {
+  private async releaseDeadClient(conn: CephConn, rbd: RbdApi, ref: ImageRef, ctx: RpcContext): Promise<void> {
     const mine = parseClientRecord((await rbd.metaList(ref.pool, ref.image))[clientKey(this.nodeId)])?.addrs ?? [];
     const held = async () => ((await rbd.watchers(ref.pool, ref.image)) ?? []).filter((w) => mine.includes(w));
     let left = await held();
