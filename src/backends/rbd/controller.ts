@@ -177,7 +177,7 @@ export class RbdController implements ControllerBackend {
     } catch (e) {
       // Taken: a retry, whose temporary snapshot must not stay on the source.
       if (isErrno(e, EEXIST)) await rbd.snapRemove(vpool, vimage, image);
-      throw e;
+      throw vanishedSource(e, `${vpool}/${vimage}@${image}`);
     }
     await rbd.snapRemove(vpool, vimage, image);
     if (size > srcInfo.size) await rbd.grow(params.pool, image, size);
@@ -407,7 +407,7 @@ export class RbdController implements ControllerBackend {
     try {
       await rbd.clone(pool, srcImage, snapImage, snapImage, { features: SNAPSHOT_FEATURES });
     } catch (e) {
-      if (!isErrno(e, EEXIST)) throw e;
+      if (!isErrno(e, EEXIST)) throw vanishedSource(e, `${pool}/${srcImage}@${snapImage}`);
       // The name taken for another source: the temporary snapshot just made must not stay on this one.
       const done = await finished().catch(async (err: unknown) => {
         await rbd.snapRemove(pool, srcImage, snapImage);
@@ -485,3 +485,12 @@ export function minimumForFs(size: number, fsType: string | undefined, limit: nu
   return XFS_MIN_BYTES;
 }
 
+/**
+ * A clone whose temporary snapshot is gone the instant after it was made (or
+ * found made): an attempt killed just before, whose last steps still reached
+ * the OSDs, removed it. ABORTED, so the retry looks again and finds that
+ * attempt's result, or makes the snapshot anew.
+ */
+function vanishedSource(e: unknown, snap: string): unknown {
+  return isErrno(e, ENOENT) ? aborted(`temporary snapshot ${snap} was removed by an earlier attempt still finishing; retry`) : e;
+}
