@@ -61,6 +61,13 @@ export interface NodeBackend {
    * node then removes its mounts and never heals them.
    */
   owned?(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<boolean>;
+  /**
+   * Backends whose kernel mount reads through a FUSE daemon (RBD: a loop
+   * device over an rbd-fuse file): whether that daemon is gone, and staging
+   * again on top of the dead mount, which stays mounted below the new one.
+   */
+  deadStage?(id: ObjectId, staged: csi.NodeStageVolumeRequest): Promise<boolean>;
+  restage?(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void>;
   expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number>;
   /** Usage from the store itself, where the mount's own numbers mean nothing (S3); undefined: use statfs. */
   usage?(id: ObjectId, volumePath: string, ctx: RpcContext): Promise<VolumeUsage[] | undefined>;

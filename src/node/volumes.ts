@@ -94,7 +94,7 @@ export class NodeVolumes {
     // The stage record says which volume the staging path holds: a mount there alone could be anyone's.
     const record = this.records.get(staging);
     if (record?.request.volume_id !== volumeId) throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}`);
-    if (!record.kernel) await this.healer.heal(record, ctx);
+    await this.healer.heal(record, ctx);
     if (!(await findMount(source))) throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}${cap.block ? ' as a raw block device' : ''}`);
     if ((await mountHealth(target)) === 'dead') await unmount(target, ctx.log);
     const existing = await findMount(target);
