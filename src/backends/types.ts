@@ -46,6 +46,12 @@ export interface ControllerBackend {
 export interface NodeBackend {
   /** Whether its volumes can be used as raw block devices (only RBD's can; the others are file systems). */
   readonly rawBlock: boolean;
+  /**
+   * Whether the stage gives the volume_mount_group (a pod's fsGroup) to the mount as options (S3's
+   * FUSE mounts: their files' owners are the daemon's to report). Otherwise publish walks the
+   * volume and changes its group as kubelet would (src/mount/ownership.ts).
+   */
+  readonly mountGroupByOptions?: boolean;
   stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void>;
   /** `staged` is the stage request the node recorded, when it has one (its secrets reach the store). */
   unstage(id: ObjectId, stagingPath: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void>;
@@ -55,6 +61,13 @@ export interface NodeBackend {
    * node then removes its mounts and never heals them.
    */
   owned?(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<boolean>;
+  /**
+   * Backends whose kernel mount reads through a FUSE daemon (RBD: a loop
+   * device over an rbd-fuse file): whether that daemon is gone, and staging
+   * again on top of the dead mount, which stays mounted below the new one.
+   */
+  deadStage?(id: ObjectId, staged: csi.NodeStageVolumeRequest): Promise<boolean>;
+  restage?(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void>;
   expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number>;
   /** Usage from the store itself, where the mount's own numbers mean nothing (S3); undefined: use statfs. */
   usage?(id: ObjectId, volumePath: string, ctx: RpcContext): Promise<VolumeUsage[] | undefined>;

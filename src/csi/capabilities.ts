@@ -38,9 +38,25 @@ export function requireCapability(cap: VolumeCapability__Output | null | undefin
     if (cap.mount.fs_type && !FS_TYPE.test(cap.mount.fs_type)) throw invalidArgument(`${what}: fs_type "${cap.mount.fs_type.slice(0, 32)}" is not a file-system type name`);
     const bad = (cap.mount.mount_flags ?? []).find((f) => !MOUNT_FLAG.test(f));
     if (bad !== undefined) throw invalidArgument(`${what}: mount flag "${bad.slice(0, 64)}" is not a single plain mount option`);
-    if (cap.mount.volume_mount_group && !/^\d{1,10}$/.test(cap.mount.volume_mount_group)) throw invalidArgument(`${what}: volume_mount_group must be a numeric group id`);
+    mountGroupOf(cap, what);
   }
   return cap;
+}
+
+// A gid is 32 bits, and (gid_t)-1 means "unchanged" to chown: the largest group is 2^32-2.
+const MAX_GID = 2 ** 32 - 2;
+
+/**
+ * The group kubelet asks the node to give the volume (the pod's fsGroup, VOLUME_MOUNT_GROUP): a
+ * plain decimal gid, or undefined when none is asked. It reaches chown and mount options, so
+ * nothing but digits passes (no sign, no leading zero, no name).
+ */
+export function mountGroupOf(cap: VolumeCapability__Output | null | undefined, what = 'volume_capability'): number | undefined {
+  const g = cap?.mount?.volume_mount_group;
+  if (!g) return undefined;
+  const n = /^(0|[1-9][0-9]{0,9})$/.test(g) ? Number(g) : NaN;
+  if (!(n <= MAX_GID)) throw invalidArgument(`${what}: volume_mount_group ${JSON.stringify(g.slice(0, 32))} is not a decimal group id from 0 to ${MAX_GID}`);
+  return n;
 }
 
 export function requireCapabilities(caps: VolumeCapability__Output[] | undefined): VolumeCapability__Output[] {

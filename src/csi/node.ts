@@ -3,7 +3,7 @@ import { invalidArgument, notFound } from '../errors.js';
 import { pathProblem } from '../mount/checks.js';
 import { pathKind } from '../mount/mounter.js';
 import type { NodeVolumes } from '../node/volumes.js';
-import { isReadOnlyMode, modeOf, requireCapability, sizeFromRange } from './capabilities.js';
+import { isReadOnlyMode, modeOf, mountGroupOf, requireCapability, sizeFromRange } from './capabilities.js';
 import type { NodeHandlers } from './gen/csi/v1/Node.js';
 import { wrap, wrapChecked, type RpcRuntime } from './handler.js';
 import { parseId, type Backend } from './ids.js';
@@ -103,13 +103,14 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
           const target = cleanPath(required(req.target_path, 'target_path'), 'target_path');
           const staging = cleanPath(required(req.staging_target_path, 'staging_target_path'), 'staging_target_path');
           const cap = requireCapability(req.volume_capability);
-          volumeOf(req.volume_id, cap);
-          return { target, staging, cap };
+          const { backend } = volumeOf(req.volume_id, cap);
+          // The pod's fsGroup (VOLUME_MOUNT_GROUP): S3 mounts took it at stage, the others are walked.
+          return { target, staging, cap, group: backend.mountGroupByOptions ? undefined : mountGroupOf(cap) };
         },
         lockKeys: (r) => [r.volume_id, `target:${r.target_path}`],
       },
-      async (req, ctx, { target, staging, cap }) => {
-        await volumes.publish({ volumeId: req.volume_id, staging, target, capability: cap, readonly: req.readonly || isReadOnlyMode(modeOf(cap)) }, ctx);
+      async (req, ctx, { target, staging, cap, group }) => {
+        await volumes.publish({ volumeId: req.volume_id, staging, target, capability: cap, readonly: req.readonly || isReadOnlyMode(modeOf(cap)), group }, ctx);
         return {};
       },
     ),
@@ -163,7 +164,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
     ),
 
     NodeGetCapabilities: wrap(rt, 'NodeGetCapabilities', async () => ({
-      capabilities: (['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION'] as const).map((type) => ({ rpc: { type } })),
+      capabilities: (['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'VOLUME_MOUNT_GROUP'] as const).map((type) => ({ rpc: { type } })),
     })),
 
     NodeGetInfo: wrap(rt, 'NodeGetInfo', async () => ({

@@ -216,7 +216,8 @@ export async function deviceSize(device: string, log?: Logger): Promise<number> 
 // Found through sysfs, not `losetup -j`: losetup stats every loop device's
 // backing file, and one file on a hung FUSE mount would block every stage on
 // the node.
-export function loopFind(file: string): string | undefined {
+// `deleted`: also a device whose file the kernel marks deleted, as a FUSE file is once its daemon died.
+export function loopFind(file: string, deleted = false): string | undefined {
   let names: string[];
   try {
     names = readdirSync('/sys/block').filter((d) => d.startsWith('loop'));
@@ -225,7 +226,8 @@ export function loopFind(file: string): string | undefined {
   }
   for (const name of names) {
     try {
-      if (readFileSync(`/sys/block/${name}/loop/backing_file`, 'utf8').trim() === file) return `/dev/${name}`;
+      const backing = readFileSync(`/sys/block/${name}/loop/backing_file`, 'utf8').trim();
+      if (backing === file || (deleted && backing === `${file} (deleted)`)) return `/dev/${name}`;
     } catch {
       /* unbound loop device */
     }
@@ -233,18 +235,35 @@ export function loopFind(file: string): string | undefined {
   return undefined;
 }
 
+/** What a loop device reads (the path the kernel gives its file) and whether it is marked to clear at its last close; undefined when unbound. */
+export function loopBacking(device: string): { file: string; autoclear: boolean } | undefined {
+  const dir = `/sys/block/${path.basename(device)}/loop`;
+  try {
+    return { file: readFileSync(`${dir}/backing_file`, 'utf8').trim(), autoclear: readFileSync(`${dir}/autoclear`, 'utf8').trim() === '1' };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Detaches a loop device; one still open (a file system mounted on it) is only marked to clear at its last close. */
+export async function loopRelease(device: string, log?: Logger): Promise<void> {
+  const r = await runAllowFail('losetup', ['-d', device], { timeoutMs: T, log });
+  // ENXIO: it was already cleared.
+  if (r.exitCode !== 0 && loopBacking(device) && !loopBacking(device)!.autoclear) throw new ExecError('losetup -d', r.exitCode, r.stderr, false);
+}
+
 export async function loopAttach(file: string, log?: Logger): Promise<string> {
   return loopFind(file) ?? (await run('losetup', ['-f', '--show', file], { timeoutMs: T, log })).stdout.trim();
 }
 
 export async function loopDetachAll(file: string, log?: Logger): Promise<void> {
-  for (let i = 0, dev = loopFind(file); dev; dev = loopFind(file), i++) {
+  for (let i = 0, dev = loopFind(file, true); dev; dev = loopFind(file, true), i++) {
     // On a device still open, losetup -d only marks it to clear at the last close: wait, but not forever.
     if (i >= 50) throw aborted(`loop device ${dev} over ${file} is still in use; retry`);
     if (i > 0) await new Promise((res) => setTimeout(res, 100));
     const r = await runAllowFail('losetup', ['-d', dev], { timeoutMs: T, log });
     // ENXIO: it cleared between the look and the detach.
-    if (r.exitCode !== 0 && loopFind(file) === dev) throw new ExecError('losetup -d', r.exitCode, r.stderr, false);
+    if (r.exitCode !== 0 && loopFind(file, true) === dev) throw new ExecError('losetup -d', r.exitCode, r.stderr, false);
   }
 }
 

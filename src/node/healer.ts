@@ -2,7 +2,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { NodeBackend } from '../backends/types.js';
-import { readMountInfo } from '../mount/mountinfo.js';
+import { findMount, readMountInfo, type MountEntry } from '../mount/mountinfo.js';
 import { bindMount, mountHealth, unmount } from '../mount/mounter.js';
 import type { RpcContext } from '../csi/handler.js';
 import { parseId, type Backend } from '../csi/ids.js';
@@ -13,12 +13,17 @@ import { STAGED_BLOCK_FILE } from '../backends/types.js';
 /** What staging mounted: the staging directory, or the device file in it for raw block. */
 const stagedPath = (r: StageRecord): string => (r.request.volume_capability?.block ? path.join(r.request.staging_target_path, STAGED_BLOCK_FILE) : r.request.staging_target_path);
 
+/** A mount's identity across bind mounts: the file system and the directory of it that is mounted. */
+const layer = (m: MountEntry): string => `${m.majorMinor} ${m.root}`;
+
 /**
  * Remounts FUSE volumes whose daemon died: the node plugin's container
  * restarted (taking its FUSE processes with it), a daemon crashed or was
  * OOM-killed. Kubelet does not stage again for pods already running, so the
  * plugin does it from its stage records, at start and then periodically,
  * and binds the new mount onto every pod target that pointed at the dead one.
+ * A kernel mount over a FUSE daemon (RBD's loop device over an rbd-fuse file)
+ * is staged again by its backend on top of the dead one at the staging path.
  */
 
 const RETRY_MS = 5_000;
@@ -75,8 +80,8 @@ export class Healer {
         const log = this.log.child({ volumeId: r.request.volume_id, staging: r.request.staging_target_path });
         const ctx: RpcContext = { reqId: `heal-${Date.now().toString(36)}`, log };
         try {
-          if ((await this.release(r, ctx)) || r.kernel) continue;
-          const health = await mountHealth(stagedPath(r), entries);
+          if (await this.release(r, ctx)) continue;
+          const health = r.kernel ? undefined : await mountHealth(stagedPath(r), entries);
           if (health === 'unmounted') {
             // Nothing to heal: the node rebooted or someone unmounted it; kubelet stages again if it needs it.
             this.records.unstaged(r.request.staging_target_path);
@@ -136,30 +141,44 @@ export class Healer {
   async heal(r: StageRecord, ctx: RpcContext, known?: Awaited<ReturnType<typeof mountHealth>>): Promise<void> {
     const t0 = performance.now();
     const staging = r.request.staging_target_path;
-    const health = known ?? (await mountHealth(stagedPath(r)));
-    if (health === 'hung') {
-      // Alive but stuck (a network partition, a SIGSTOP): remounting would lose what it holds, and its targets hang alike.
-      ctx.log.warn('staging mount does not answer; its FUSE daemon is alive, so it is left alone');
-      return;
-    }
+    const id = parseId(r.request.volume_id, 'v');
+    const backend = id && this.backends[id.backend];
     let restaged = false;
-    if (health === 'dead') {
-      const id = parseId(r.request.volume_id, 'v');
-      const backend = id && this.backends[id.backend];
-      if (!id || !backend) return;
-      if (await this.release(r, ctx)) return;
-      ctx.log.warn('staging mount is dead (its FUSE daemon is gone): mounting it again');
-      await unmount(staging, ctx.log);
-      await backend.stage(id, r.request, ctx);
-      restaged = true;
+    if (r.kernel) {
+      // A kernel mount over a FUSE daemon that died answers statfs as ever: the backend tells.
+      if (id && backend?.deadStage && backend.restage && (await backend.deadStage(id, r.request))) {
+        if (await this.release(r, ctx)) return;
+        ctx.log.warn('staged volume reads through a FUSE daemon that is gone: staging it again on top of the dead mount');
+        await backend.restage(id, r.request, ctx);
+        restaged = true;
+      }
+    } else {
+      const health = known ?? (await mountHealth(stagedPath(r)));
+      if (health === 'hung') {
+        // Alive but stuck (a network partition, a SIGSTOP): remounting would lose what it holds, and its targets hang alike.
+        ctx.log.warn('staging mount does not answer; its FUSE daemon is alive, so it is left alone');
+        return;
+      }
+      if (health === 'dead') {
+        if (!id || !backend) return;
+        if (await this.release(r, ctx)) return;
+        ctx.log.warn('staging mount is dead (its FUSE daemon is gone): mounting it again');
+        await unmount(staging, ctx.log);
+        await backend.stage(id, r.request, ctx);
+        restaged = true;
+      }
     }
+    const entries = await readMountInfo();
+    // The layers a kernel restage stacked over: a target bound from one of them reads the dead mount.
+    const below = new Set(entries.filter((m) => m.mountPoint === path.resolve(stagedPath(r))).slice(0, -1).map(layer));
     let rebound = 0;
     for (const [target, t] of Object.entries(r.targets)) {
-      if ((await mountHealth(target)) !== 'dead') continue;
+      const top = await findMount(target, entries);
+      if (!(r.kernel ? !!top && below.has(layer(top)) : (await mountHealth(target, entries)) === 'dead')) continue;
       // Stacked on the dead mount, never in its place: a running pod's container holds its own
       // copy of the target (HostToContainer propagation), which sees mounts made on the target
       // but not a new one after the target was unmounted. NodeUnpublish unmounts the whole stack.
-      await bindMount(staging, target, t.readonly, t.flags, ctx.log);
+      await bindMount(stagedPath(r), target, t.readonly, t.flags, ctx.log);
       rebound++;
     }
     if (restaged || rebound) ctx.log.info({ restaged, rebound, ms: Math.round(performance.now() - t0) }, 'volume healed');

@@ -22,7 +22,7 @@ export interface StageRecord {
   v: 1;
   request: csi.NodeStageVolumeRequest;
   targets: Record<string, PublishedTarget>;
-  /** Not a FUSE mount (kernel, or a loop device's file system): it outlives the plugin, so there is nothing to heal. */
+  /** Not a FUSE mount (kernel, or a loop device's file system): it outlives the plugin; only a backend that stages it over a FUSE daemon (rbd-fuse) heals it. */
   kernel?: boolean;
 }
 

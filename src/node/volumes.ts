@@ -7,6 +7,7 @@ import type * as csi from '../csi/types.js';
 import { alreadyExists, failedPrecondition, notFound } from '../errors.js';
 import { findMount, isReadOnly } from '../mount/mountinfo.js';
 import { bindMount, deviceSize, fsUsage, mountHealth, pathKind, removeMountPoint, unmount } from '../mount/mounter.js';
+import { applyMountGroup } from '../mount/ownership.js';
 import type { Healer } from './healer.js';
 import type { StageRecords } from './stage-records.js';
 
@@ -41,6 +42,8 @@ export interface PublishRequest {
   target: string;
   capability: csi.VolumeCapability;
   readonly: boolean;
+  /** A pod's fsGroup to give the volume's files (as kubelet would); undefined when none is asked or the mount took it. */
+  group?: number;
 }
 
 export interface VolumeStats {
@@ -91,7 +94,7 @@ export class NodeVolumes {
     // The stage record says which volume the staging path holds: a mount there alone could be anyone's.
     const record = this.records.get(staging);
     if (record?.request.volume_id !== volumeId) throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}`);
-    if (!record.kernel) await this.healer.heal(record, ctx);
+    await this.healer.heal(record, ctx);
     if (!(await findMount(source))) throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}${cap.block ? ' as a raw block device' : ''}`);
     if ((await mountHealth(target)) === 'dead') await unmount(target, ctx.log);
     const existing = await findMount(target);
@@ -107,6 +110,9 @@ export class NodeVolumes {
     } else {
       mkdirSync(target, { recursive: true });
     }
+    // Before the bind: a publish cut short is not taken for done, and its retry walks again.
+    // Read-only publishes are left as they are, as kubelet leaves them.
+    if (p.group !== undefined && !readonly && !cap.block) await applyMountGroup(source, p.group, ctx.log);
     const flags = cap.mount?.mount_flags ?? [];
     await bindMount(source, target, readonly, flags, ctx.log);
     this.records.published(volumeId, staging, target, { readonly, flags });

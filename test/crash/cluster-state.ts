@@ -4,6 +4,7 @@ import { ListBucketsCommand } from '@aws-sdk/client-s3';
 import type { CephLab } from '../lab/ceph-lab.js';
 import { leftovers } from '../helpers/leftovers.js';
 import { labS3Client } from '../helpers/s3.js';
+import { run } from '../../src/util/exec.js';
 
 /**
  * Everything a Strata driver can leave in a lab, listed from the cluster
@@ -17,6 +18,8 @@ export interface ClusterState {
   cephUsers: string[];
   configKeys: string[];
   buckets: string[];
+  /** RGW users of volumes (S3 on RGW with rgwAdmin: one per volume, with its nodes' keys). */
+  rgwUsers: string[];
   loopDevices: string[];
   local: string[];
 }
@@ -75,6 +78,7 @@ export async function clusterState(lab: CephLab, driverDir: string): Promise<Clu
       cephUsers: (JSON.parse(await lab.ceph(['auth', 'ls', '--format', 'json'])) as { auth_dump: Array<{ entity: string }> }).auth_dump.map((a) => a.entity).filter((e) => e.startsWith('client.strata-')).sort(),
       configKeys: (JSON.parse(await lab.ceph(['config-key', 'ls'])) as string[]).filter((k) => k.startsWith('strata/')).sort(),
       buckets: lab.hasS3 ? ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((b) => b.Name!).sort() : [],
+      rgwUsers: lab.hasS3 ? (JSON.parse((await run('radosgw-admin', ['-c', lab.conf, 'user', 'list'], { timeoutMs: 30_000 })).stdout) as string[]).filter((u) => u.startsWith('strata-csi-')).sort() : [],
       loopDevices: loopDevices(),
       local: await leftovers(driverDir),
     };

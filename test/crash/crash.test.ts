@@ -4,8 +4,10 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { status } from '@grpc/grpc-js';
+import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { CephLab, LAB_S3 } from '../lab/ceph-lab.js';
 import { codeOf, type CsiClients } from '../helpers/driver.js';
+import { labS3Client } from '../helpers/s3.js';
 import { MiB, attach, detach, fileSha, mountCap, writeRandom } from '../helpers/volumes.js';
 import { readMountInfo } from '../../src/mount/mountinfo.js';
 import type { Volume } from '../../src/csi/gen/csi/v1/Volume.js';
@@ -31,9 +33,10 @@ const rand = prng(seed);
 const RWX = mountCap('', 'MULTI_NODE_MULTI_WRITER');
 const adminSecrets = (lab: CephLab) => ({ userID: 'admin', userKey: lab.adminKey });
 const s3Secrets = { accessKeyID: LAB_S3.accessKeyID, secretAccessKey: LAB_S3.secretAccessKey };
+const SHARED_BUCKET = 'crash-shared';
 
 interface BackendCase {
-  name: 'rbd' | 'cephfs' | 's3';
+  name: 'rbd' | 'cephfs' | 's3' | 's3-shared';
   params: Record<string, string>;
   cap: VolumeCapability;
   secrets: () => Record<string, string>;
@@ -51,6 +54,10 @@ describe('crash test: kill -9 inside every mutating RPC converges on retry', { t
     lab = await CephLab.start({ components: ['rbd', 'cephfs', 's3'] });
     d = new CrashableDriver(lab.writeDriverConfig());
     await d.start();
+    // The shared bucket outlives its volumes by design: it is part of the baseline.
+    const s3 = labS3Client(lab);
+    await s3.send(new CreateBucketCommand({ Bucket: SHARED_BUCKET }));
+    s3.destroy();
     baseline = await clusterState(lab, d.dir);
     console.log(`crash test seed ${seed} (STRATA_CRASH_SEED=${seed} repeats these instants)`);
   });
@@ -115,6 +122,8 @@ describe('crash test: kill -9 inside every mutating RPC converges on retry', { t
     { name: 'rbd', params: { backend: 'rbd', clusterID: 'lab', pool: 'rbd' }, cap: mountCap(), secrets: () => adminSecrets(lab) },
     { name: 'cephfs', params: { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs' }, cap: RWX, secrets: () => adminSecrets(lab) },
     { name: 's3', params: { backend: 's3', clusterID: 'lab', mounter: 's3fs' }, cap: RWX, secrets: () => s3Secrets },
+    // Prefixes of a shared bucket: on RGW each node gets a user of its own, which must not outlive its volume.
+    { name: 's3-shared', params: { backend: 's3', clusterID: 'lab', mounter: 's3fs', bucket: SHARED_BUCKET }, cap: RWX, secrets: () => s3Secrets },
   ];
   // Two rounds: each RPC of each backend is killed twice, at two independent instants.
   for (const round of [1, 2]) for (const b of BACKENDS) {
@@ -276,7 +285,7 @@ describe('crash test: kill -9 inside every mutating RPC converges on retry', { t
 
   it('leaves the cluster as it was once everything is deleted through the driver', async () => {
     assert.ok(kills.length >= 30, `at least 30 kills (${kills.length})`);
-    for (const b of ['rbd', 'cephfs', 's3']) assert.ok(kills.filter((k) => k.backend === b).length >= 10, `at least 10 kills on ${b}`);
+    for (const b of ['rbd', 'cephfs', 's3', 's3-shared']) assert.ok(kills.filter((k) => k.backend === b).length >= 10, `at least 10 kills on ${b}`);
     // Long enough for the RBD trash purge to retry past a killed command's 30 s watch.
     assert.deepEqual(await settledState(lab, d.dir, baseline, 100_000), baseline);
   });

@@ -2,9 +2,17 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readMountInfo } from '../../src/mount/mountinfo.js';
 
-/** Mounts under `dir` and FUSE/loop processes mentioning it: anything a test run must not leave behind. */
+/** Mounts under `dir`, loop devices over files in it and FUSE processes mentioning it: anything a test run must not leave behind. */
 export async function leftovers(dir: string): Promise<string[]> {
   const out = (await readMountInfo()).filter((m) => m.mountPoint.startsWith(dir)).map((m) => `mount ${m.mountPoint}`);
+  for (const loop of readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
+    try {
+      const backing = readFileSync(`/sys/block/${loop}/loop/backing_file`, 'utf8').trim();
+      if (backing.startsWith(dir + '/')) out.push(`loop /dev/${loop} ${backing}`);
+    } catch {
+      /* not bound */
+    }
+  }
   for (const ent of readdirSync('/proc')) {
     if (!/^\d+$/.test(ent)) continue;
     try {

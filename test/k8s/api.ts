@@ -1,96 +1,65 @@
-import { request } from 'node:https';
-import { readFileSync } from 'node:fs';
+import * as k8s from '@kubernetes/client-node';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
- * A minimal Kubernetes API client over node:https with the lab's admin client certificate, until
- * the tests take a client library (@kubernetes/client-node). Answers are parsed JSON, never
- * kubectl output.
+ * The tests' Kubernetes client: @kubernetes/client-node's typed APIs on the lab's admin
+ * kubeconfig. Answers are the library's objects, never kubectl output.
  */
 
-export interface Credentials {
-  server: string;
-  ca: string;
-  cert: string;
-  key: string;
-}
-
-export class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    readonly method: string,
-    readonly path: string,
-    readonly body: string,
-  ) {
-    super(`${method} ${path}: HTTP ${status}: ${body.slice(0, 400)}`);
-    this.name = 'ApiError';
-  }
-}
-
-/** A Kubernetes object or list as JSON: the tests read the fields they assert on. */
+/** A custom resource (VolumeSnapshot and its kin) or a manifest read from YAML. */
 export type Obj = Record<string, any>;
 
+interface Apis {
+  core: k8s.CoreV1Api;
+  storage: k8s.StorageV1Api;
+  custom: k8s.CustomObjectsApi;
+  crds: k8s.ApiextensionsV1Api;
+  version: k8s.VersionApi;
+  health: k8s.Health;
+}
+
+/** A request's own bound: a check in waitFor must not hang past its deadline. */
+const REQUEST_TIMEOUT_MS = 30_000;
+
 export class KubeApi {
-  private tlsFiles: { ca: Buffer; cert: Buffer; key: Buffer } | undefined;
+  private apis: Apis | undefined;
 
-  /** The files are read at the first request: the lab writes them after making its client. */
-  constructor(readonly creds: Credentials) {}
+  /** The kubeconfig is read at the first request: the lab writes it after making its client. */
+  constructor(readonly kubeconfig: string) {}
 
-  private get tls(): { ca: Buffer; cert: Buffer; key: Buffer } {
-    this.tlsFiles ??= { ca: readFileSync(this.creds.ca), cert: readFileSync(this.creds.cert), key: readFileSync(this.creds.key) };
-    return this.tlsFiles;
+  private get a(): Apis {
+    if (!this.apis) {
+      const kc = new k8s.KubeConfig();
+      kc.loadFromFile(this.kubeconfig);
+      this.apis = {
+        core: kc.makeApiClient(k8s.CoreV1Api),
+        storage: kc.makeApiClient(k8s.StorageV1Api),
+        custom: kc.makeApiClient(k8s.CustomObjectsApi),
+        crds: kc.makeApiClient(k8s.ApiextensionsV1Api),
+        version: kc.makeApiClient(k8s.VersionApi),
+        health: new k8s.Health(kc),
+      };
+    }
+    return this.apis;
   }
-
-  async raw(method: string, path: string, body?: unknown, opts: { timeoutMs?: number; contentType?: string } = {}): Promise<{ status: number; text: string }> {
-    const url = new URL(path, this.creds.server);
-    const data = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
-    return new Promise((resolve, reject) => {
-      const req = request(
-        url,
-        {
-          method,
-          ...this.tls,
-          headers: {
-            accept: 'application/json',
-            ...(data === undefined ? {} : { 'content-type': opts.contentType ?? 'application/json', 'content-length': Buffer.byteLength(data) }),
-          },
-          timeout: opts.timeoutMs ?? 30_000,
-        },
-        (res) => {
-          let text = '';
-          res.setEncoding('utf8');
-          res.on('data', (c: string) => (text += c));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-          res.on('error', reject);
-        },
-      );
-      req.on('timeout', () => req.destroy(new Error(`${method} ${path}: timed out`)));
-      req.on('error', reject);
-      if (data !== undefined) req.write(data);
-      req.end();
-    });
+  get core(): k8s.CoreV1Api {
+    return this.a.core;
+  }
+  get storage(): k8s.StorageV1Api {
+    return this.a.storage;
+  }
+  get custom(): k8s.CustomObjectsApi {
+    return this.a.custom;
+  }
+  get crds(): k8s.ApiextensionsV1Api {
+    return this.a.crds;
+  }
+  get version(): k8s.VersionApi {
+    return this.a.version;
   }
 
-  async call(method: string, path: string, body?: unknown, contentType?: string): Promise<Obj> {
-    const res = await this.raw(method, path, body, { contentType });
-    if (res.status < 200 || res.status >= 300) throw new ApiError(res.status, method, path, res.text);
-    return res.text ? (JSON.parse(res.text) as Obj) : {};
-  }
-
-  get(path: string): Promise<Obj> {
-    return this.call('GET', path);
-  }
-  create(path: string, body: Obj): Promise<Obj> {
-    return this.call('POST', path, body);
-  }
-  /** Deletes; a missing object is not an error (deletes must be idempotent in cleanup). */
-  async delete(path: string, opts: { gracePeriodSeconds?: number } = {}): Promise<void> {
-    const q = opts.gracePeriodSeconds === undefined ? '' : `?gracePeriodSeconds=${opts.gracePeriodSeconds}`;
-    const res = await this.raw('DELETE', path + q);
-    if (res.status !== 404 && (res.status < 200 || res.status >= 300)) throw new ApiError(res.status, 'DELETE', path, res.text);
-  }
-  patch(path: string, body: Obj): Promise<Obj> {
-    return this.call('PATCH', path, body, 'application/merge-patch+json');
+  async ready(): Promise<boolean> {
+    return this.a.health.readyz({ timeout: 5000 });
   }
 
   /** Polls until check returns a value (not undefined), or fails with what it last saw. */
@@ -99,13 +68,55 @@ export class KubeApi {
     let last: unknown;
     while (Date.now() < deadline) {
       try {
-        const v = await check();
+        const v = await bounded(check(), Math.min(REQUEST_TIMEOUT_MS, Math.max(1000, deadline - Date.now())));
         if (v !== undefined) return v;
       } catch (e) {
         last = e;
       }
       await sleep(everyMs);
     }
-    throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${message(last)}` : ''}`);
   }
 }
+
+async function bounded<T>(p: Promise<T>, ms: number): Promise<T> {
+  const ac = new AbortController();
+  try {
+    return await Promise.race([p, sleep(ms, undefined, { signal: ac.signal }).then(() => Promise.reject(new Error(`no answer in ${ms} ms`)))]);
+  } finally {
+    ac.abort();
+  }
+}
+
+export const isNotFound = (e: unknown): boolean => e instanceof k8s.ApiException && e.code === 404;
+
+/** Deletes in cleanup must be idempotent: an object already gone is not an error. */
+export async function ignoreNotFound(p: Promise<unknown>): Promise<void> {
+  try {
+    await p;
+  } catch (e) {
+    if (!isNotFound(e)) throw e;
+  }
+}
+
+/** True once the read answers 404 (the object is gone). */
+export async function gone(p: Promise<unknown>): Promise<boolean> {
+  try {
+    await p;
+    return false;
+  } catch (e) {
+    if (isNotFound(e)) return true;
+    throw e;
+  }
+}
+
+/** The API server's message of a failed call (ApiException's own message holds the whole body). */
+export function message(e: unknown): string {
+  if (e instanceof k8s.ApiException) return `HTTP ${e.code}: ${String(typeof e.body === 'string' ? e.body : JSON.stringify(e.body)).slice(0, 400)}`;
+  return (e as Error).message;
+}
+
+/** A JSON merge patch (the client's default for patch calls is a JSON patch). */
+export const MERGE_PATCH = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
+
+export const SNAPSHOT_GROUP = { group: 'snapshot.storage.k8s.io', version: 'v1' } as const;

@@ -5,9 +5,9 @@ import { connect } from 'node:net';
 import { hostname, networkInterfaces, tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseAllDocuments } from 'yaml';
+import { loadAllYaml, type V1CustomResourceDefinition, type V1Pod } from '@kubernetes/client-node';
 import { run, runAllowFail } from '../../src/util/exec.js';
-import { KubeApi, type Obj } from './api.js';
+import { ignoreNotFound, KubeApi } from './api.js';
 import { binaryImage, buildImage, busyboxImage, pauseImage, PAUSE_IMAGE } from './images.js';
 import { ensureBuilt, K8S_CACHE, readBuiltPaths, type BuiltPaths } from './paths.js';
 import { hasExited } from '../../src/mount/fuse-process.js';
@@ -89,7 +89,7 @@ export class KubeLab {
     this.nodeIP = hostAddress();
     this.kubeconfig = this.p('kubeconfig', 'admin.json');
     this.containerdSocket = this.p('containerd', 'containerd.sock');
-    this.api = new KubeApi({ server: `https://127.0.0.1:${APISERVER_PORT}`, ca: this.p('pki', 'ca.crt'), cert: this.p('pki', 'admin.crt'), key: this.p('pki', 'admin.key') });
+    this.api = new KubeApi(this.kubeconfig);
   }
 
   static async start(opts: KubeLabOptions = {}): Promise<KubeLab> {
@@ -163,7 +163,7 @@ export class KubeLab {
     await this.waitFor('containerd', async () => existsSync(this.containerdSocket) && (await runAllowFail('ctr', ['--address', this.containerdSocket, 'version'], { timeoutMs: 5000 })).exitCode === 0);
     for (const tar of await images) await this.importImage(tar);
     phase('containerd and images', t);
-    await this.waitFor('kube-apiserver', async () => (await this.api.raw('GET', '/readyz', undefined, { timeoutMs: 5000 })).status === 200, 120_000);
+    await this.waitFor('kube-apiserver', () => this.api.ready(), 120_000);
     phase('kube-apiserver ready', t);
 
     t = Date.now();
@@ -174,13 +174,13 @@ export class KubeLab {
     await this.api.waitFor(
       `node ${this.nodeName} Ready`,
       async () => {
-        const node = await this.api.get(`/api/v1/nodes/${this.nodeName}`);
-        return (node.status?.conditions as Obj[] | undefined)?.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
+        const node = await this.api.core.readNode({ name: this.nodeName });
+        return node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
       },
       120_000,
     );
     // Pods are refused until the controller-manager has made the namespace's default account.
-    await this.api.waitFor('default service account', () => this.api.get('/api/v1/namespaces/default/serviceaccounts/default'), 60_000);
+    await this.api.waitFor('default service account', () => this.api.core.readNamespacedServiceAccount({ name: 'default', namespace: 'default' }), 60_000);
     phase('node ready', t);
 
     if (this.opts.csi) {
@@ -447,15 +447,15 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
   private async installSnapshotSupport(): Promise<void> {
     for (const f of readdirSync(this.built.SNAPSHOT_CRDS).filter((n) => n.endsWith('.yaml'))) {
-      for (const doc of parseAllDocuments(readFileSync(path.join(this.built.SNAPSHOT_CRDS, f), 'utf8'))) {
-        const crd = doc.toJSON() as Obj | null;
-        if (crd?.kind === 'CustomResourceDefinition') await this.api.create('/apis/apiextensions.k8s.io/v1/customresourcedefinitions', crd);
+      // loadAllYaml gives the client's typed objects: serialised back, x-kubernetes-* keys survive.
+      for (const crd of loadAllYaml(readFileSync(path.join(this.built.SNAPSHOT_CRDS, f), 'utf8')) as Array<V1CustomResourceDefinition | null>) {
+        if (crd?.kind === 'CustomResourceDefinition') await this.api.crds.createCustomResourceDefinition({ body: crd });
       }
     }
     for (const name of ['volumesnapshots', 'volumesnapshotcontents', 'volumesnapshotclasses']) {
       await this.api.waitFor(`CRD ${name} established`, async () => {
-        const crd = await this.api.get(`/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${name}.snapshot.storage.k8s.io`);
-        return (crd.status?.conditions as Obj[] | undefined)?.some((c) => c.type === 'Established' && c.status === 'True') ? true : undefined;
+        const crd = await this.api.crds.readCustomResourceDefinition({ name: `${name}.snapshot.storage.k8s.io` });
+        return crd.status?.conditions?.some((c) => c.type === 'Established' && c.status === 'True') ? true : undefined;
       });
     }
     // A cluster add-on, not part of the chart: it runs beside the controller-manager.
@@ -519,10 +519,11 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
    * unmount the app pods' volumes.
    */
   private async drainPods(): Promise<void> {
-    const list = async () => (await this.api.get('/api/v1/pods')).items as Obj[];
-    const daemon = (p: Obj) => ((p.metadata.ownerReferences ?? []) as Obj[]).some((o) => o.kind === 'DaemonSet');
-    for (const wave of [(p: Obj) => !daemon(p), daemon]) {
-      for (const pod of (await list()).filter(wave)) await this.api.delete(`/api/v1/namespaces/${pod.metadata.namespace}/pods/${pod.metadata.name}`, { gracePeriodSeconds: 1 });
+    const list = async () => (await this.api.core.listPodForAllNamespaces()).items;
+    const daemon = (p: V1Pod) => (p.metadata?.ownerReferences ?? []).some((o) => o.kind === 'DaemonSet');
+    for (const wave of [(p: V1Pod) => !daemon(p), daemon]) {
+      for (const pod of (await list()).filter(wave))
+        await ignoreNotFound(this.api.core.deleteNamespacedPod({ name: pod.metadata!.name!, namespace: pod.metadata!.namespace!, gracePeriodSeconds: 1 }));
       await this.api.waitFor('pods to be gone', async () => ((await list()).some(wave) ? undefined : true), 90_000, 500);
     }
   }

@@ -1,4 +1,5 @@
-import type { KubeApi, Obj } from './api.js';
+import type { V1Pod, V1PodSecurityContext, V1Volume } from '@kubernetes/client-node';
+import { gone, type KubeApi, type Obj } from './api.js';
 import { BUSYBOX_IMAGE } from './images.js';
 
 /** Pods of the lab's busybox image, and what kubelet reports about their volumes. */
@@ -6,14 +7,17 @@ import { BUSYBOX_IMAGE } from './images.js';
 export interface PodOptions {
   namespace?: string;
   /** Volumes as in a pod spec, mounted at /<name> in the container. */
-  volumes?: Obj[];
-  securityContext?: Obj;
+  volumes?: V1Volume[];
+  securityContext?: V1PodSecurityContext;
   restartPolicy?: 'Never' | 'Always';
   /** mountPropagation of every volume mount (HostToContainer: the container sees later mounts). */
   mountPropagation?: 'None' | 'HostToContainer';
 }
 
-export function busyboxPod(name: string, script: string, opts: PodOptions = {}): Obj {
+/** A pod as created: its name and namespace are always set. */
+export type Pod = V1Pod & { metadata: { name: string; namespace: string } };
+
+export function busyboxPod(name: string, script: string, opts: PodOptions = {}): Pod {
   const volumes = opts.volumes ?? [];
   return {
     apiVersion: 'v1',
@@ -36,17 +40,17 @@ export function busyboxPod(name: string, script: string, opts: PodOptions = {}):
   };
 }
 
-const podPath = (pod: Obj) => `/api/v1/namespaces/${pod.metadata.namespace ?? 'default'}/pods`;
+export const readPod = (api: KubeApi, pod: Pod): Promise<V1Pod> => api.core.readNamespacedPod(pod.metadata);
 
 /** Creates the pod and waits for its phase to be one of `phases`; answers the pod and the wait. */
-export async function createAndWait(api: KubeApi, pod: Obj, phases: string[], timeoutMs = 120_000): Promise<{ pod: Obj; seconds: number }> {
+export async function createAndWait(api: KubeApi, pod: Pod, phases: string[], timeoutMs = 120_000): Promise<{ pod: V1Pod; seconds: number }> {
   const t = Date.now();
-  await api.create(podPath(pod), pod);
+  await api.core.createNamespacedPod({ namespace: pod.metadata.namespace, body: pod });
   const got = await api.waitFor(
     `pod ${pod.metadata.name} ${phases.join(' or ')}`,
     async () => {
-      const p = await api.get(`${podPath(pod)}/${pod.metadata.name}`);
-      return phases.includes(p.status?.phase) ? p : undefined;
+      const p = await readPod(api, pod);
+      return phases.includes(p.status?.phase ?? '') ? p : undefined;
     },
     timeoutMs,
   );
@@ -54,35 +58,37 @@ export async function createAndWait(api: KubeApi, pod: Obj, phases: string[], ti
 }
 
 /** Runs a pod to completion: its phase, its log (through the apiserver's node proxy) and time. */
-export async function runToCompletion(api: KubeApi, pod: Obj, timeoutMs = 120_000): Promise<{ phase: string; log: string; seconds: number }> {
+export async function runToCompletion(api: KubeApi, pod: Pod, timeoutMs = 120_000): Promise<{ phase: string; log: string; seconds: number }> {
   const { pod: done, seconds } = await createAndWait(api, pod, ['Succeeded', 'Failed'], timeoutMs);
-  return { phase: done.status.phase, log: await podLog(api, pod), seconds };
+  return { phase: done.status!.phase!, log: await podLog(api, pod), seconds };
 }
 
-export async function podLog(api: KubeApi, pod: Obj, container = 'main'): Promise<string> {
-  return (await api.raw('GET', `${podPath(pod)}/${pod.metadata.name}/log?container=${container}`)).text;
+export async function podLog(api: KubeApi, pod: Pod, container = 'main'): Promise<string> {
+  return api.core.readNamespacedPodLog({ ...pod.metadata, container });
 }
 
-export async function deletePod(api: KubeApi, pod: Obj): Promise<void> {
-  await api.delete(`${podPath(pod)}/${pod.metadata.name}`, { gracePeriodSeconds: 0 });
+export async function deletePod(api: KubeApi, pod: Pod): Promise<void> {
+  await api.core.deleteNamespacedPod({ ...pod.metadata, gracePeriodSeconds: 0 });
 }
 
 /**
  * Deletes the pod gracefully and waits until kubelet has torn it down (its volumes unmounted):
  * a forced delete would let the PVC go while kubelet still unstages it.
  */
-export async function deletePodAndWait(api: KubeApi, pod: Obj, timeoutMs = 120_000): Promise<void> {
-  const p = `${podPath(pod)}/${pod.metadata.name}`;
-  await api.delete(p, { gracePeriodSeconds: 1 });
-  await api.waitFor(`pod ${pod.metadata.name} gone`, async () => ((await api.raw('GET', p)).status === 404 ? true : undefined), timeoutMs, 500);
+export async function deletePodAndWait(api: KubeApi, pod: Pod, timeoutMs = 120_000): Promise<void> {
+  if (await gone(api.core.deleteNamespacedPod({ ...pod.metadata, gracePeriodSeconds: 1 }))) return;
+  await api.waitFor(`pod ${pod.metadata.name} gone`, async () => ((await gone(readPod(api, pod))) ? true : undefined), timeoutMs, 500);
 }
 
 /**
  * A pod volume's stats as kubelet reports them (the summary API through the node proxy): what
  * `kubectl describe`, metrics and autoscalers see. Undefined until kubelet has measured it.
  */
-export async function volumeStats(api: KubeApi, nodeName: string, pod: Obj, volume: string): Promise<Obj | undefined> {
-  const summary = await api.get(`/api/v1/nodes/${nodeName}/proxy/stats/summary`);
-  const p = ((summary.pods ?? []) as Obj[]).find((x) => x.podRef?.name === pod.metadata.name && x.podRef?.namespace === (pod.metadata.namespace ?? 'default'));
+export async function volumeStats(api: KubeApi, nodeName: string, pod: Pod, volume: string): Promise<Obj | undefined> {
+  const answer: unknown = await api.core.connectGetNodeProxyWithPath({ name: nodeName, path: 'stats/summary' });
+  // The summary API is not in the OpenAPI schema: the client types the answer as a string, yet
+  // parses it when kubelet answers application/json.
+  const summary = (typeof answer === 'string' ? JSON.parse(answer) : answer) as Obj;
+  const p = ((summary.pods ?? []) as Obj[]).find((x) => x.podRef?.name === pod.metadata.name && x.podRef?.namespace === pod.metadata.namespace);
   return ((p?.volume ?? []) as Obj[]).find((v) => v.name === volume);
 }

@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { run } from '../../src/util/exec.js';
 import { KubeLab, KUBELET_DIR } from './lab.js';
-import type { Obj } from './api.js';
-import { busyboxPod, createAndWait, deletePod, podLog, runToCompletion, volumeStats } from './pods.js';
+import { SNAPSHOT_GROUP, type Obj } from './api.js';
+import { busyboxPod, createAndWait, deletePod, podLog, runToCompletion, volumeStats, type Pod } from './pods.js';
 
 /**
  * The Kubernetes lab itself: it starts from the cached binaries, runs pods from locally built
@@ -29,11 +29,11 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
   });
 
   it('reports the built version and one Ready node', async () => {
-    const version = await lab!.api.get('/version');
+    const version = await lab!.api.version.getCode();
     assert.equal(version.gitVersion, lab!.built.K8S_VERSION);
-    const nodes = (await lab!.api.get('/api/v1/nodes')).items as Obj[];
-    assert.deepEqual(nodes.map((n) => n.metadata.name), [lab!.nodeName]);
-    const addrs = nodes[0]!.status.addresses as Obj[];
+    const nodes = (await lab!.api.core.listNode()).items;
+    assert.deepEqual(nodes.map((n) => n.metadata?.name), [lab!.nodeName]);
+    const addrs = nodes[0]!.status?.addresses ?? [];
     assert.ok(addrs.some((a) => a.type === 'InternalIP' && a.address === lab!.nodeIP), JSON.stringify(addrs));
   });
 
@@ -82,17 +82,17 @@ describe('Kubernetes lab', { timeout: 600_000 }, () => {
 
   it('serves the VolumeSnapshot kinds and runs the CSI sidecars from their local images', async () => {
     const api = lab!.api;
-    const cls = '/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses';
-    await api.create(cls, { apiVersion: 'snapshot.storage.k8s.io/v1', kind: 'VolumeSnapshotClass', metadata: { name: 'smoke' }, driver: 'smoke.csi.dev', deletionPolicy: 'Delete' });
-    assert.equal((await api.get(`${cls}/smoke`)).driver, 'smoke.csi.dev');
-    await api.delete(`${cls}/smoke`);
+    const cls = { ...SNAPSHOT_GROUP, plural: 'volumesnapshotclasses' };
+    await api.custom.createClusterCustomObject({ ...cls, body: { apiVersion: 'snapshot.storage.k8s.io/v1', kind: 'VolumeSnapshotClass', metadata: { name: 'smoke' }, driver: 'smoke.csi.dev', deletionPolicy: 'Delete' } });
+    assert.equal(((await api.custom.getClusterCustomObject({ ...cls, name: 'smoke' })) as Obj).driver, 'smoke.csi.dev');
+    await api.custom.deleteClusterCustomObject({ ...cls, name: 'smoke' });
 
     const containers = Object.entries(lab!.sidecarImages).map(([name, image]) => ({ name: name.toLowerCase(), image, imagePullPolicy: 'Never', args: ['--version'] }));
-    const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sidecars', namespace: 'default' }, spec: { restartPolicy: 'Never', containers } };
+    const pod: Pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'sidecars', namespace: 'default' }, spec: { restartPolicy: 'Never', containers } };
     const { pod: done } = await createAndWait(api, pod, ['Succeeded', 'Failed']);
     const logs: Record<string, string> = {};
     for (const c of containers) logs[c.name] = await podLog(api, pod, c.name);
-    assert.equal(done.status.phase, 'Succeeded', JSON.stringify(logs));
+    assert.equal(done.status?.phase, 'Succeeded', JSON.stringify(logs));
     const b = lab!.built;
     assert.ok(logs.provisioner!.includes(b.PROVISIONER_VERSION), logs.provisioner);
     assert.ok(logs.attacher!.includes(b.ATTACHER_VERSION), logs.attacher);

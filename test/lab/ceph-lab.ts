@@ -32,7 +32,7 @@ export interface LabOptions {
 }
 
 export const LAB_S3 = { accessKeyID: 'STRATALABACCESSKEY01', secretAccessKey: 'strata-lab-secret-key-0000000000000000000' };
-/** An RGW user with the buckets=* admin cap, for bucket quotas (the driver's rgwAdmin identity). */
+/** An RGW user with the buckets=*, users=* and user-policy=* admin caps, for bucket quotas and the S3 users of volumes and nodes (the driver's rgwAdmin identity). */
 export const LAB_RGW_ADMIN = { accessKeyID: 'STRATALABADMINKEY001', secretAccessKey: 'strata-lab-admin-secret-00000000000000000' };
 export const RGW_PORT = 7480;
 
@@ -289,7 +289,7 @@ rgw_data = ${L}/rgw
       ]);
       await run('radosgw-admin', [
         '-c', this.conf, 'user', 'create', '--uid', 'strata-admin', '--display-name', 'Strata quota admin',
-        '--access-key', LAB_RGW_ADMIN.accessKeyID, '--secret-key', LAB_RGW_ADMIN.secretAccessKey, '--caps', 'buckets=*',
+        '--access-key', LAB_RGW_ADMIN.accessKeyID, '--secret-key', LAB_RGW_ADMIN.secretAccessKey, '--caps', 'buckets=*;users=*;user-policy=*',
       ]);
       writeFileSync(this.p('keys', 's3-access-key'), LAB_S3.accessKeyID, { mode: 0o600 });
       writeFileSync(this.p('keys', 's3-secret-key'), LAB_S3.secretAccessKey, { mode: 0o600 });

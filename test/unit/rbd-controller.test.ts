@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { status } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { RbdController } from '../../src/backends/rbd/controller.js';
-import { EBUSY } from '../../src/backends/rbd/rbd-api.js';
+import { EBUSY, ENOENT } from '../../src/backends/rbd/rbd-api.js';
 import { parseConfig } from '../../src/config/config.js';
 import { nameHash, parseId, type ObjectId } from '../../src/csi/ids.js';
 import type * as csi from '../../src/csi/types.js';
@@ -136,6 +136,22 @@ describe('rbd controller: snapshots and restores', () => {
     assert.ok(srcSnaps.every((x) => x.namespace === 'trash'), 'no user snapshot left on the source');
   });
 
+  it('answers ABORTED when an earlier attempt still finishing removes the temporary snapshot under it, and the retry converges', async () => {
+    const { rbd, create, snapshot, image } = setup();
+    const v = await create('pvc-1');
+    // A killed attempt's last steps reach the OSDs after the retry found its temporary snapshot made: the clone finds it gone.
+    rbd.failNext('clone', new ExecError('rbd clone', ENOENT, 'ImageNotFound: [errno 2] RBD image not found (error creating clone)', false));
+    await rejects(snapshot(v.volume_id, 'snap-1'), status.ABORTED, /earlier attempt/);
+    const s = await snapshot(v.volume_id, 'snap-1');
+    assert.equal(JSON.parse(rbd.find('rbd', image('snap', 'snap-1'))!.meta.get('strata.snapshot')!).source, v.volume_id);
+    assert.equal(s.size_bytes, 64 * MiB);
+    rbd.failNext('clone', new ExecError('rbd clone', ENOENT, 'ImageNotFound: [errno 2] RBD image not found (error creating clone)', false));
+    await rejects(create('clone-1', 64 * MiB, { volume: { volume_id: v.volume_id } } as never), status.ABORTED, /earlier attempt/);
+    const c = await create('clone-1', 64 * MiB, { volume: { volume_id: v.volume_id } } as never);
+    assert.equal(JSON.parse(rbd.find('rbd', image('vol', 'clone-1'))!.meta.get('strata.volume')!).source.volume, v.volume_id);
+    assert.equal(c.capacity_bytes, 64 * MiB);
+  });
+
   it('answers NOT_FOUND for a missing source, unless the snapshot was finished before', async () => {
     const { ctrl, create, snapshot, vid } = setup();
     const v = await create('pvc-1');
@@ -200,6 +216,17 @@ describe('rbd controller: snapshots and restores', () => {
 });
 
 describe('rbd controller: deletion and the trash', () => {
+  it('answers ABORTED, not INTERNAL, for a volume whose removal a kill cut short after its id object went', async () => {
+    const { rbd, ctrl, create, vid, image } = setup();
+    const v = await create('pvc-1');
+    rbd.find('rbd', image('vol', 'pvc-1'))!.watchers.push('10.0.0.9:0/1');
+    rbd.failNext('metaList', new ExecError('rbd meta_list', ENOENT, 'ObjectNotFound: failed to read rbd_id.csi-vol-x', false));
+    await rejects(ctrl.deleteVolume(vid(v.volume_id), {}, ctx), status.ABORTED, /still open/);
+    rbd.find('rbd', image('vol', 'pvc-1'))!.watchers.length = 0;
+    await ctrl.deleteVolume(vid(v.volume_id), {}, ctx);
+    assert.equal(rbd.find('rbd', image('vol', 'pvc-1')), undefined);
+  });
+
   it('removes temporary snapshots a crash left on a volume before removing it', async () => {
     const { rbd, ctrl, create, vid, image } = setup();
     const v = await create('pvc-1');

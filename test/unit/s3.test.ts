@@ -4,6 +4,7 @@ import { parseS3Params } from '../../src/backends/s3/params.js';
 import { rcloneCommand, s3fsCommand, type S3MountSpec } from '../../src/backends/s3/mount-commands.js';
 import { bucketOf, dataPrefix, idOf, locationOf, recordKey, type Location } from '../../src/backends/s3/layout.js';
 import { CopyJobs } from '../../src/backends/s3/copier.js';
+import { bucketPolicy, prefixPolicy, prefixUser, volumeUser } from '../../src/backends/s3/volume-keys.js';
 import { parseId } from '../../src/csi/ids.js';
 import { createLogger } from '../../src/log.js';
 
@@ -21,6 +22,8 @@ describe('S3 StorageClass parameters', () => {
     [{ clusterID: 'lab', uid: '-1' }, /"uid"/],
     [{ clusterID: 'lab', mode: '999' }, /"mode"/],
     [{ clusterID: 'lab', mountOptions: 'passwd_file=/etc/x' }, /set by the driver/],
+    [{ clusterID: 'lab', mountOptions: 'default_acl=private' }, /set by the driver/],
+    [{ clusterID: 'lab', mountOptions: 's3-acl=private' }, /set by the driver/],
     [{ clusterID: 'lab', mountOptions: 'url=http://evil' }, /set by the driver/],
     [{ clusterID: 'lab', mountOptions: 'a b' }, /characters/],
     [{ clusterID: 'lab', bucketName: 'x' }, /unknown parameter "bucketName"/],
@@ -66,7 +69,7 @@ describe('S3 mount commands', () => {
     assert.deepEqual(args.slice(0, 3), ['team:/csi-vol-x/fs', '/stage', '-o']);
     assert.deepEqual(args[3]!.split(','), [
       'passwd_file=/state/s3/k.passwd', 'url=http://rgw:7480', 'use_path_request_style', 'endpoint=us-east-1', 'allow_other',
-      'stat_cache_expire=5', 'uid=1000', 'gid=1000', 'umask=0002', 'mp_umask=0002', 'multipart_size=64',
+      'stat_cache_expire=5', 'default_acl=bucket-owner-full-control', 'uid=1000', 'gid=1000', 'umask=0002', 'mp_umask=0002', 'multipart_size=64',
     ]);
     assert.match(s3fsCommand({ ...spec, readonly: true }, '/k')[1][3]!, /,ro(,|$)/);
   });
@@ -79,8 +82,40 @@ describe('S3 mount commands', () => {
     assert.equal(args[args.indexOf('--umask') + 1], '0002');
     // Our --no-checksum comes before user options so "no-checksum=false" wins.
     assert.ok(args.indexOf('--no-checksum') > 0 && args.indexOf('--no-checksum') < args.indexOf('--transfers=8'));
-    assert.deepEqual(Object.keys(env).sort(), ['RCLONE_S3_ENDPOINT', 'RCLONE_S3_FORCE_PATH_STYLE', 'RCLONE_S3_PROVIDER', 'RCLONE_S3_REGION']);
+    assert.deepEqual(Object.keys(env).sort(), ['RCLONE_S3_ACL', 'RCLONE_S3_ENDPOINT', 'RCLONE_S3_FORCE_PATH_STYLE', 'RCLONE_S3_NO_CHECK_BUCKET', 'RCLONE_S3_PROVIDER', 'RCLONE_S3_REGION']);
     assert.ok(!args.some((a) => /secret|access.key/i.test(a)));
+  });
+});
+
+describe('S3 volume users (RGW)', () => {
+  it("a volume's user reaches its file system and reads its record, nothing else", () => {
+    const l: Location = { kind: 'v', cluster: 'lab', hash: 'a'.repeat(32) };
+    assert.equal(volumeUser(l), `strata-csi-vol-${'a'.repeat(32)}`);
+    const p = JSON.parse(bucketPolicy(l)) as { Statement: Array<{ Effect: string; Principal: { AWS: string[] }; Action: string[]; Resource: string[] }> };
+    const bucket = `csi-vol-${'a'.repeat(32)}`;
+    for (const st of p.Statement) {
+      assert.equal(st.Effect, 'Allow');
+      assert.deepEqual(st.Principal.AWS, [`arn:aws:iam:::user/${volumeUser(l)}`]);
+    }
+    const writes = p.Statement.filter((st) => st.Action.some((a) => /Put|Delete/.test(a)));
+    assert.deepEqual(writes.flatMap((st) => st.Resource), [`arn:aws:s3:::${bucket}/fs*`]);
+    assert.deepEqual(p.Statement.flatMap((st) => st.Resource).sort(), [`arn:aws:s3:::${bucket}`, `arn:aws:s3:::${bucket}/.strata/record.json`, `arn:aws:s3:::${bucket}/fs*`]);
+    assert.ok(!p.Statement.some((st) => st.Action.some((a) => /Policy|Acl|CreateBucket|DeleteBucket$|\*/.test(a))));
+  });
+  it("a node's user of a prefix reaches that prefix's file system and record, and lists only it where the mounter allows", () => {
+    type Policy = { Statement: Array<{ Action: string[]; Resource: string[]; Condition?: unknown }> };
+    const l: Location = { kind: 'v', cluster: 'lab', hash: 'b'.repeat(32), shared: 'team' };
+    const root = `csi-vol-${'b'.repeat(32)}/`;
+    assert.match(prefixUser(l, 'node-a'), new RegExp(`^strata-csi-vol-${'b'.repeat(32)}-[0-9a-f]{16}$`));
+    assert.notEqual(prefixUser(l, 'node-a'), prefixUser(l, 'node-b'));
+    assert.notEqual(prefixUser(l, 'node-a'), prefixUser({ ...l, shared: 'other' }, 'node-a'));
+    const p = JSON.parse(prefixPolicy(l, 'rclone')) as Policy;
+    const writes = p.Statement.filter((st) => st.Action.some((a) => /Put|Delete/.test(a)));
+    assert.deepEqual(writes.flatMap((st) => st.Resource), [`arn:aws:s3:::team/${root}fs*`]);
+    assert.deepEqual([...new Set(p.Statement.flatMap((st) => st.Resource))].sort(), ['arn:aws:s3:::team', `arn:aws:s3:::team/${root}.strata/record.json`, `arn:aws:s3:::team/${root}fs*`]);
+    assert.deepEqual(p.Statement.find((st) => st.Action.includes('s3:ListBucket'))!.Condition, { StringLike: { 's3:prefix': [`${root}fs*`] } });
+    // s3fs checks the bucket with an unfiltered listing when it mounts.
+    assert.equal((JSON.parse(prefixPolicy(l, 's3fs')) as Policy).Statement.find((st) => st.Action.includes('s3:ListBucket'))!.Condition, undefined);
   });
 });
 

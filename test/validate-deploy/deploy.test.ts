@@ -117,6 +117,14 @@ describe('deploy: chart and manifests', { timeout: 20 * 60_000 }, () => {
     assert.deepEqual(kinds(example), [...kinds(rendered), 'StorageClass', 'VolumeSnapshotClass'].sort());
   });
 
+  it("gives the node plugin none of the controller's key files", () => {
+    for (const docs of [rendered, example]) {
+      const secretsOf = (kind: string) => (docs.find((d) => d.kind === kind)!.spec.template.spec.volumes as Array<{ secret?: { secretName: string } }>).filter((v) => v.secret).map((v) => v.secret!.secretName);
+      assert.deepEqual(secretsOf('DaemonSet'), []);
+      assert.deepEqual(secretsOf('Deployment'), ['strata-keys']);
+    }
+  });
+
   it('keeps deploy/kubernetes in sync with the chart (run deploy/render.sh after changing it)', () => {
     const plain = readFileSync(path.join(root, 'deploy/kubernetes/strata.yaml'), 'utf8').replace(/^#.*\n/, '');
     assert.equal(plain, helmTemplate());
@@ -178,9 +186,14 @@ describe('deploy: chart and manifests', { timeout: 20 * 60_000 }, () => {
       assert.ok(parse, `${sc.metadata.name}: backend "${sc.parameters.backend}" does not exist`);
       assert.doesNotThrow(() => parse(sc.parameters), `${sc.metadata.name}`);
       assert.equal(sc.allowVolumeExpansion, true);
-      for (const step of ['provisioner', 'controller-publish', 'node-stage', 'controller-expand']) {
-        assert.ok(sc.parameters[`csi.storage.k8s.io/${step}-secret-name`], `${sc.metadata.name} has no ${step} secret`);
-      }
+      for (const step of ['provisioner', 'controller-publish', 'controller-expand']) assert.ok(sc.parameters[`csi.storage.k8s.io/${step}-secret-name`], `${sc.metadata.name} has no ${step} secret`);
+      // Nodes never get the controller's keys. CephFS and S3 volumes are mounted with a key of their
+      // own from ControllerPublish (the examples' config has rgwAdmin): no secret. RBD nodes get a node user's.
+      const nodeSecret = sc.parameters['csi.storage.k8s.io/node-stage-secret-name'];
+      if (sc.parameters.backend === 'rbd') {
+        assert.ok(nodeSecret, `${sc.metadata.name} has no node-stage secret`);
+        assert.notEqual(nodeSecret, sc.parameters['csi.storage.k8s.io/provisioner-secret-name'], `${sc.metadata.name} sends nodes the provisioner's key`);
+      } else assert.equal(nodeSecret, undefined, `${sc.metadata.name} sends nodes a secret they never need`);
     }
   });
 

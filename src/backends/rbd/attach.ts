@@ -4,8 +4,8 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { cephArgs, cephArgsEnv, type CephConn } from '../../ceph/conn.js';
 import { isInside } from '../../mount/checks.js';
-import { findMount } from '../../mount/mountinfo.js';
-import { loopAttach, loopDetachAll, loopFind } from '../../mount/mounter.js';
+import { findMount, type MountEntry } from '../../mount/mountinfo.js';
+import { loopAttach, loopBacking, loopDetachAll, loopFind, mountHealth } from '../../mount/mounter.js';
 import { run, runAllowFail } from '../../util/exec.js';
 import { fuseDaemonPid, unmountFuse, waitExit } from '../../mount/fuse-process.js';
 import type { RbdMounter } from './params.js';
@@ -107,6 +107,29 @@ export class RbdAttacher {
     if (r.exitCode !== 0 || !r.stdout.trim()) return undefined;
     const list = JSON.parse(r.stdout) as Array<{ pool: string; name: string; device: string }>;
     return list.find((d) => d.pool === ref.pool && d.name === ref.image)?.device;
+  }
+
+  /** The file rbd-fuse shows the image as, which the loop device reads. */
+  imageFile(ref: ImageRef): string {
+    return path.join(this.fuseDir(ref), ref.image);
+  }
+
+  /**
+   * Whether a loop device over the image reads through an rbd-fuse that is
+   * gone: its FUSE mount is dead or missing, or was detached and replaced
+   * (the kernel then names the file from the detached mount's root), or the
+   * device was marked to clear by a heal that began. Any other backing file
+   * is not this attacher's, and a daemon that is alive but stuck is left alone.
+   */
+  async loopDead(device: string, ref: ImageRef, entries?: MountEntry[]): Promise<boolean> {
+    const b = loopBacking(device);
+    if (!b) return true;
+    const file = this.imageFile(ref);
+    const detached = b.file === `/${ref.image}` || b.file === `/${ref.image} (deleted)`;
+    if (b.file !== file && b.file !== `${file} (deleted)` && !detached) return false;
+    if (detached || b.autoclear) return true;
+    const health = await mountHealth(this.fuseDir(ref), entries);
+    return health === 'dead' || health === 'unmounted';
   }
 
   /** Whether an rbd-fuse daemon serves the image here. */

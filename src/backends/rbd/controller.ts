@@ -177,7 +177,7 @@ export class RbdController implements ControllerBackend {
     } catch (e) {
       // Taken: a retry, whose temporary snapshot must not stay on the source.
       if (isErrno(e, EEXIST)) await rbd.snapRemove(vpool, vimage, image);
-      throw e;
+      throw vanishedSource(e, `${vpool}/${vimage}@${image}`);
     }
     await rbd.snapRemove(vpool, vimage, image);
     if (size > srcInfo.size) await rbd.grow(params.pool, image, size);
@@ -238,7 +238,9 @@ export class RbdController implements ControllerBackend {
       // A volume published somewhere is in use. Otherwise the watch is most likely a
       // killed command's (a crashed controller's), which the OSD drops within 30 s.
       // Snapshot images are never published (the attachments they show were copied from their source).
-      if (image.startsWith('csi-vol-') && attachmentsIn(await rbd.metaList(pool, image)).size) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
+      // A removal cut short by a kill may have taken the image's id object already: no record is left to read, and the retry finishes it.
+      const meta = image.startsWith('csi-vol-') ? await rbd.metaList(pool, image).catch((err: unknown) => (isErrno(err, ENOENT) ? {} : Promise.reject(err))) : {};
+      if (attachmentsIn(meta).size) throw failedPrecondition(`volume is still in use: image ${pool}/${image} has watchers`);
       throw aborted(`image ${pool}/${image} is still open (a killed client's watch lasts up to 30 s); retry`);
     }
     ctx.log.debug({ image, result }, 'image removed');
@@ -407,7 +409,7 @@ export class RbdController implements ControllerBackend {
     try {
       await rbd.clone(pool, srcImage, snapImage, snapImage, { features: SNAPSHOT_FEATURES });
     } catch (e) {
-      if (!isErrno(e, EEXIST)) throw e;
+      if (!isErrno(e, EEXIST)) throw vanishedSource(e, `${pool}/${srcImage}@${snapImage}`);
       // The name taken for another source: the temporary snapshot just made must not stay on this one.
       const done = await finished().catch(async (err: unknown) => {
         await rbd.snapRemove(pool, srcImage, snapImage);
@@ -485,3 +487,12 @@ export function minimumForFs(size: number, fsType: string | undefined, limit: nu
   return XFS_MIN_BYTES;
 }
 
+/**
+ * A clone whose temporary snapshot is gone the instant after it was made (or
+ * found made): an attempt killed just before, whose last steps still reached
+ * the OSDs, removed it. ABORTED, so the retry looks again and finds that
+ * attempt's result, or makes the snapshot anew.
+ */
+function vanishedSource(e: unknown, snap: string): unknown {
+  return isErrno(e, ENOENT) ? aborted(`temporary snapshot ${snap} was removed by an earlier attempt still finishing; retry`) : e;
+}

@@ -1,20 +1,22 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../../config/config.js';
 import { CephClusters } from '../../ceph/clusters.js';
+import type { CephConn } from '../../ceph/conn.js';
 import { isReadOnlyMode, isSingleNode, modeOf } from '../../csi/capabilities.js';
 import type { RpcContext } from '../../csi/handler.js';
 import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
-import { aborted, failedPrecondition, invalidArgument, notFound } from '../../errors.js';
-import { deviceInUse, findMount, readMountInfo } from '../../mount/mountinfo.js';
-import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, loopRefresh, mkfs, mount, pathKind, removeMountPoint, unmount } from '../../mount/mounter.js';
+import { aborted, failedPrecondition, internal, invalidArgument, notFound } from '../../errors.js';
+import { deviceInUse, findMount, readMountInfo, type MountEntry } from '../../mount/mountinfo.js';
+import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, loopBacking, loopRefresh, loopRelease, mkfs, mount, mountHealth, pathKind, removeMountPoint, unmount } from '../../mount/mounter.js';
 import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
 import { FS_TYPES, MOUNTERS, type FsType, type RbdMounter } from './params.js';
 import { LibRbd } from './librbd.js';
 import { ENOENT, isErrno, type RbdApi } from './rbd-api.js';
-import { clientKey, clientsIn, ownInstances, type ClientRecord } from './fence.js';
+import { blocklist, clientKey, clientsIn, ownInstances, parseClientRecord, type ClientRecord } from './fence.js';
 import { asciiJson } from '../../csi/grammar.js';
 
 /**
@@ -56,7 +58,10 @@ export class RbdNode implements NodeBackend {
     if (await findMount(target)) {
       // Already staged, unless the mount is from before this node was fenced (and the volume
       // published to it again): a blocklisted client has lost its watch, so none is found.
-      if (await this.recordClients(rbd, ref, undefined, ctx)) return;
+      if (await this.recordClients(rbd, ref, undefined, ctx)) {
+        if (await this.deadStage(id, req)) await this.restage(id, req, ctx);
+        return;
+      }
       ctx.log.warn('the staged mount is from before this node was fenced: staging the volume afresh');
       await this.unstage(id, staging, ctx, req);
     }
@@ -140,6 +145,87 @@ export class RbdNode implements NodeBackend {
     return addrs.length > 0;
   }
 
+  /** Whether the staged file system (or bound device) reads through an rbd-fuse that is gone. */
+  async deadStage(id: ObjectId, staged: csi.NodeStageVolumeRequest): Promise<boolean> {
+    const entries = await readMountInfo();
+    const device = stagedDevice(stagedAt(staged), entries);
+    return !!device && (await this.attacher.loopDead(device, this.ref(id), entries));
+  }
+
+  /**
+   * Stages again, on top of the dead stack, a volume whose rbd-fuse died (the
+   * node plugin's container restarted): rbd-fuse again, a new loop device,
+   * and the file system mounted over the dead one at the staging path, where
+   * running pods' targets can be bound over theirs (a container sees mounts
+   * made on its target, not a target remounted). The dead mount can never
+   * write again (its loop device fails every I/O), which is what lets xfs
+   * mount the same file system twice (nouuid). Each step finds what an earlier
+   * heal cut short did, so a retry converges.
+   */
+  async restage(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void> {
+    const ref = this.ref(id);
+    const cap = staged.volume_capability!;
+    const at = stagedAt(staged);
+    const dir = this.attacher.fuseDir(ref);
+    const conn = this.clusters.conn(id.cluster, staged.secrets);
+    const rbd = new LibRbd(conn, ctx.log);
+    const dead = stagedDevice(at, await readMountInfo());
+    // Marked to clear at its last close: the dead file system on it, unmounted with the stack at
+    // NodeUnstage, releases it, though the device is no longer found by its file once the dead FUSE
+    // mount is detached. A bound device node holds nothing open: only a device still over the
+    // image's file is released (the number of one cleared already may serve another volume).
+    if (dead && (!cap.block || loopBacking(dead)?.file.startsWith(this.attacher.imageFile(ref)))) await loopRelease(dead, ctx.log);
+    const health = await mountHealth(dir);
+    if (health === 'hung') throw aborted('the new rbd-fuse of this volume does not answer; retry');
+    let before: string[] | undefined;
+    if (health !== 'ok') {
+      await this.releaseDeadClient(conn, rbd, ref, ctx);
+      await unmount(dir, ctx.log);
+      before = (await rbd.watchers(ref.pool, ref.image)) ?? [];
+    }
+    const device = await this.attacher.attach('rbd-fuse', ref, conn, ctx.log);
+    // Before the file system is mounted: from then on the volume looks healthy, and the
+    // controller's fence must find the new client in the record.
+    await this.rerecord(rbd, ref, before, ctx);
+    if (cap.block) {
+      await bindMount(device, at, false, [], ctx.log);
+      return;
+    }
+    const fs = await detectFs(device, ctx.log);
+    if (!fs) throw internal(`the image of volume ${staged.volume_id} shows no file system after rbd-fuse restarted`);
+    await mount(device, at, fs, stageMountOptions(fs, isReadOnlyMode(modeOf(cap)), cap.mount?.mount_flags ?? []), ctx.log);
+  }
+
+  /**
+   * Frees the image's exclusive lock from this node's own rbd-fuse that died:
+   * its watch would hold the lock ~30 s more, and every write of the new one
+   * would wait. It is this node's (its record says so) and can never answer
+   * again (its FUSE connection is gone), so it is blocklisted, as a fence
+   * would; a key not allowed to do that waits for the watch to time out.
+   */
+  private async releaseDeadClient(conn: CephConn, rbd: RbdApi, ref: ImageRef, ctx: RpcContext): Promise<void> {
+    const mine = parseClientRecord((await rbd.metaList(ref.pool, ref.image))[clientKey(this.nodeId)])?.addrs ?? [];
+    const held = async () => ((await rbd.watchers(ref.pool, ref.image)) ?? []).filter((w) => mine.includes(w));
+    let left = await held();
+    if (!left.length) return;
+    try {
+      await blocklist(conn, left, ctx.log);
+    } catch (e) {
+      ctx.log.warn({ err: String(e) }, 'could not blocklist the dead rbd-fuse client; waiting for its watch to time out');
+    }
+    for (const end = Date.now() + 45_000; (left = await held()).length; await sleep(500)) {
+      if (Date.now() > end) throw aborted('the dead rbd-fuse client of this node still holds the image; retry');
+    }
+  }
+
+  /** The record of this node's clients after a heal: the new rbd-fuse's instance, not the dead one's. */
+  private async rerecord(rbd: RbdApi, ref: ImageRef, before: string[] | undefined, ctx: RpcContext): Promise<void> {
+    const others = [...clientsIn(await rbd.metaList(ref.pool, ref.image))].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
+    const addrs = ownInstances((await rbd.watchers(ref.pool, ref.image)) ?? [], before ?? [], others);
+    if (!addrs.length) ctx.log.warn('the new rbd-fuse client does not show on the image; a fence can only take its unclaimed watchers');
+    await rbd.metaSet(ref.pool, ref.image, clientKey(this.nodeId), asciiJson({ v: 1, addrs } satisfies ClientRecord));
+  }
+
   async unstage(id: ObjectId, staging: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void> {
     const ref = this.ref(id);
     // NodeUnstage carries no secrets: without a stage record (or a default identity) the cluster is not asked.
@@ -157,8 +243,9 @@ export class RbdNode implements NodeBackend {
     }
     const blockFile = path.join(staging, BLOCK_FILE);
     if (await findMount(blockFile)) await unmount(blockFile, ctx.log);
-    await removeMountPoint(blockFile);
     await unmount(staging, ctx.log);
+    // Looked at once nothing is mounted at the staging path: through a healed stack's dead layer it would fail.
+    await removeMountPoint(blockFile);
     // Asked to unstage at a path where the volume is not staged: its device serves the stage elsewhere and stays.
     const device = await this.attacher.findDevice(ref, ctx.log);
     if (device && deviceInUse(device, await readMountInfo())) {
@@ -221,6 +308,17 @@ export class RbdNode implements NodeBackend {
     }
     return deviceSize(device, ctx.log);
   }
+}
+
+/** Where a stage mounted the volume: the staging directory, or the device file in it for raw block. */
+const stagedAt = (req: csi.NodeStageVolumeRequest): string => (req.volume_capability?.block ? path.join(req.staging_target_path, BLOCK_FILE) : req.staging_target_path);
+
+/** The loop device under the topmost mount at `p`: a file system's source, or a device node bound there. */
+function stagedDevice(p: string, entries: MountEntry[]): string | undefined {
+  const target = path.resolve(p);
+  const top = entries.filter((m) => m.mountPoint === target).at(-1);
+  if (top?.source.startsWith('/dev/loop')) return top.source;
+  return top && /^\/loop\d+$/.test(top.root) ? `/dev${top.root}` : undefined;
 }
 
 /**

@@ -29,6 +29,7 @@ import {
 import { parseS3Params, type S3Params } from './params.js';
 import { stopReason } from '../../util/call-context.js';
 import { RgwQuota } from './rgw-quota.js';
+import { VolumeKeys } from './volume-keys.js';
 import { LIST_PAGE, type S3Store } from './store.js';
 
 /**
@@ -79,6 +80,7 @@ export class S3Controller implements ControllerBackend {
   private readonly stores = new S3Stores();
   private readonly jobs: CopyJobs;
   private readonly quota: RgwQuota;
+  private readonly keys: VolumeKeys;
 
   constructor(
     private readonly cfg: Config,
@@ -86,6 +88,7 @@ export class S3Controller implements ControllerBackend {
   ) {
     this.jobs = new CopyJobs(log);
     this.quota = new RgwQuota(cfg);
+    this.keys = new VolumeKeys(cfg);
   }
 
   private store(cluster: string, secrets: Record<string, string> | undefined): S3Store {
@@ -227,7 +230,8 @@ export class S3Controller implements ControllerBackend {
     const store = this.store(l.cluster, secrets);
     const bucket = bucketOf(l);
     await this.jobs.cancel(idOf(l));
-    if (!l.shared && (await removeEmptyBucket(store, l))) return;
+    // The volume's RGW user goes after its bucket: a retry after a crash anywhere still finds it to remove.
+    if (!l.shared && (await removeEmptyBucket(store, l))) return this.keys.remove(l, []);
     const rec = await store.getJson<VolumeRecord>(bucket, recordKey(l));
     if (rec) {
       for await (const page of store.list(bucket, copyingPrefix(l))) {
@@ -243,6 +247,8 @@ export class S3Controller implements ControllerBackend {
       }
       if (rec.state !== 'deleting') await this.putRecord(store, l, rec.capacity, recordKey(l), { ...rec, state: 'deleting' }, ctx);
     }
+    // Keys go before the attachments, through which a prefix's node users are found.
+    await this.keys.remove(l, (await this.attachments(store, l)).keys());
     ctx.log.debug({ objects: await removeAll(store, l) }, 'volume objects removed');
   }
 
@@ -275,16 +281,27 @@ export class S3Controller implements ControllerBackend {
     const rec = await this.readyVolume(store, l, `volume ${req.volume_id}`);
     const mode = modeOf(req.volume_capability);
     if (decidePublish(await this.attachments(store, l), req.node_id, mode, req.readonly) === 'add') {
+      // Keys of nodes the volume is no longer published to (an unpublish cut short) go before a new node comes.
+      await this.keys.revokeOthers(l, async () => [...(await this.attachments(store, l)).keys(), req.node_id], ctx.log);
       await this.putRecord(store, l, rec.capacity, attachKey(l, req.node_id), { mode, readonly: req.readonly }, ctx);
     }
-    return {};
+    // On RGW the node mounts with a key of its own on the volume's user, handed over in the publish
+    // context, made after the attachment (see revokeOthers); elsewhere it mounts with the provisioner's keys.
+    const key = await this.keys.issue(l, req.node_id, rec.params.mounter, store, ctx.log);
+    return key ? { accessKeyID: key.accessKeyID, secretAccessKey: key.secretAccessKey } : {};
   }
 
-  async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, _ctx: RpcContext): Promise<void> {
+  async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
     const l = locationOf(id);
     if (!l) return;
     const store = this.store(l.cluster, secrets);
-    if (nodeId) return store.deleteKey(bucketOf(l), attachKey(l, nodeId));
+    // The node's keys go before its attachment: a node that never unmounted (force detach) gets 403
+    // from then on, and a retry after a crash finds the attachment and removes them again.
+    if (nodeId) {
+      await this.keys.revokeNode(l, nodeId, ctx.log);
+      return store.deleteKey(bucketOf(l), attachKey(l, nodeId));
+    }
+    await this.keys.revokeAll(l, (await this.attachments(store, l)).keys(), ctx.log);
     for await (const page of store.list(bucketOf(l), attachPrefix(l))) for (const o of page) await store.deleteKey(bucketOf(l), o.key);
   }
 

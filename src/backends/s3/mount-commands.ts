@@ -21,6 +21,13 @@ export interface S3MountSpec {
   options: string[];
 }
 
+/**
+ * Objects a node writes with a volume's own RGW user belong to that user: the
+ * bucket's owner (the provisioner, which snapshots, clones and reads
+ * records) gets full control of each, or it could not read them.
+ */
+const OBJECT_ACL = 'bucket-owner-full-control';
+
 // Files written from another node show up within this many seconds.
 const CACHE_SECONDS = 5;
 
@@ -35,6 +42,7 @@ export function s3fsCommand(s: S3MountSpec, passwdFile: string): [string, string
     // Pods run as other users than the node plugin.
     'allow_other',
     `stat_cache_expire=${CACHE_SECONDS}`,
+    `default_acl=${OBJECT_ACL}`,
     ...(s.uid !== undefined ? [`uid=${s.uid}`] : []),
     ...(s.gid !== undefined ? [`gid=${s.gid}`] : []),
     ...(s.mode !== undefined ? [`umask=${umaskOf(s.mode)}`, `mp_umask=${umaskOf(s.mode)}`] : []),
@@ -62,6 +70,7 @@ export function rcloneCommand(s: S3MountSpec): [string, string[], Record<string,
   if (s.mode !== undefined) args.push('--umask', umaskOf(s.mode));
   if (s.readonly) args.push('--read-only');
   for (const o of s.options) args.push(`--${o.replace(/^--?/, '')}`);
-  const env = { RCLONE_S3_PROVIDER: 'Ceph', RCLONE_S3_ENDPOINT: s.endpoint, RCLONE_S3_REGION: s.region, RCLONE_S3_FORCE_PATH_STYLE: 'true' };
+  // The bucket exists (CreateVolume made it), and a volume's own key may not create buckets.
+  const env = { RCLONE_S3_PROVIDER: 'Ceph', RCLONE_S3_ENDPOINT: s.endpoint, RCLONE_S3_REGION: s.region, RCLONE_S3_FORCE_PATH_STYLE: 'true', RCLONE_S3_NO_CHECK_BUCKET: 'true', RCLONE_S3_ACL: OBJECT_ACL };
   return ['rclone', args, env];
 }

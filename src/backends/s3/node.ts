@@ -3,13 +3,13 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../../config/config.js';
 import { findCluster } from '../../config/config.js';
-import { isReadOnlyMode, modeOf } from '../../csi/capabilities.js';
+import { isReadOnlyMode, modeOf, mountGroupOf } from '../../csi/capabilities.js';
 import type { VolumeUsage } from '../../csi/gen/csi/v1/VolumeUsage.js';
 import type { RpcContext } from '../../csi/handler.js';
 import { encodeId, type ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
 import { failedPrecondition, internal, invalidArgument, isCsiError, notFound } from '../../errors.js';
-import { unmountFuse } from '../../mount/fuse-process.js';
+import { fuseDaemonPid, unmountFuse, waitExit } from '../../mount/fuse-process.js';
 import { findMount } from '../../mount/mountinfo.js';
 import { ExecError, run } from '../../util/exec.js';
 import type { NodeBackend } from '../types.js';
@@ -22,7 +22,10 @@ import type { S3Credentials } from './store.js';
 
 /**
  * Node side of S3: one FUSE mount (s3fs or rclone) of the volume's prefix per
- * node at the staging path, published into pods by bind mounts. The keys sit
+ * node at the staging path, published into pods by bind mounts. On Ceph RGW
+ * the node mounts with its own key on the volume's user, from the publish
+ * context (see volume-keys.ts); elsewhere with the node-stage secret or the
+ * config's keys. The keys sit
  * in a 0600 file in the state directory for as long as the volume is staged
  * (s3fs reads it; stats use it), never in a command line.
  */
@@ -37,6 +40,7 @@ interface UsageEntry {
 
 export class S3Node implements NodeBackend {
   readonly rawBlock = false;
+  readonly mountGroupByOptions = true;
   private readonly stores = new S3Stores();
   private readonly usageCache = new Map<string, UsageEntry>();
   private readonly dir: string;
@@ -58,7 +62,7 @@ export class S3Node implements NodeBackend {
     const opts = stageOptions(id, l, req);
     if (await findMount(staging)) return;
     const s3 = s3Of(findCluster(this.cfg, id.cluster), id.cluster);
-    const creds = resolveS3Credentials(s3, req.secrets);
+    const creds = resolveS3Credentials(s3, nodeKey(req) ?? req.secrets);
     // A made-up id in a shared bucket would mount an empty prefix: only a volume with a record is staged.
     if (!(await this.stores.get(s3, creds).getJson<VolumeRecord>(bucketOf(l), recordKey(l)))) throw notFound(`volume ${req.volume_id} not found`);
     const keyFile = this.keyFile(req.volume_id);
@@ -104,8 +108,15 @@ export class S3Node implements NodeBackend {
     return l;
   }
 
-  async unstage(id: ObjectId, staging: string, ctx: RpcContext): Promise<void> {
+  async unstage(id: ObjectId, staging: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void> {
     this.location(id);
+    const pid = fuseDaemonPid(['s3fs', 'rclone'], staging);
+    if (pid && staged && !(await this.owned(id, staged, ctx))) {
+      // Fenced: RGW refuses its key, so it has nothing it could still upload, and it would retry for a while.
+      ctx.log.warn({ pid }, 'this node was fenced from the volume: its S3 mount daemon is stopped before the unmount');
+      process.kill(pid, 'SIGKILL');
+      await waitExit(pid, 10_000, 's3fs');
+    }
     // Uploads finish before the FUSE daemon exits: unstaged means the daemon is gone.
     await unmountFuse(staging, ['s3fs', 'rclone'], 60_000, ctx.log);
     const vid = encodeId(id);
@@ -151,6 +162,24 @@ export class S3Node implements NodeBackend {
     return value;
   }
 
+  /**
+   * Still this node's while the store knows the node's own key from the
+   * publish context: fencing removes it. Stages with the provisioner's keys
+   * (shared buckets, stores without an rgwAdmin identity) are never fenced,
+   * and a store that does not answer leaves the volume this node's.
+   */
+  async owned(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<boolean> {
+    const key = nodeKey(staged);
+    const s3 = findCluster(this.cfg, id.cluster)?.s3;
+    if (!key || !s3) return true;
+    try {
+      return await this.stores.get(s3, resolveS3Credentials(s3, key)).knowsKey();
+    } catch (e) {
+      ctx.log.debug({ err: (e as Error).message }, 'cannot tell whether the node key is still valid: the volume stays this node\'s');
+      return true;
+    }
+  }
+
   private stagedCredentials(volumeId: string): S3Credentials | undefined {
     try {
       const line = readFileSync(this.keyFile(volumeId), 'utf8').trim();
@@ -162,11 +191,23 @@ export class S3Node implements NodeBackend {
   }
 }
 
+/** The node's own key on the volume from ControllerPublish (Ceph RGW), when it has one. */
+function nodeKey(req: Pick<csi.NodeStageVolumeRequest, 'publish_context'>): Record<string, string> | undefined {
+  const { accessKeyID, secretAccessKey } = req.publish_context ?? {};
+  return accessKeyID || secretAccessKey ? { accessKeyID: accessKeyID ?? '', secretAccessKey: secretAccessKey ?? '' } : undefined;
+}
+
 /**
  * What a stage mounts comes from the id: the bucket and prefix of its
  * location. The volume context may repeat them (CreateVolume put them there)
  * but not change them; it may add the StorageClass's options, read with the
  * StorageClass's own grammar, as are the capability's mount flags.
+ *
+ * The pod's fsGroup (volume_mount_group) becomes the mount's group, with
+ * group write (mode 0775), unless the StorageClass set gid or mode: kubelet
+ * then changes no owner, so a pod start never rewrites the bucket's objects.
+ * The group is the first pod's on the node: it is the stage's, and later
+ * pods of the volume on the node share the mount.
  */
 export function stageOptions(id: ObjectId, l: Location, req: Pick<csi.NodeStageVolumeRequest, 'volume_context' | 'volume_capability'>): Omit<S3Params, 'clusterID' | 'bucket'> {
   const vc = req.volume_context ?? {};
@@ -178,6 +219,11 @@ export function stageOptions(id: ObjectId, l: Location, req: Pick<csi.NodeStageV
   if (options) given.mountOptions = options;
   try {
     const { clusterID: _c, bucket: _b, ...opts } = parseS3Params(given);
+    const group = mountGroupOf(req.volume_capability);
+    if (group !== undefined) {
+      opts.gid ??= group;
+      opts.mode ??= 0o775;
+    }
     return opts;
   } catch (e) {
     if (isCsiError(e)) throw invalidArgument(`volume_context: ${e.message}`);

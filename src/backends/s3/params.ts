@@ -25,7 +25,7 @@ const SIDECAR_PREFIX = 'csi.storage.k8s.io/';
 // would let a StorageClass make the node plugin, as root, write where it names.
 const optionPattern = /^[A-Za-z0-9_][A-Za-z0-9_.:=+-]*$/;
 // Where the endpoint and credentials come from is the driver's business, not the StorageClass's.
-const RESERVED_OPTION = /^(--?)?(passwd_file|url|endpoint|use_path_request_style|s3-(access-key-id|secret-access-key|endpoint|provider|region)|config|daemon|rc.*|allow_other|allow-other|uid|gid|umask|mp_umask|ro|read-only)(=|$)/;
+const RESERVED_OPTION = /^(--?)?(passwd_file|url|endpoint|use_path_request_style|s3-(access-key-id|secret-access-key|endpoint|provider|region|acl|no-check-bucket)|default_acl|config|daemon|rc.*|allow_other|allow-other|uid|gid|umask|mp_umask|ro|read-only)(=|$)/;
 
 function options(v: string | undefined): string[] {
   const list = (v ?? '').split(',').map((o) => o.trim()).filter(Boolean);

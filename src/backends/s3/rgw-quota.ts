@@ -1,13 +1,10 @@
-import { Sha256 } from '@aws-crypto/sha256-js';
 import { status } from '@grpc/grpc-js';
-import { SignatureV4 } from '@smithy/signature-v4';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/config.js';
-import { findCluster } from '../../config/config.js';
 import { isCsiError, unavailable } from '../../errors.js';
-import { boundedSignal, stopReason, throwIfStopped } from '../../util/call-context.js';
+import { stopReason } from '../../util/call-context.js';
 import { bucketOf, type Location } from './layout.js';
-import { readKey, type S3ClusterConfig } from './credentials.js';
+import { rgwAdminOf, rgwAdminOk, rgwAdminRequest, type RgwAdminEndpoint } from './rgw-admin.js';
 import type { S3Store } from './store.js';
 
 /**
@@ -16,8 +13,6 @@ import type { S3Store } from './store.js';
  * identity of the cluster config (a user with the "buckets=*" cap). Without
  * that identity, or for prefixes in a shared bucket, capacity is advisory.
  */
-
-const TIMEOUT_MS = 10_000;
 
 export class RgwQuota {
   private readonly owners = new WeakMap<S3Store, Promise<string>>();
@@ -28,38 +23,12 @@ export class RgwQuota {
     return !l.shared && !!this.admin(l.cluster);
   }
 
-  private admin(cluster: string): { s3: S3ClusterConfig; signer: SignatureV4 } | undefined {
-    const s3 = findCluster(this.cfg, cluster)?.s3;
-    if (!s3?.rgwAdmin) return undefined;
-    const credentials = { accessKeyId: readKey(s3.rgwAdmin.accessKeyIDFile, 'rgwAdmin.accessKeyIDFile'), secretAccessKey: readKey(s3.rgwAdmin.secretAccessKeyFile, 'rgwAdmin.secretAccessKeyFile') };
-    return { s3, signer: new SignatureV4({ credentials, region: s3.region, service: 's3', sha256: Sha256 }) };
+  private admin(cluster: string): RgwAdminEndpoint | undefined {
+    return rgwAdminOf(this.cfg, cluster);
   }
 
-  private async call(s3: S3ClusterConfig, signer: SignatureV4, method: 'GET' | 'PUT', query: Record<string, string>, body?: string): Promise<string> {
-    const url = new URL('/admin/bucket', s3.endpoint);
-    const signed = await signer.sign({
-      method,
-      protocol: url.protocol,
-      hostname: url.hostname,
-      port: url.port ? Number(url.port) : undefined,
-      path: url.pathname,
-      query,
-      headers: { host: url.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
-      body,
-    });
-    const qs = Object.entries(query).map(([k, v]) => (v === '' ? encodeURIComponent(k) : `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)).join('&');
-    throwIfStopped();
-    let r: Response;
-    let text: string;
-    try {
-      // Bounded by the call's deadline too; the body is read under the same signal.
-      r = await fetch(`${url.origin}${url.pathname}?${qs}`, { method, headers: signed.headers, body, signal: boundedSignal(TIMEOUT_MS) });
-      text = await r.text();
-    } catch (e) {
-      throw stopReason() ?? unavailable(`RGW admin API unreachable: ${(e as Error).name}`);
-    }
-    if (!r.ok) throw unavailable(`RGW admin API refused ${method} bucket ${query.bucket}: HTTP ${r.status} ${/"Code":"(\w+)"/.exec(text)?.[1] ?? ''}`);
-    return text;
+  private async call(a: RgwAdminEndpoint, method: 'GET' | 'PUT', query: Record<string, string>, body?: string): Promise<string> {
+    return rgwAdminOk(await rgwAdminRequest(a, method, 'bucket', query, body), `${method} bucket ${query.bucket}`);
   }
 
   /**
@@ -78,7 +47,7 @@ export class RgwQuota {
     if (!a) return;
     const bucket = bucketOf(l);
     const quota = JSON.stringify({ enabled: bytes !== undefined, max_size: bytes ?? -1, max_objects: -1, check_on_raw: true });
-    const put = (uid: string) => this.call(a.s3, a.signer, 'PUT', { quota: '', uid, bucket }, quota);
+    const put = (uid: string) => this.call(a, 'PUT', { quota: '', uid, bucket }, quota);
     const known = creator && this.owners.get(creator);
     if (known) {
       try {
@@ -100,8 +69,8 @@ export class RgwQuota {
     log.debug({ bucket, bytes }, 'bucket quota set');
   }
 
-  private async owner(a: { s3: S3ClusterConfig; signer: SignatureV4 }, bucket: string): Promise<string> {
-    const info = JSON.parse(await this.call(a.s3, a.signer, 'GET', { bucket, format: 'json' })) as { owner?: string };
+  private async owner(a: RgwAdminEndpoint, bucket: string): Promise<string> {
+    const info = JSON.parse(await this.call(a, 'GET', { bucket, format: 'json' })) as { owner?: string };
     if (!info.owner) throw unavailable(`RGW admin API gave no owner for bucket ${bucket}`);
     return info.owner;
   }

@@ -12,6 +12,7 @@ import {
   ListBucketsCommand,
   ListObjectsV2Command,
   type ListObjectsV2CommandOutput,
+  PutBucketPolicyCommand,
   PutObjectCommand,
   S3Client,
   S3ServiceException,
@@ -158,6 +159,25 @@ export class S3Store {
       return (r.Buckets ?? []).map((b) => b.Name!).filter(Boolean);
     } catch (e) {
       throw mapS3Error(e, 'listing buckets');
+    }
+  }
+
+  async putBucketPolicy(bucket: string, policy: string): Promise<void> {
+    try {
+      await this.client.send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: policy }), this.opts());
+    } catch (e) {
+      throw mapS3Error(e, `setting the policy of bucket ${bucket}`);
+    }
+  }
+
+  /** False when the store no longer knows this client's access key (it was removed); true when it answers. */
+  async knowsKey(): Promise<boolean> {
+    try {
+      await this.client.send(new ListBucketsCommand({}), this.opts());
+      return true;
+    } catch (e) {
+      if (code(e) === 'InvalidAccessKeyId') return false;
+      throw mapS3Error(e, 'checking the access key');
     }
   }
 
