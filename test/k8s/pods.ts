@@ -46,15 +46,29 @@ export const readPod = (api: KubeApi, pod: Pod): Promise<V1Pod> => api.core.read
 export async function createAndWait(api: KubeApi, pod: Pod, phases: string[], timeoutMs = 120_000): Promise<{ pod: V1Pod; seconds: number }> {
   const t = Date.now();
   await api.core.createNamespacedPod({ namespace: pod.metadata.namespace, body: pod });
-  const got = await api.waitFor(
-    `pod ${pod.metadata.name} ${phases.join(' or ')}`,
-    async () => {
-      const p = await readPod(api, pod);
-      return phases.includes(p.status?.phase ?? '') ? p : undefined;
-    },
-    timeoutMs,
-  );
-  return { pod: got, seconds: (Date.now() - t) / 1000 };
+  try {
+    const got = await api.waitFor(
+      `pod ${pod.metadata.name} ${phases.join(' or ')}`,
+      async () => {
+        const p = await readPod(api, pod);
+        return phases.includes(p.status?.phase ?? '') ? p : undefined;
+      },
+      timeoutMs,
+    );
+    return { pod: got, seconds: (Date.now() - t) / 1000 };
+  } catch (e) {
+    throw new Error(`${(e as Error).message}; its events: ${await podEvents(api, pod)}`);
+  }
+}
+
+/** What kubelet and the scheduler said about a pod (a failed mount's error from the driver among them). */
+async function podEvents(api: KubeApi, pod: Pod): Promise<string> {
+  try {
+    const list = await api.core.listNamespacedEvent({ namespace: pod.metadata.namespace, fieldSelector: `involvedObject.name=${pod.metadata.name}` });
+    return list.items.map((ev) => `${ev.reason}: ${ev.message}`).slice(-6).join(' | ') || 'none';
+  } catch (err) {
+    return `not readable (${(err as Error).message})`;
+  }
 }
 
 /** Runs a pod to completion: its phase, its log (through the apiserver's node proxy) and time. */
