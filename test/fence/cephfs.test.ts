@@ -6,7 +6,7 @@ import { CephLab } from '../lab/ceph-lab.js';
 import { connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
 import { MiB, attach, detach, mountCap, type MountMode } from '../helpers/volumes.js';
-import { fusePids, restartAndRelease, syncWrite } from './helpers.js';
+import { assertFencedWritesRefused, fusePids, restartAndRelease, syncWrite } from './helpers.js';
 
 /**
  * CephFS fencing on a real lab with two node plugins and one controller.
@@ -81,11 +81,7 @@ describe('cephfs fencing', { timeout: 600_000 }, () => {
     } finally {
       process.kill(pid, 'SIGCONT');
     }
-    const late = syncWrite(path.join(attA.target, 'late.txt'), 'from node-a, after the fence');
-    const over = syncWrite(path.join(attA.target, 'a.txt'), 'overwritten by node-a after the fence');
-    t.diagnostic(`fenced node's writes: ${late.detail} / ${over.detail}`);
-    assert.equal(late.ok, false, 'a new file from the fenced node is refused');
-    assert.equal(over.ok, false, 'an overwrite from the fenced node is refused');
+    assertFencedWritesRefused(attA.target, (m) => t.diagnostic(m));
 
     ca.close();
     a = await restartAndRelease(a, config, 'node-a', path.join(a.dir, 'frozen'));

@@ -1,5 +1,7 @@
+import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { CephLab } from '../lab/ceph-lab.js';
 import { startDriver, type DriverProcess } from '../helpers/driver.js';
@@ -33,6 +35,18 @@ export function fusePids(dir: string, tool = /(rbd-fuse|ceph-fuse|s3fs|rclone)$/
 export function syncWrite(file: string, text: string, timeoutMs = 30_000): { ok: boolean; detail: string } {
   const r = spawnSync('python3', ['-c', 'import os,sys\nfd=os.open(sys.argv[1],os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o644)\nos.write(fd,sys.argv[2].encode())\nos.fsync(fd)\nos.close(fd)', file, text], { timeout: timeoutMs, encoding: 'utf8' });
   return { ok: r.status === 0, detail: r.error ? String(r.error) : (r.stderr.trim().split('\n').pop() ?? `exit ${r.status}`) };
+}
+
+/**
+ * A thawed, fenced node tries a new file and an overwrite of its pre-failure
+ * file `a.txt` in `target`: both must be refused. `say` reports how they failed.
+ */
+export function assertFencedWritesRefused(target: string, say: (m: string) => void): void {
+  const late = syncWrite(path.join(target, 'late.txt'), 'from node-a, after the fence');
+  const over = syncWrite(path.join(target, 'a.txt'), 'overwritten by node-a after the fence');
+  say(`fenced node's writes fail with: ${late.detail} / ${over.detail}`);
+  assert.equal(late.ok, false, 'a new file from the fenced node is refused');
+  assert.equal(over.ok, false, 'an overwrite from the fenced node is refused');
 }
 
 export async function imageMeta(lab: CephLab, image: string): Promise<Record<string, string>> {

@@ -6,7 +6,7 @@ import { CephLab } from '../lab/ceph-lab.js';
 import { connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
 import { MiB, attach, detach, mountCap } from '../helpers/volumes.js';
-import { attachedTo, blocklist, clientRecordOf, fusePids, imageMeta, imageOf, restartAndRelease, syncWrite, watchers } from './helpers.js';
+import { assertFencedWritesRefused, attachedTo, blocklist, clientRecordOf, fusePids, imageMeta, imageOf, restartAndRelease, syncWrite, watchers } from './helpers.js';
 
 /**
  * RBD fencing on a real lab with two node plugins (node-a, node-b) and one
@@ -94,11 +94,7 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
     }
 
     // Thawed, node-a tries to write: new data and an overwrite, each fsynced. Neither may be acknowledged.
-    const late = syncWrite(path.join(attA.target, 'late.txt'), 'from node-a, after the fence');
-    const over = syncWrite(path.join(attA.target, 'a.txt'), 'overwritten by node-a after the fence');
-    assert.equal(late.ok, false, 'a new file from the fenced node is refused');
-    assert.equal(over.ok, false, 'an overwrite from the fenced node is refused');
-    t.diagnostic(`fenced node's writes fail with: ${late.detail} / ${over.detail}`);
+    assertFencedWritesRefused(attA.target, (m) => t.diagnostic(m));
     assert.deepEqual(await watchers(lab, image), clientRecordOf(await imageMeta(lab, image), 'node-b')!.addrs, 'only node-b watches the image');
 
     // Node-a's plugin restarts: its start-up pass finds the volume is not its own any more.

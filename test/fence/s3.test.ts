@@ -14,7 +14,7 @@ import { S3Store } from '../../src/backends/s3/store.js';
 import { attachKey, locationOf } from '../../src/backends/s3/layout.js';
 import { volumeUser } from '../../src/backends/s3/volume-keys.js';
 import { parseId } from '../../src/csi/ids.js';
-import { fusePids, restartAndRelease, syncWrite } from './helpers.js';
+import { assertFencedWritesRefused, fusePids, restartAndRelease, syncWrite } from './helpers.js';
 
 /**
  * S3 fencing on the lab's RGW with two node plugins and one controller. Each
@@ -125,11 +125,7 @@ describe('s3 fencing', { timeout: 600_000 }, () => {
     } finally {
       process.kill(pid, 'SIGCONT');
     }
-    const late = syncWrite(path.join(attA.target, 'late.txt'), 'from node-a, after the fence');
-    const over = syncWrite(path.join(attA.target, 'a.txt'), 'overwritten by node-a after the fence');
-    t.diagnostic(`fenced node's writes: ${late.detail} / ${over.detail}`);
-    assert.equal(late.ok, false, 'a new file from the fenced node is refused');
-    assert.equal(over.ok, false, 'an overwrite from the fenced node is refused');
+    assertFencedWritesRefused(attA.target, (m) => t.diagnostic(m));
     // Repeated fencing changes nothing, and node-b keeps its key.
     await cc.controller.ControllerUnpublishVolume({ volume_id: vol.volume_id!, node_id: 'node-a', secrets });
     assert.ok(await keyValid(attB.key), "node-b's key stays");
