@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CephLab } from '../test/lab/ceph-lab.js';
-import { connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
+import { codeOf, connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
 import { MiB, attach, mountCap } from '../test/helpers/volumes.js';
 import { fusePids, imageOf, syncWrite, watchers } from '../test/fence/helpers.js';
 import { percentile } from './stats.js';
@@ -61,8 +61,9 @@ const frozen = new Set<number>();
 /** Thaws A's daemon and lets A's late kubelet calls tear down; B detaches; the volume goes. */
 async function cleanup(v: Awaited<ReturnType<typeof failedOnA>>, onB?: { staging: string; target: string }) {
   if (frozen.delete(v.pid)) process.kill(v.pid, 'SIGCONT');
-  await ca.node.NodeUnpublishVolume({ volume_id: v.vol.volume_id!, target_path: v.att.target });
-  await ca.node.NodeUnstageVolume({ volume_id: v.vol.volume_id!, staging_target_path: v.att.staging });
+  // A thawed daemon can still hold its loop device a moment: ABORTED, retried as kubelet would.
+  await retryAborted(() => ca.node.NodeUnpublishVolume({ volume_id: v.vol.volume_id!, target_path: v.att.target }));
+  await retryAborted(() => ca.node.NodeUnstageVolume({ volume_id: v.vol.volume_id!, staging_target_path: v.att.staging }));
   await cc.controller.ControllerUnpublishVolume({ volume_id: v.vol.volume_id!, node_id: 'node-a', secrets });
   if (onB) {
     await cb.node.NodeUnpublishVolume({ volume_id: v.vol.volume_id!, target_path: onB.target });
@@ -70,6 +71,17 @@ async function cleanup(v: Awaited<ReturnType<typeof failedOnA>>, onB?: { staging
     await cc.controller.ControllerUnpublishVolume({ volume_id: v.vol.volume_id!, node_id: 'node-b', secrets });
   }
   await cc.controller.DeleteVolume({ volume_id: v.vol.volume_id!, secrets });
+}
+
+async function retryAborted<T>(call: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await call();
+    } catch (e) {
+      if (codeOf(e) !== 'ABORTED' || i >= 30) throw e;
+      await sleep(1000);
+    }
+  }
 }
 
 /** ControllerUnpublish of A, then B attaches and writes: [unpublish ms, failover ms]. */
