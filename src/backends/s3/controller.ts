@@ -178,8 +178,9 @@ export class S3Controller implements ControllerBackend {
    */
   private async createEmpty(store: S3Store, l: Location, req: csi.CreateVolumeRequest, p: S3Params, ctx: RpcContext): Promise<VolumeRecord> {
     const bucket = bucketOf(l);
-    await store.createBucket(bucket);
+    // Everything that can refuse the request comes before the bucket, which nothing would remove.
     const rec = newRecord(req, p, sizeFromRange(req.capacity_range, DEFAULT_SIZE, 1));
+    await store.createBucket(bucket);
     if (await store.putJsonIfAbsent(bucket, recordKey(l), rec)) {
       await settleAll([store.put(bucket, dataPrefix(l), ''), this.quota.apply(l, rec.capacity, ctx.log, store)]);
       return rec;
