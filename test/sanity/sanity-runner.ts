@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import path from 'node:path';
@@ -9,7 +10,16 @@ import { runAllowFail } from '../../src/util/exec.js';
  * csi-sanity's own capability-based skips are explained in SELF_SKIPPED.
  */
 
-export const SANITY_BIN = [process.env.CSI_SANITY, path.join(homedir(), 'go/bin/csi-sanity'), '/usr/local/bin/csi-sanity'].find(
+/** Where `go install` put it (test/install-deps.sh): GOPATH's bin, which need not be ~/go. */
+function goBin(): string | undefined {
+  try {
+    return path.join(execFileSync('go', ['env', 'GOPATH'], { encoding: 'utf8', timeout: 10_000 }).trim(), 'bin', 'csi-sanity');
+  } catch {
+    return undefined;
+  }
+}
+
+export const SANITY_BIN = [process.env.CSI_SANITY, goBin(), path.join(homedir(), 'go/bin/csi-sanity'), '/usr/local/bin/csi-sanity'].find(
   (p): p is string => !!p && existsSync(p),
 );
 
