@@ -67,11 +67,17 @@ except rados.Error as e:
 send({"ready": True})
 ioctxs = {}
 io_lock = threading.Lock()
-def io(pool):
+# One ioctx per "<pool>" or "<pool>/<namespace>": an ioctx's namespace is its
+# state, so ioctxs are never shared across namespaces.
+def io(spec):
     with io_lock:
-        if pool not in ioctxs:
-            ioctxs[pool] = c.open_ioctx(pool)
-        return ioctxs[pool]
+        if spec not in ioctxs:
+            pool, _, ns = spec.partition("/")
+            x = c.open_ioctx(pool)
+            if ns:
+                x.set_namespace(ns)
+            ioctxs[spec] = x
+        return ioctxs[spec]
 def image(a, read_only=False):
     return rbd.Image(io(a["pool"]), a["image"], read_only=read_only)
 def features(names):
@@ -160,6 +166,8 @@ OPS = {
     "trash_list": lambda a: [{"id": e["id"], "name": e["name"]} for e in rbd.RBD().trash_list(io(a["pool"]))],
     "trash_remove": lambda a: rbd.RBD().trash_remove(io(a["pool"]), a["id"]),
     "list": lambda a: rbd.RBD().list(io(a["pool"])),
+    "namespace_create": lambda a: rbd.RBD().namespace_create(io(a["pool"]), a["namespace"]),
+    "namespace_list": lambda a: rbd.RBD().namespace_list(io(a["pool"])),
 }
 FEATURES = {}
 if rbd:
@@ -175,8 +183,10 @@ def run_rbd(req):
         errno = abs(getattr(e, "errno", None) or 5)
         if errno == 2:
             # A pool deleted and made again gets a new id: open it afresh next time.
+            pool = str(a.get("pool")).partition("/")[0]
             with io_lock:
-                ioctxs.pop(a.get("pool"), None)
+                for k in [k for k in ioctxs if k.partition("/")[0] == pool]:
+                    del ioctxs[k]
         return -errno, None, "%s: %s" % (type(e).__name__, e)
 def handle(req):
     if req["target"] == "rbd":

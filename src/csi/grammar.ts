@@ -12,6 +12,12 @@ import { invalidArgument } from '../errors.js';
 export const CLUSTER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/;
 /** Pool, file-system and subvolume-group names. */
 export const CEPH_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+/**
+ * RADOS namespaces of RBD volumes: the pool-name alphabet, at most 32 bytes
+ * (Ceph takes longer ones), so that a namespace fits in the 128 bytes of an
+ * id beside a cluster id and a pool name (see rbdIdBytes in ids.ts).
+ */
+export const RBD_NAMESPACE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/;
 /** The hash of a request name that names every object Strata makes. */
 export const NAME_HASH = /^[0-9a-f]{32}$/;
 export const VOLUME_OBJECT = /^csi-vol-[0-9a-f]{32}$/;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { CEPH_NAME, CLUSTER_ID, NAME_HASH, SNAPSHOT_OBJECT, VOLUME_OBJECT, isBucketName } from './grammar.js';
+import { CEPH_NAME, CLUSTER_ID, NAME_HASH, RBD_NAMESPACE, SNAPSHOT_OBJECT, VOLUME_OBJECT, isBucketName } from './grammar.js';
 
 /**
  * Volume and snapshot ids are self-describing so that any controller replica
@@ -8,8 +8,10 @@ import { CEPH_NAME, CLUSTER_ID, NAME_HASH, SNAPSHOT_OBJECT, VOLUME_OBJECT, isBuc
  *   s1:<kind>:<backend>:<clusterID>:<location...>
  *
  * kind is "v" (volume) or "s" (snapshot); location is backend specific, e.g.
- * "<pool>:<image>" for RBD. "s1" is the id format version. Ids are at most
- * 128 bytes, the CSI limit for strings.
+ * "<pool>:<image>" for RBD, or "<pool>:<namespace>:<image>" for an RBD image
+ * in a RADOS namespace (an id without the namespace part names the pool's
+ * default namespace, as every id did before namespaces). "s1" is the id
+ * format version. Ids are at most 128 bytes, the CSI limit for strings.
  */
 
 export const ID_VERSION = 's1';
@@ -33,18 +35,33 @@ const cephName = re(CEPH_NAME);
 const volume = re(VOLUME_OBJECT);
 const snapshot = re(SNAPSHOT_OBJECT);
 
-/** The exact location grammar of each backend's ids, by kind: anything else is no id of ours. */
-const LOCATIONS: Record<Backend, Record<IdKind, PartCheck[]>> = {
-  rbd: { v: [cephName, volume], s: [cephName, snapshot] },
-  cephfs: { v: [cephName, cephName, volume], s: [cephName, cephName, volume, snapshot] },
-  s3: { v: [(p) => p === '_' || isBucketName(p), re(NAME_HASH)], s: [(p) => p === '_' || isBucketName(p), re(NAME_HASH)] },
+const rbdNamespace = re(RBD_NAMESPACE);
+
+/** The exact location grammars of each backend's ids, by kind (one of the forms listed): anything else is no id of ours. */
+const LOCATIONS: Record<Backend, Record<IdKind, PartCheck[][]>> = {
+  rbd: { v: [[cephName, volume], [cephName, rbdNamespace, volume]], s: [[cephName, snapshot], [cephName, rbdNamespace, snapshot]] },
+  cephfs: { v: [[cephName, cephName, volume]], s: [[cephName, cephName, volume, snapshot]] },
+  s3: { v: [[(p) => p === '_' || isBucketName(p), re(NAME_HASH)]], s: [[(p) => p === '_' || isBucketName(p), re(NAME_HASH)]] },
 };
+
+/**
+ * Bytes of the longest RBD id (a snapshot's) of a cluster, pool and
+ * namespace. The grammars allow more than 128 together (a 32-byte cluster id
+ * and a 63-byte pool leave no room), so StorageClass parameters are checked
+ * against this at the edge rather than minting an id that cannot be sent.
+ */
+export function rbdIdBytes(cluster: string, pool: string, namespace?: string): number {
+  const location = namespace ? [pool, namespace, `csi-snap-${'0'.repeat(32)}`] : [pool, `csi-snap-${'0'.repeat(32)}`];
+  return Buffer.byteLength([ID_VERSION, 's', 'rbd', cluster, ...location].join(':'));
+}
 
 /** Mints an id; one that parseId would not take back is a bug in the caller, never sent out. */
 export function encodeId(id: ObjectId): string {
   const s = [ID_VERSION, id.kind, id.backend, id.cluster, ...id.location].join(':');
   if (Buffer.byteLength(s) > MAX_ID_BYTES) throw new Error(`id would be ${Buffer.byteLength(s)} bytes, more than ${MAX_ID_BYTES}`);
-  if (!parseId(s, id.kind)) throw new Error(`id parts ${JSON.stringify([id.cluster, ...id.location])} do not match the ${id.backend} id grammar`);
+  const back = parseId(s, id.kind);
+  // Taken back as other parts ("a:b" as a cluster reads as a cluster and a namespace) is as wrong as not taken back.
+  if (!back || back.cluster !== id.cluster || back.location.join('\0') !== id.location.join('\0')) throw new Error(`id parts ${JSON.stringify([id.cluster, ...id.location])} do not match the ${id.backend} id grammar`);
   return s;
 }
 
@@ -60,8 +77,8 @@ export function parseId(s: string, kind: IdKind): ObjectId | undefined {
   const backend = parts[2] as Backend;
   if (!BACKENDS.has(backend) || !CLUSTER_ID.test(parts[3]!)) return undefined;
   const location = parts.slice(4);
-  const checks = LOCATIONS[backend][kind];
-  if (location.length !== checks.length || !checks.every((ok, i) => ok(location[i]!))) return undefined;
+  const fits = (checks: PartCheck[]) => location.length === checks.length && checks.every((ok, i) => ok(location[i]!));
+  if (!LOCATIONS[backend][kind].some(fits)) return undefined;
   return { kind, backend, cluster: parts[3]!, location };
 }
 

@@ -40,18 +40,38 @@ async function subvolumes(lab: CephLab): Promise<string[]> {
   return out.sort();
 }
 
+/** "rbd" and "rbd/<namespace>" for each RADOS namespace of the pool. */
+async function rbdSpecs(lab: CephLab): Promise<string[]> {
+  const namespaces = JSON.parse((await lab.rbd(['namespace', 'ls', 'rbd', '--format', 'json'])) || '[]') as Array<{ name: string }>;
+  return ['rbd', ...namespaces.map((n) => `rbd/${n.name}`)];
+}
+
+async function rbdImages(lab: CephLab): Promise<string[]> {
+  const out: string[] = [];
+  for (const spec of await rbdSpecs(lab)) out.push(...lines(await lab.rbd(['ls', spec])).map((i) => (spec === 'rbd' ? i : `${spec.slice(4)}/${i}`)));
+  return out.sort();
+}
+
 /** Trashed images with the snapshots that keep them there, to say why a purge could not take them. */
 async function rbdTrash(lab: CephLab): Promise<string[]> {
   const out: string[] = [];
-  for (const t of JSON.parse((await lab.rbd(['trash', 'ls', '--all', 'rbd', '--format', 'json'])) || '[]') as Array<{ id: string; name: string }>) {
+  for (const spec of await rbdSpecs(lab)) out.push(...(await rbdTrashIn(lab, spec)));
+  return out.sort();
+}
+
+async function rbdTrashIn(lab: CephLab, spec: string): Promise<string[]> {
+  const out: string[] = [];
+  const [pool, namespace] = spec.split('/');
+  for (const t of JSON.parse((await lab.rbd(['trash', 'ls', '--all', spec, '--format', 'json'])) || '[]') as Array<{ id: string; name: string }>) {
     let snaps = '?';
     try {
-      const list = JSON.parse((await lab.rbd(['snap', 'ls', '--all', '--pool', 'rbd', '--image-id', t.id, '--format', 'json'])) || '[]') as Array<{ name: string; namespace?: { type: string } }>;
+      const where = namespace ? ['--pool', pool!, '--namespace', namespace] : ['--pool', pool!];
+      const list = JSON.parse((await lab.rbd(['snap', 'ls', '--all', ...where, '--image-id', t.id, '--format', 'json'])) || '[]') as Array<{ name: string; namespace?: { type: string } }>;
       snaps = list.map((x) => `${x.name}(${x.namespace?.type ?? 'user'})`).join(' ');
     } catch (e) {
       snaps = (e as Error).message.slice(0, 80);
     }
-    out.push(`${t.name} snapshots: ${snaps}`);
+    out.push(`${namespace ? `${namespace}/` : ''}${t.name} snapshots: ${snaps}`);
   }
   return out.sort();
 }
@@ -78,7 +98,7 @@ export async function clusterState(lab: CephLab, driverDir: string): Promise<Clu
   const s3 = labS3Client(lab);
   try {
     return {
-      rbdImages: lines(await lab.rbd(['ls', 'rbd'])),
+      rbdImages: await rbdImages(lab),
       rbdTrash: await rbdTrash(lab),
       subvolumes: lab.hasCephFS ? await subvolumes(lab) : [],
       cephUsers: (JSON.parse(await lab.ceph(['auth', 'ls', '--format', 'json'])) as { auth_dump: Array<{ entity: string }> }).auth_dump.map((a) => a.entity).filter((e) => e.startsWith('client.strata-')).sort(),

@@ -7,7 +7,8 @@ import { ExecError } from '../../src/util/exec.js';
  * relies on: clone v2 (a clone copies its parent's metadata; a snapshot
  * removed while clones need it moves to the trash namespace and goes with
  * its last clone), images with snapshots refuse removal, watchers make an
- * image busy, trashed images wait for their clones. Tests reach into
+ * image busy, trashed images wait for their clones; images in a RADOS
+ * namespace ("<pool>/<ns>") need the namespace made first. Tests reach into
  * `images` to stage what a crash leaves and `failNext` to cut a sequence.
  */
 
@@ -30,6 +31,8 @@ const ENOENT_E = (op: string) => new ExecError(`rbd ${op}`, ENOENT, 'not found',
 export class FakeRbd implements RbdApi {
   readonly images = new Map<string, FakeImage>();
   readonly pools = new Set(['rbd']);
+  /** RADOS namespaces made, as "<pool>/<namespace>". */
+  readonly namespaceSpecs = new Set<string>();
   /** Operation names in call order (for asserting what a path did). */
   readonly calls: string[] = [];
   private readonly failures: Array<{ op: string; error: Error }> = [];
@@ -61,7 +64,7 @@ export class FakeRbd implements RbdApi {
   }
 
   private make(pool: string, name: string, size: number, opts: CreateOptions): FakeImage {
-    if (!this.pools.has(pool)) throw ENOENT_E('create');
+    if (!this.pools.has(pool) && !this.namespaceSpecs.has(pool)) throw ENOENT_E('create');
     if (this.find(pool, name)) throw EEXIST_E('create');
     const img: FakeImage = { id: `id${this.nextId++}`, pool, name, size, features: [...opts.features], meta: new Map(), snaps: new Map(), trashed: false, watchers: [] };
     this.images.set(img.id, img);
@@ -183,6 +186,17 @@ export class FakeRbd implements RbdApi {
   async list(pool: string): Promise<string[]> {
     this.step('list');
     return [...this.images.values()].filter((i) => i.pool === pool && !i.trashed).map((i) => i.name);
+  }
+
+  async namespaceCreate(pool: string, namespace: string): Promise<void> {
+    this.step('namespaceCreate');
+    if (!this.pools.has(pool)) throw ENOENT_E('namespace_create');
+    this.namespaceSpecs.add(`${pool}/${namespace}`);
+  }
+
+  async namespaces(pool: string): Promise<string[]> {
+    this.step('namespaces');
+    return [...this.namespaceSpecs].filter((s) => s.startsWith(`${pool}/`)).map((s) => s.slice(pool.length + 1));
   }
 
   async watchers(pool: string, image: string): Promise<string[] | undefined> {

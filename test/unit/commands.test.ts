@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { fuseCommand, mapCommand, unmapCommand, listMappedCommand } from '../../src/backends/rbd/attach.js';
+import { RbdAttacher, fuseCommand, mapCommand, unmapCommand, listMappedCommand } from '../../src/backends/rbd/attach.js';
 import { cephArgs, type CephConn } from '../../src/ceph/conn.js';
 import { extFsBytesFromSuperblock, growFsCommand, mkfsCommand } from '../../src/mount/mounter.js';
 import { stageMountOptions } from '../../src/backends/rbd/node.js';
@@ -44,6 +44,21 @@ describe('Ceph command lines', () => {
     assert.deepEqual(unmapCommand('krbd', '/dev/rbd3'), ['rbd', ['device', 'unmap', '-t', 'krbd', '/dev/rbd3']]);
     assert.deepEqual(unmapCommand('rbd-nbd', '/dev/nbd0'), ['rbd', ['device', 'unmap', '-t', 'nbd', '/dev/nbd0']]);
     assert.deepEqual(listMappedCommand('krbd'), ['rbd', ['device', 'list', '-t', 'krbd', '--format', 'json']]);
+  });
+
+  it('name an image in a RADOS namespace as pool/namespace/image, and give rbd-fuse the namespace', () => {
+    const nsRef = { ...ref, namespace: 'tenant-a' };
+    assert.deepEqual(mapCommand('krbd', nsRef, conn)[1].slice(-4), ['map', '-t', 'krbd', 'rbd/tenant-a/csi-vol-0123']);
+    assert.deepEqual(mapCommand('rbd-nbd', nsRef, conn)[1].slice(-4), ['map', '-t', 'nbd', 'rbd/tenant-a/csi-vol-0123']);
+    assert.deepEqual(fuseCommand(nsRef, '/m', conn).args, ['-c', '/dev/null', '-p', 'rbd', '-s', 'tenant-a', '-r', 'csi-vol-0123', '/m']);
+  });
+
+  it("give each namespace's image its own rbd-fuse directory, and keep the one of the default namespace", () => {
+    const a = new RbdAttacher('/var/lib/strata');
+    const plain = a.fuseDir(ref);
+    assert.equal(plain, a.fuseDir({ ...ref, namespace: undefined }));
+    assert.notEqual(a.fuseDir({ ...ref, namespace: 'tenant-a' }), plain);
+    assert.notEqual(a.fuseDir({ ...ref, namespace: 'tenant-a' }), a.fuseDir({ ...ref, namespace: 'tenant-b' }));
   });
 
   it('run rbd-fuse with credentials in CEPH_ARGS, not flags', () => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { encodeId, nameHash, parseId, MAX_ID_BYTES } from '../../src/csi/ids.js';
+import { encodeId, nameHash, parseId, rbdIdBytes, MAX_ID_BYTES } from '../../src/csi/ids.js';
 import { asciiJson, decodeNodeKey, encodeNodeKey, isBucketName, isNodeId } from '../../src/csi/grammar.js';
 
 const H = 'a'.repeat(32);
@@ -20,6 +20,28 @@ describe('volume and snapshot ids', () => {
       const s = encodeId({ kind, backend, cluster: 'lab', location: [...location] });
       assert.deepEqual(parseId(s, kind)?.location, location, s);
     }
+  });
+
+  it("carries an RBD image's RADOS namespace between pool and image, and still takes ids without one", () => {
+    const id = encodeId({ kind: 'v', backend: 'rbd', cluster: 'lab', location: ['rbd', 'tenant-a', `csi-vol-${H}`] });
+    assert.equal(id, `s1:v:rbd:lab:rbd:tenant-a:csi-vol-${H}`);
+    assert.deepEqual(parseId(id, 'v')?.location, ['rbd', 'tenant-a', `csi-vol-${H}`]);
+    assert.deepEqual(parseId(`s1:s:rbd:lab:rbd:t.1_x-y:csi-snap-${H}`, 's')?.location, ['rbd', 't.1_x-y', `csi-snap-${H}`]);
+    // Ids minted before namespaces name the default namespace.
+    assert.deepEqual(parseId(`s1:v:rbd:lab:rbd:csi-vol-${H}`, 'v')?.location, ['rbd', `csi-vol-${H}`]);
+    for (const bad of ['', '-ns', '.ns', 'a/b', 'a b', 'n'.repeat(33), 'ns\n', 'csi-vol-x:y']) {
+      assert.equal(parseId(`s1:v:rbd:lab:rbd:${bad}:csi-vol-${H}`, 'v'), undefined, JSON.stringify(bad));
+    }
+    assert.equal(parseId(`s1:v:rbd:lab:rbd:ns:extra:csi-vol-${H}`, 'v'), undefined);
+    // A cluster id with ":" would read back as a cluster and a namespace: never minted.
+    assert.throws(() => encodeId({ kind: 'v', backend: 'rbd', cluster: 'a:b', location: ['p', `csi-vol-${H}`] }));
+  });
+
+  it('sizes the longest RBD id, so parameters too long together are caught before an id is minted', () => {
+    const sid = encodeId({ kind: 's', backend: 'rbd', cluster: 'c'.repeat(32), location: ['p'.repeat(11), 'n'.repeat(32), `csi-snap-${H}`] });
+    assert.equal(Buffer.byteLength(sid), rbdIdBytes('c'.repeat(32), 'p'.repeat(11), 'n'.repeat(32)));
+    assert.equal(rbdIdBytes('c'.repeat(32), 'p'.repeat(11), 'n'.repeat(32)), MAX_ID_BYTES);
+    assert.equal(rbdIdBytes('lab', 'rbd'), Buffer.byteLength(`s1:s:rbd:lab:rbd:csi-snap-${H}`));
   });
 
   it('does not take a snapshot id for a volume id, nor foreign strings', () => {

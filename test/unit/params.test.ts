@@ -13,7 +13,20 @@ describe('RBD StorageClass parameters', () => {
     const p = parseRbdParams({ clusterID: 'lab', pool: 'rbd', 'csi.storage.k8s.io/fstype': 'xfs', 'csi.storage.k8s.io/pvc/name': 'data' });
     assert.equal(p.fsType, 'xfs');
   });
+  it('takes a RADOS namespace, and none means the default namespace', () => {
+    assert.equal(parseRbdParams({ clusterID: 'lab', pool: 'rbd' }).radosNamespace, undefined);
+    assert.equal(parseRbdParams({ clusterID: 'lab', pool: 'rbd', radosNamespace: '' }).radosNamespace, undefined);
+    assert.equal(parseRbdParams({ clusterID: 'lab', pool: 'rbd', radosNamespace: 'tenant-a.1_b' }).radosNamespace, 'tenant-a.1_b');
+    // The longest that fits: 32 + 11 + 32 bytes leave the snapshot id at exactly 128.
+    assert.equal(parseRbdParams({ clusterID: 'c'.repeat(32), pool: 'p'.repeat(11), radosNamespace: 'n'.repeat(32) }).radosNamespace, 'n'.repeat(32));
+  });
   for (const [params, msg] of [
+    [{ clusterID: 'lab', pool: 'rbd', radosNamespace: '-x' }, /"radosNamespace"/],
+    [{ clusterID: 'lab', pool: 'rbd', radosNamespace: 'a/b' }, /"radosNamespace"/],
+    [{ clusterID: 'lab', pool: 'rbd', radosNamespace: 'a:b' }, /"radosNamespace"/],
+    [{ clusterID: 'lab', pool: 'rbd', radosNamespace: 'n'.repeat(33) }, /"radosNamespace"/],
+    [{ clusterID: 'c'.repeat(32), pool: 'p'.repeat(12), radosNamespace: 'n'.repeat(32) }, /too long together: the snapshot ids would be 129 bytes/],
+    [{ clusterID: 'c'.repeat(32), pool: 'p'.repeat(63) }, /too long together/],
     [{ clusterID: 'lab' }, /"pool" is required/],
     [{ clusterID: 'lab', pool: 'rbd', mounter: 'nfs' }, /"mounter"/],
     [{ clusterID: 'lab', pool: 'rbd', fsType: 'btrfs' }, /"fsType"/],

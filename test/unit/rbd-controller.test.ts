@@ -8,7 +8,7 @@ import { EBUSY, ENOENT } from '../../src/backends/rbd/rbd-api.js';
 import { parseConfig } from '../../src/config/config.js';
 import { nameHash, parseId, type ObjectId } from '../../src/csi/ids.js';
 import type * as csi from '../../src/csi/types.js';
-import { isCsiError } from '../../src/errors.js';
+import { failedPrecondition, isCsiError } from '../../src/errors.js';
 import { ExecError } from '../../src/util/exec.js';
 import { FakeRbd } from '../helpers/fake-rbd.js';
 
@@ -278,5 +278,61 @@ describe('rbd controller: listing and lookups', () => {
     const got = await ctrl.getVolume(parseId(a.volume_id!, 'v')!, {}, ctx);
     assert.equal(got?.volume.volume_id, a.volume_id);
     assert.equal(got?.abnormal, undefined);
+  });
+});
+
+describe('rbd controller: a RADOS namespace', () => {
+  const NS_PARAMS = { ...PARAMS, radosNamespace: 'tenant-a' };
+  const nsReq = (name: string, bytes = 64 * MiB, source?: csi.CreateVolumeRequest['volume_content_source'], parameters: Record<string, string> = NS_PARAMS) =>
+    ({ name, capacity_range: { required_bytes: bytes, limit_bytes: 0 }, volume_capabilities: [cap], parameters, secrets: {}, volume_content_source: source ?? null }) as unknown as csi.CreateVolumeRequest;
+
+  it('makes the namespace on first use, and keeps volumes, snapshots, restores and clones in it', async () => {
+    const { rbd, ctrl, snapshot, vid, image } = setup();
+    const v = await ctrl.createVolume(nsReq('pvc-1'), ctx);
+    assert.equal(v.volume_id, `s1:v:rbd:c:rbd:tenant-a:${image('vol', 'pvc-1')}`);
+    assert.deepEqual(rbd.calls, ['create', 'namespaceCreate', 'create', 'metaSet']);
+    assert.equal(v.volume_context?.radosNamespace, 'tenant-a');
+    assert.ok(rbd.find('rbd/tenant-a', image('vol', 'pvc-1')));
+    assert.equal(rbd.find('rbd', image('vol', 'pvc-1')), undefined, 'nothing in the default namespace');
+    rbd.calls.length = 0;
+    await ctrl.createVolume(nsReq('pvc-2'), ctx);
+    assert.deepEqual(rbd.calls, ['create', 'metaSet'], 'an existing namespace costs nothing');
+
+    const s = await snapshot(v.volume_id, 'snap-1');
+    assert.equal(s.snapshot_id, `s1:s:rbd:c:rbd:tenant-a:${image('snap', 'snap-1')}`);
+    const r = await ctrl.createVolume(nsReq('restore-1', 128 * MiB, { snapshot: { snapshot_id: s.snapshot_id } } as never), ctx);
+    assert.equal(rbd.find('rbd/tenant-a', image('vol', 'restore-1'))?.size, 128 * MiB);
+    const c = await ctrl.createVolume(nsReq('clone-1', 64 * MiB, { volume: { volume_id: v.volume_id } } as never), ctx);
+    assert.ok(rbd.find('rbd/tenant-a', image('vol', 'clone-1')));
+    // Restores and clones stay in the namespace of their source.
+    await rejects(ctrl.createVolume(nsReq('x', 64 * MiB, { snapshot: { snapshot_id: s.snapshot_id } } as never, PARAMS), ctx), status.INVALID_ARGUMENT, /namespace/);
+    await rejects(ctrl.createVolume(nsReq('y', 64 * MiB, { volume: { volume_id: v.volume_id } } as never, { ...PARAMS, radosNamespace: 'other' }), ctx), status.INVALID_ARGUMENT, /namespace/);
+
+    const exp = await ctrl.expand(vid(v.volume_id), { volume_id: v.volume_id, capacity_range: { required_bytes: 256 * MiB }, secrets: {} } as unknown as csi.ControllerExpandVolumeRequest, ctx);
+    assert.equal(exp.capacity_bytes, 256 * MiB);
+    assert.equal(rbd.find('rbd/tenant-a', image('vol', 'pvc-1'))?.size, 256 * MiB);
+
+    const mine = await ctrl.createVolume(nsReq('default-ns', 64 * MiB, undefined, PARAMS), ctx);
+    assert.deepEqual(await ctrl.listVolumeIds('c', ctx), [v.volume_id, mine.volume_id, r.volume_id, c.volume_id, `s1:v:rbd:c:rbd:tenant-a:${image('vol', 'pvc-2')}`].sort());
+    assert.deepEqual(await ctrl.listSnapshotIds('c', vid(v.volume_id), {}, ctx), [s.snapshot_id]);
+    assert.equal((await ctrl.getVolume(vid(v.volume_id), {}, ctx))?.volume.volume_context?.radosNamespace, 'tenant-a');
+  });
+
+  it('deletes in the namespace, trashing a source its snapshots need and purging it after', async () => {
+    const { rbd, ctrl, snapshot, vid, sid, image } = setup();
+    const v = await ctrl.createVolume(nsReq('pvc-1'), ctx);
+    const s = await snapshot(v.volume_id, 'snap-1');
+    await ctrl.deleteVolume(vid(v.volume_id), {}, ctx);
+    assert.deepEqual((await rbd.trashList('rbd/tenant-a')).map((e) => e.name), [image('vol', 'pvc-1')]);
+    await ctrl.deleteSnapshot(sid(s.snapshot_id), {}, ctx);
+    for (let i = 0; i < 50 && (await rbd.trashList('rbd/tenant-a')).length; i++) await sleep(5);
+    assert.deepEqual(await rbd.trashList('rbd/tenant-a'), [], 'the background purge ran in the namespace');
+    assert.equal(rbd.images.size, 0);
+  });
+
+  it('says what to do when the identity may not create the namespace', async () => {
+    const { rbd, ctrl } = setup();
+    rbd.failNext('namespaceCreate', failedPrecondition('client.u is not allowed to reach pool rbd'));
+    await rejects(ctrl.createVolume(nsReq('pvc-1'), ctx), status.FAILED_PRECONDITION, /rbd namespace create rbd\/tenant-a/);
   });
 });

@@ -21,8 +21,13 @@ import type { RbdMounter } from './params.js';
 export interface ImageRef {
   cluster: string;
   pool: string;
+  /** The image's RADOS namespace; undefined for the pool's default one. */
+  namespace?: string;
   image: string;
 }
+
+/** The image as `rbd` names it: pool/image, or pool/namespace/image. */
+export const imageSpec = (ref: ImageRef): string => [ref.pool, ...(ref.namespace ? [ref.namespace] : []), ref.image].join('/');
 
 const T = 60_000;
 
@@ -39,7 +44,7 @@ export function chooseMounter(requested: string | undefined): RbdMounter {
 const deviceType = (m: 'krbd' | 'rbd-nbd') => (m === 'krbd' ? 'krbd' : 'nbd');
 
 export function mapCommand(m: 'krbd' | 'rbd-nbd', ref: ImageRef, conn: CephConn): [string, string[]] {
-  return ['rbd', [...cephArgs(conn), 'device', 'map', '-t', deviceType(m), `${ref.pool}/${ref.image}`]];
+  return ['rbd', [...cephArgs(conn), 'device', 'map', '-t', deviceType(m), imageSpec(ref)]];
 }
 
 export function unmapCommand(m: 'krbd' | 'rbd-nbd', device: string): [string, string[]] {
@@ -52,7 +57,8 @@ export function listMappedCommand(m: 'krbd' | 'rbd-nbd'): [string, string[]] {
 
 export function fuseCommand(ref: ImageRef, mountPoint: string, conn: CephConn): { file: string; args: string[]; env: Record<string, string> } {
   // rbd-fuse has no --id/--keyfile flags; CEPH_ARGS carries them (FACTS pitfall 21).
-  return { file: 'rbd-fuse', args: ['-c', '/dev/null', '-p', ref.pool, '-r', ref.image, mountPoint], env: { CEPH_ARGS: cephArgsEnv(conn) } };
+  const namespace = ref.namespace ? ['-s', ref.namespace] : [];
+  return { file: 'rbd-fuse', args: ['-c', '/dev/null', '-p', ref.pool, ...namespace, '-r', ref.image, mountPoint], env: { CEPH_ARGS: cephArgsEnv(conn) } };
 }
 
 export class RbdAttacher {
@@ -61,10 +67,12 @@ export class RbdAttacher {
   /**
    * Where rbd-fuse serves the image: named by a hash, so that no part of an
    * id can steer the path out of the state directory, and no two images
-   * (cluster "a.b" pool "c", cluster "a" pool "b.c") share a directory.
+   * (cluster "a.b" pool "c", cluster "a" pool "b.c") share a directory. An
+   * image in the default namespace keeps the name it had before namespaces.
    */
   fuseDir(ref: ImageRef): string {
-    const name = createHash('sha256').update([ref.cluster, ref.pool, ref.image].join('\0')).digest('hex').slice(0, 32);
+    const parts = [ref.cluster, ref.pool, ...(ref.namespace ? [ref.namespace] : []), ref.image];
+    const name = createHash('sha256').update(parts.join('\0')).digest('hex').slice(0, 32);
     return path.join(this.stateDir, 'rbd-fuse', name);
   }
 
@@ -105,8 +113,8 @@ export class RbdAttacher {
     const [file, args] = listMappedCommand(m);
     const r = await runAllowFail(file, args, { timeoutMs: T, log });
     if (r.exitCode !== 0 || !r.stdout.trim()) return undefined;
-    const list = JSON.parse(r.stdout) as Array<{ pool: string; name: string; device: string }>;
-    return list.find((d) => d.pool === ref.pool && d.name === ref.image)?.device;
+    const list = JSON.parse(r.stdout) as Array<{ pool: string; namespace?: string; name: string; device: string }>;
+    return list.find((d) => d.pool === ref.pool && (d.namespace || undefined) === ref.namespace && d.name === ref.image)?.device;
   }
 
   /** The file rbd-fuse shows the image as, which the loop device reads. */

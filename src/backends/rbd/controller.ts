@@ -3,7 +3,7 @@ import pLimit from 'p-limit';
 import type { Config } from '../../config/config.js';
 import { CephClusters } from '../../ceph/clusters.js';
 import type { RpcContext } from '../../csi/handler.js';
-import { encodeId, nameHash, parseId, type ObjectId } from '../../csi/ids.js';
+import { MAX_ID_BYTES, encodeId, nameHash, parseId, rbdIdBytes, type ObjectId } from '../../csi/ids.js';
 import { GiB, MiB, isBlock, isMultiNodeWriter, isSingleNode, modeOf, sizeFits, sizeFromRange, type AccessMode } from '../../csi/capabilities.js';
 import type * as csi from '../../csi/types.js';
 import { status } from '@grpc/grpc-js';
@@ -15,7 +15,9 @@ import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
-import { EBUSY, EEXIST, ENOENT, isErrno, type CreateOptions, type RbdApi, type RbdConnector } from './rbd-api.js';
+import { EBUSY, EEXIST, ENOENT, isErrno, poolSpec, type CreateOptions, type RbdApi, type RbdConnector } from './rbd-api.js';
+import { located, rbdLocation } from './location.js';
+import { RBD_NAMESPACE } from '../../csi/grammar.js';
 import { LibRbd } from './librbd.js';
 import { Debounced, purgeTrash } from './trash.js';
 import { outsideCall } from '../../util/call-context.js';
@@ -27,7 +29,9 @@ import { blocklist, clientKey, clientsIn, ownInstances } from './fence.js';
  * are clone-v2 children named csi-snap-<hash> carrying one snapshot "csi", so a
  * snapshot outlives its source and restores are plain clones. Everything the
  * controller needs to remember (request name, attachments, snapshot links)
- * lives in image metadata, never on local disk.
+ * lives in image metadata, never on local disk. A StorageClass's
+ * radosNamespace puts all of this in that RADOS namespace of the pool (made
+ * on first use), so a node key limited to the namespace reaches its images.
  */
 
 const META_PREFIX = 'strata.';
@@ -85,20 +89,21 @@ export class RbdController implements ControllerBackend {
     const hasMount = req.volume_capabilities.some((c) => c.mount);
     const size = minimumForFs(sizeFromRange(req.capacity_range, DEFAULT_SIZE, MiB), hasMount ? fsType : undefined, req.capacity_range?.limit_bytes);
     const image = `csi-vol-${nameHash(this.cfg.driverName, req.name)}`;
-    const id = encodeId({ kind: 'v', backend: 'rbd', cluster: params.clusterID, location: [params.pool, image] });
+    const id = encodeId({ kind: 'v', backend: 'rbd', cluster: params.clusterID, location: rbdLocation(params.pool, params.radosNamespace, image) });
+    const pool = poolSpec(params.pool, params.radosNamespace);
     const rbd = this.api(params.clusterID, req.secrets, ctx.log);
     const src = req.volume_content_source;
     const source = src?.snapshot ? { snapshot: src.snapshot.snapshot_id } : src?.volume ? { volume: src.volume.volume_id } : undefined;
     const meta: VolumeMeta = { v: 1, name: req.name, fsType, mounter: params.mounter, createdAt: new Date().toISOString(), source };
     const record = asciiJson(meta);
     const create = { features: params.imageFeatures, dataPool: params.dataPool };
-    const done = (bytes: number) => this.toVolume(id, params.clusterID, params.pool, image, bytes, meta);
+    const done = (bytes: number) => this.toVolume(id, params, image, bytes, meta);
     // Makes the image and writes its record last (its presence marks the volume complete, so a retry after a crash finishes the job); returns its size.
     const make = async (): Promise<number> => {
       if (src?.snapshot) return this.cloneFromSnapshot(rbd, params, src.snapshot.snapshot_id, image, size, create, record);
       if (src?.volume) return this.cloneFromVolume(rbd, params, src.volume.volume_id, image, size, create, record);
-      await rbd.create(params.pool, image, size, create);
-      await rbd.metaSet(params.pool, image, META_VOLUME, record);
+      await this.createImage(rbd, params, image, size, create);
+      await rbd.metaSet(pool, image, META_VOLUME, record);
       return size;
     };
 
@@ -110,8 +115,8 @@ export class RbdController implements ControllerBackend {
     } catch (e) {
       if (!isErrno(e, EEXIST) && !(src && (isCsiError(e, status.NOT_FOUND) || isCsiError(e, status.OUT_OF_RANGE)))) throw e;
     }
-    let existing = await rbd.info(params.pool, image);
-    let prev = existing ? await this.volumeMeta(rbd, params.pool, image) : undefined;
+    let existing = await rbd.info(pool, image);
+    let prev = existing ? await this.volumeMeta(rbd, pool, image) : undefined;
     // Image names are hashes of volume names: a record under another name was
     // inherited from a clone source by a create that crashed before stripping it.
     if (prev && prev.name !== req.name) prev = undefined;
@@ -119,7 +124,7 @@ export class RbdController implements ControllerBackend {
       // A restore or clone without its record was cut short by a crash, maybe
       // before librbd linked it to its parent snapshot (whose removal would then
       // take the data): it is made again, never finished.
-      await this.removeUnfinished(rbd, params.pool, image);
+      await this.removeUnfinished(rbd, pool, image);
       existing = undefined;
     }
     if (!existing) {
@@ -129,7 +134,7 @@ export class RbdController implements ControllerBackend {
         if (!isErrno(e, EEXIST)) throw e;
       }
       // The name is taken, yet no image opens under it: a create cut short by a crash.
-      await this.removeUnfinished(rbd, params.pool, image);
+      await this.removeUnfinished(rbd, pool, image);
       return done(await make());
     }
     const prevSrc = prev?.source?.snapshot ?? prev?.source?.volume;
@@ -139,33 +144,59 @@ export class RbdController implements ControllerBackend {
       throw alreadyExists(`volume "${req.name}" exists with size ${existing.size}, which does not match the request`);
     }
     // Complete, or a blank image whose create stopped before its record: that is all it lacks.
-    if (prev) return this.toVolume(id, params.clusterID, params.pool, image, existing.size, prev);
-    await rbd.metaSet(params.pool, image, META_VOLUME, record);
+    if (prev) return this.toVolume(id, params, image, existing.size, prev);
+    await rbd.metaSet(pool, image, META_VOLUME, record);
     return done(existing.size);
+  }
+
+  /**
+   * Creates a blank image. librbd answers ENOENT for a namespace that does
+   * not exist yet: it is made (idempotently, so racing creates and retries
+   * agree) and the create tried again. An identity whose caps do not allow
+   * that gets FAILED_PRECONDITION saying what to create by hand.
+   */
+  private async createImage(rbd: RbdApi, params: RbdParams, image: string, size: number, create: CreateOptions): Promise<void> {
+    const pool = poolSpec(params.pool, params.radosNamespace);
+    try {
+      await rbd.create(pool, image, size, create);
+      return;
+    } catch (e) {
+      if (!params.radosNamespace || !isErrno(e, ENOENT)) throw e;
+    }
+    try {
+      await rbd.namespaceCreate(params.pool, params.radosNamespace);
+    } catch (e) {
+      if (!isCsiError(e, status.FAILED_PRECONDITION)) throw e;
+      throw failedPrecondition(`RADOS namespace "${params.radosNamespace}" does not exist in pool "${params.pool}" and this identity may not create it: create it with \`rbd namespace create ${pool}\`, or give the provisioner's user caps on the whole pool (${e.message})`);
+    }
+    await rbd.create(pool, image, size, create);
   }
 
   /** A clone of the snapshot image's snapshot, grown to `size`, with only its own record; returns its size. */
   private async cloneFromSnapshot(rbd: RbdApi, params: RbdParams, snapshotId: string, image: string, size: number, create: CreateOptions, record: string): Promise<number> {
     const sid = parseId(snapshotId, 's');
     if (!sid || sid.backend !== 'rbd') throw notFound(`snapshot ${snapshotId} not found`);
-    const [spool, simage] = sid.location as [string, string];
-    if (sid.cluster !== params.clusterID || spool !== params.pool) {
-      throw invalidArgument('a volume can only be restored into the cluster and pool of its snapshot');
+    const { spec: spool, image: simage } = located(sid);
+    const pool = poolSpec(params.pool, params.radosNamespace);
+    if (sid.cluster !== params.clusterID || spool !== pool) {
+      throw invalidArgument('a volume can only be restored into the cluster, pool and RADOS namespace of its snapshot');
     }
     const snapInfo = await rbd.info(spool, simage);
     if (!snapInfo) throw notFound(`snapshot ${snapshotId} not found`);
     if (size < snapInfo.size) throw outOfRange(`requested size ${size} is smaller than the snapshot (${snapInfo.size} bytes)`);
-    await rbd.clone(params.pool, simage, SNAP_NAME, image, create);
-    if (size > snapInfo.size) await rbd.grow(params.pool, image, size);
-    await rbd.metaStrip(params.pool, image, META_PREFIX, { [META_VOLUME]: record });
+    await rbd.clone(pool, simage, SNAP_NAME, image, create);
+    if (size > snapInfo.size) await rbd.grow(pool, image, size);
+    await rbd.metaStrip(pool, image, META_PREFIX, { [META_VOLUME]: record });
     return size;
   }
 
   private async cloneFromVolume(rbd: RbdApi, params: RbdParams, volumeId: string, image: string, size: number, create: CreateOptions, record: string): Promise<number> {
     const vid = parseId(volumeId, 'v');
     if (!vid || vid.backend !== 'rbd') throw notFound(`source volume ${volumeId} not found`);
-    const [vpool, vimage] = vid.location as [string, string];
-    if (vid.cluster !== params.clusterID || vpool !== params.pool) throw invalidArgument('a volume can only be cloned within its cluster and pool');
+    const { spec: vpool, image: vimage } = located(vid);
+    if (vid.cluster !== params.clusterID || vpool !== poolSpec(params.pool, params.radosNamespace)) {
+      throw invalidArgument('a volume can only be cloned within its cluster, pool and RADOS namespace');
+    }
     const srcInfo = await rbd.info(vpool, vimage);
     if (!srcInfo) throw notFound(`source volume ${volumeId} not found`);
     if (size < srcInfo.size) throw outOfRange(`requested size ${size} is smaller than the source volume (${srcInfo.size} bytes)`);
@@ -180,13 +211,15 @@ export class RbdController implements ControllerBackend {
       throw vanishedSource(e, `${vpool}/${vimage}@${image}`);
     }
     await rbd.snapRemove(vpool, vimage, image);
-    if (size > srcInfo.size) await rbd.grow(params.pool, image, size);
-    await rbd.metaStrip(params.pool, image, META_PREFIX, { [META_VOLUME]: record });
+    if (size > srcInfo.size) await rbd.grow(vpool, image, size);
+    await rbd.metaStrip(vpool, image, META_PREFIX, { [META_VOLUME]: record });
     return size;
   }
 
-  private toVolume(id: string, clusterID: string, pool: string, image: string, size: number, meta: VolumeMeta): csi.Volume {
-    const ctx: Record<string, string> = { clusterID, pool, imageName: image };
+  private toVolume(id: string, at: { clusterID: string; pool: string; radosNamespace?: string }, image: string, size: number, meta: VolumeMeta): csi.Volume {
+    const { clusterID } = at;
+    const ctx: Record<string, string> = { clusterID, pool: at.pool, imageName: image };
+    if (at.radosNamespace) ctx.radosNamespace = at.radosNamespace;
     if (meta.fsType) ctx.fsType = meta.fsType;
     if (meta.mounter) ctx.mounter = meta.mounter;
     return toCsiVolume(id, size, ctx, meta.source, this.clusters.cluster(clusterID).topology);
@@ -208,7 +241,7 @@ export class RbdController implements ControllerBackend {
   }
 
   async deleteVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
-    const [pool, image] = id.location as [string, string];
+    const { spec: pool, image } = located(id);
     await this.removeImage(this.api(id.cluster, secrets, ctx.log), id.cluster, pool, image, secrets, ctx);
   }
 
@@ -269,7 +302,7 @@ export class RbdController implements ControllerBackend {
   }
 
   async publish(id: ObjectId, req: csi.ControllerPublishVolumeRequest, ctx: RpcContext): Promise<Record<string, string>> {
-    const [pool, image] = id.location as [string, string];
+    const { spec: pool, image } = located(id);
     const conn = this.clusters.conn(id.cluster, req.secrets);
     const rbd = this.connect(conn, ctx.log);
     const meta = await metaOf(rbd, pool, image);
@@ -286,7 +319,7 @@ export class RbdController implements ControllerBackend {
   }
 
   async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
-    const [pool, image] = id.location as [string, string];
+    const { spec: pool, image } = located(id);
     const conn = this.clusters.conn(id.cluster, secrets);
     const rbd = this.connect(conn, ctx.log);
     const meta = await metaOf(rbd, pool, image);
@@ -325,7 +358,8 @@ export class RbdController implements ControllerBackend {
   }
 
   async getVolume(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<PublishedVolume | undefined> {
-    const [pool, image] = id.location as [string, string];
+    const at = located(id);
+    const { spec: pool, image } = at;
     if (!image?.startsWith('csi-vol-')) return undefined;
     const rbd = this.api(id.cluster, secrets, ctx.log);
     const info = await rbd.info(pool, image);
@@ -334,7 +368,7 @@ export class RbdController implements ControllerBackend {
     const vm = parseRecord<VolumeMeta>(meta[META_VOLUME]);
     const publishedNodes = [...attachmentsIn(meta).keys()].sort();
     return {
-      volume: this.toVolume(encodeId(id), id.cluster, pool, image, info.size, vm ?? { v: 1, name: '', createdAt: '' }),
+      volume: this.toVolume(encodeId(id), { clusterID: id.cluster, pool: at.pool, radosNamespace: at.namespace }, image, info.size, vm ?? { v: 1, name: '', createdAt: '' }),
       publishedNodes,
       abnormal: vm ? undefined : 'image has no Strata metadata: creation did not finish',
     };
@@ -349,8 +383,12 @@ export class RbdController implements ControllerBackend {
     const pools = await rbd.rbdPools();
     const ids: string[] = [];
     for (const p of pools) {
-      for (const img of await rbd.list(p.name)) {
-        if (img.startsWith(prefix)) ids.push(encodeId({ kind, backend: 'rbd', cluster: clusterId, location: [p.name, img] }));
+      // Namespaces Strata could not have used (another grammar, or too long for an id) hold none of its volumes.
+      const namespaces = [undefined, ...(await rbd.namespaces(p.name)).filter((ns) => RBD_NAMESPACE.test(ns) && rbdIdBytes(clusterId, p.name, ns) <= MAX_ID_BYTES)];
+      for (const ns of namespaces) {
+        for (const img of await rbd.list(poolSpec(p.name, ns))) {
+          if (img.startsWith(prefix)) ids.push(encodeId({ kind, backend: 'rbd', cluster: clusterId, location: rbdLocation(p.name, ns, img) }));
+        }
       }
     }
     return ids.sort();
@@ -367,7 +405,7 @@ export class RbdController implements ControllerBackend {
   }
 
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
-    const [pool, image] = id.location as [string, string];
+    const { spec: pool, image } = located(id);
     const rbd = this.api(id.cluster, req.secrets, ctx.log);
     const required = Number(req.capacity_range?.required_bytes ?? 0);
     // With required_bytes the size needs no lookup: one librbd call opens, compares and grows.
@@ -385,10 +423,10 @@ export class RbdController implements ControllerBackend {
    * which is written last and so marks completion.
    */
   async createSnapshot(sourceId: ObjectId, req: csi.CreateSnapshotRequest, ctx: RpcContext): Promise<csi.Snapshot> {
-    const [pool, srcImage] = sourceId.location as [string, string];
+    const { pool: basePool, namespace, spec: pool, image: srcImage } = located(sourceId);
     const rbd = this.api(sourceId.cluster, req.secrets, ctx.log);
     const snapImage = `csi-snap-${nameHash(this.cfg.driverName, req.name)}`;
-    const snapshotId = encodeId({ kind: 's', backend: 'rbd', cluster: sourceId.cluster, location: [pool, snapImage] });
+    const snapshotId = encodeId({ kind: 's', backend: 'rbd', cluster: sourceId.cluster, location: rbdLocation(basePool, namespace, snapImage) });
     const sourceVolumeId = encodeId(sourceId);
     const finished = async (): Promise<csi.Snapshot | undefined> => {
       const done = await this.snapshotMeta(rbd, pool, snapImage);
@@ -443,7 +481,7 @@ export class RbdController implements ControllerBackend {
   }
 
   async deleteSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
-    const [pool, image] = id.location as [string, string];
+    const { spec: pool, image } = located(id);
     if (!image?.startsWith('csi-snap-')) return;
     const rbd = this.api(id.cluster, secrets, ctx.log);
     await rbd.snapRemove(pool, image, SNAP_NAME);
@@ -451,7 +489,7 @@ export class RbdController implements ControllerBackend {
   }
 
   async getSnapshot(id: ObjectId, secrets: Record<string, string>, ctx: RpcContext): Promise<csi.Snapshot | undefined> {
-    const [pool, image] = id.location as [string, string];
+    const { spec: pool, image } = located(id);
     if (!image?.startsWith('csi-snap-')) return undefined;
     const meta = await this.snapshotMeta(this.api(id.cluster, secrets, ctx.log), pool, image);
     return meta ? toSnapshot(encodeId(id), meta) : undefined;
@@ -463,7 +501,14 @@ export class RbdController implements ControllerBackend {
     const want = encodeId(source);
     const limit = pLimit(8);
     const rbd = this.api(clusterId, secrets, ctx.log);
-    const metas = await Promise.all(all.map((sid) => limit(() => this.snapshotMeta(rbd, ...(parseId(sid, 's')!.location as [string, string])))));
+    const metas = await Promise.all(
+      all.map((sid) =>
+        limit(() => {
+          const at = located(parseId(sid, 's')!);
+          return this.snapshotMeta(rbd, at.spec, at.image);
+        }),
+      ),
+    );
     return all.filter((_, i) => metas[i]?.source === want);
   }
 }

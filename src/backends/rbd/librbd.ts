@@ -1,10 +1,10 @@
 import type { Logger } from 'pino';
 import type { CephConn } from '../../ceph/conn.js';
 import { cephCommand, rbdCall } from '../../ceph/rados-bridge.js';
-import { unavailable } from '../../errors.js';
+import { failedPrecondition, unavailable } from '../../errors.js';
 import { parseOutput } from '../../util/json.js';
 import { ExecError } from '../../util/exec.js';
-import { EEXIST, ENOENT, ENOTEMPTY, type CreateOptions, type ImageInfo, type RbdApi, type SnapInfo, isErrno } from './rbd-api.js';
+import { EACCES, EEXIST, ENOENT, ENOTEMPTY, EPERM, type CreateOptions, type ImageInfo, type RbdApi, type SnapInfo, isErrno } from './rbd-api.js';
 
 /**
  * RbdApi on librbd, inside the long-lived rados client of the connection's
@@ -21,8 +21,19 @@ export class LibRbd implements RbdApi {
     private readonly log?: Logger,
   ) {}
 
-  private call(op: string, args: Record<string, unknown>): Promise<unknown> {
-    return rbdCall(this.conn, op, args, { timeoutMs: TIMEOUT_MS, log: this.log });
+  /**
+   * A refusal by the OSDs (EPERM, EACCES) is the identity's caps not reaching
+   * the pool or namespace: a node key limited to one namespace, asked for an
+   * image elsewhere. Said so, as FAILED_PRECONDITION, rather than an errno.
+   */
+  private async call(op: string, args: Record<string, unknown>): Promise<unknown> {
+    try {
+      return await rbdCall(this.conn, op, args, { timeoutMs: TIMEOUT_MS, log: this.log });
+    } catch (e) {
+      if (!isErrno(e, EPERM) && !isErrno(e, EACCES)) throw e;
+      const where = typeof args.image === 'string' ? `image ${String(args.pool)}/${args.image}` : `pool ${String(args.pool)}`;
+      throw failedPrecondition(`client.${this.conn.identity.id} is not allowed to reach ${where} (rbd ${op}: permission denied): its caps do not cover that pool or RADOS namespace`);
+    }
   }
 
   private async undefinedIfMissing<T>(p: Promise<T>): Promise<T | undefined> {
@@ -133,6 +144,19 @@ export class LibRbd implements RbdApi {
   async list(pool: string): Promise<string[]> {
     const r = await this.undefinedIfMissing(this.call('list', { pool }));
     return r === undefined ? [] : list(r, 'rbd ls').map((n) => text(n, 'rbd ls'));
+  }
+
+  async namespaceCreate(pool: string, namespace: string): Promise<void> {
+    try {
+      await this.call('namespace_create', { pool, namespace });
+    } catch (e) {
+      if (!isErrno(e, EEXIST)) throw e;
+    }
+  }
+
+  async namespaces(pool: string): Promise<string[]> {
+    const r = await this.undefinedIfMissing(this.call('namespace_list', { pool }));
+    return r === undefined ? [] : list(r, 'rbd namespace ls').map((n) => text(n, 'rbd namespace ls'));
   }
 
   async watchers(pool: string, image: string): Promise<string[] | undefined> {

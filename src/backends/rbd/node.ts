@@ -15,7 +15,8 @@ import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
 import { FS_TYPES, MOUNTERS, type FsType, type RbdMounter } from './params.js';
 import { LibRbd } from './librbd.js';
-import { ENOENT, isErrno, type RbdApi } from './rbd-api.js';
+import { ENOENT, isErrno, poolSpec, type RbdApi } from './rbd-api.js';
+import { located } from './location.js';
 import { blocklist, clientKey, clientsIn, ownInstances, parseClientRecord, type ClientRecord } from './fence.js';
 import { asciiJson } from '../../csi/grammar.js';
 
@@ -43,8 +44,8 @@ export class RbdNode implements NodeBackend {
   }
 
   private ref(id: ObjectId): ImageRef {
-    const [pool, image] = id.location as [string, string];
-    return { cluster: id.cluster, pool, image };
+    const { pool, namespace, image } = located(id);
+    return { cluster: id.cluster, pool, namespace, image };
   }
 
   async stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void> {
@@ -73,7 +74,7 @@ export class RbdNode implements NodeBackend {
       // One command checks that the image exists and, for single-node modes,
       // is the node-side fence: an image already open elsewhere (a node the
       // controller thinks is gone, or a stale attachment) is not opened again.
-      const watchers = await rbd.watchers(ref.pool, ref.image);
+      const watchers = await rbd.watchers(spec(ref), ref.image);
       if (watchers === undefined) throw notFound(`volume ${req.volume_id} not found`);
       // A stage cut short between rbd-fuse and losetup left our own rbd-fuse mount, whose watch is the one seen.
       const own = (await findMount(this.attacher.fuseDir(ref))) ? 1 : 0;
@@ -118,7 +119,7 @@ export class RbdNode implements NodeBackend {
     } catch (e) {
       await unmount(cap.block ? target : staging, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       await this.attacher.detach(ref, ctx.log).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
-      if (!ours) await rbd.metaRemove(ref.pool, ref.image, clientKey(this.nodeId)).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
+      if (!ours) await rbd.metaRemove(spec(ref), ref.image, clientKey(this.nodeId)).catch((d) => ctx.log.warn({ err: String(d) }, 'cleanup after failed stage'));
       throw e;
     }
   }
@@ -133,15 +134,15 @@ export class RbdNode implements NodeBackend {
     const key = clientKey(this.nodeId);
     let others: string[][] = [];
     if (!before) {
-      const meta = await rbd.metaList(ref.pool, ref.image);
+      const meta = await rbd.metaList(spec(ref), ref.image);
       if (meta[key] !== undefined) return true;
       others = [...clientsIn(meta)].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
     }
-    const addrs = ownInstances((await rbd.watchers(ref.pool, ref.image)) ?? [], before ?? [], others);
+    const addrs = ownInstances((await rbd.watchers(spec(ref), ref.image)) ?? [], before ?? [], others);
     // Over an attachment already there, no watcher of ours means a fenced client: nothing to record.
     if (!addrs.length && !before) return false;
     if (!addrs.length) ctx.log.warn('no client of this node shows on the image; a fence can only take its unclaimed watchers');
-    await rbd.metaSet(ref.pool, ref.image, key, asciiJson({ v: 1, addrs } satisfies ClientRecord));
+    await rbd.metaSet(spec(ref), ref.image, key, asciiJson({ v: 1, addrs } satisfies ClientRecord));
     return addrs.length > 0;
   }
 
@@ -181,7 +182,7 @@ export class RbdNode implements NodeBackend {
     if (health !== 'ok') {
       await this.releaseDeadClient(conn, rbd, ref, ctx);
       await unmount(dir, ctx.log);
-      before = (await rbd.watchers(ref.pool, ref.image)) ?? [];
+      before = (await rbd.watchers(spec(ref), ref.image)) ?? [];
     }
     const device = await this.attacher.attach('rbd-fuse', ref, conn, ctx.log);
     // Before the file system is mounted: from then on the volume looks healthy, and the
@@ -204,8 +205,8 @@ export class RbdNode implements NodeBackend {
    * would; a key not allowed to do that waits for the watch to time out.
    */
   private async releaseDeadClient(conn: CephConn, rbd: RbdApi, ref: ImageRef, ctx: RpcContext): Promise<void> {
-    const mine = parseClientRecord((await rbd.metaList(ref.pool, ref.image))[clientKey(this.nodeId)])?.addrs ?? [];
-    const held = async () => ((await rbd.watchers(ref.pool, ref.image)) ?? []).filter((w) => mine.includes(w));
+    const mine = parseClientRecord((await rbd.metaList(spec(ref), ref.image))[clientKey(this.nodeId)])?.addrs ?? [];
+    const held = async () => ((await rbd.watchers(spec(ref), ref.image)) ?? []).filter((w) => mine.includes(w));
     let left = await held();
     if (!left.length) return;
     try {
@@ -220,10 +221,10 @@ export class RbdNode implements NodeBackend {
 
   /** The record of this node's clients after a heal: the new rbd-fuse's instance, not the dead one's. */
   private async rerecord(rbd: RbdApi, ref: ImageRef, before: string[] | undefined, ctx: RpcContext): Promise<void> {
-    const others = [...clientsIn(await rbd.metaList(ref.pool, ref.image))].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
-    const addrs = ownInstances((await rbd.watchers(ref.pool, ref.image)) ?? [], before ?? [], others);
+    const others = [...clientsIn(await rbd.metaList(spec(ref), ref.image))].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
+    const addrs = ownInstances((await rbd.watchers(spec(ref), ref.image)) ?? [], before ?? [], others);
     if (!addrs.length) ctx.log.warn('the new rbd-fuse client does not show on the image; a fence can only take its unclaimed watchers');
-    await rbd.metaSet(ref.pool, ref.image, clientKey(this.nodeId), asciiJson({ v: 1, addrs } satisfies ClientRecord));
+    await rbd.metaSet(spec(ref), ref.image, clientKey(this.nodeId), asciiJson({ v: 1, addrs } satisfies ClientRecord));
   }
 
   async unstage(id: ObjectId, staging: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void> {
@@ -256,7 +257,7 @@ export class RbdNode implements NodeBackend {
     // Only once the client is gone: a clean detach leaves the controller nothing to fence.
     // A record left by a failure here names a client that no longer exists; fencing it harms nothing.
     try {
-      await rbd?.metaRemove(ref.pool, ref.image, clientKey(this.nodeId));
+      await rbd?.metaRemove(spec(ref), ref.image, clientKey(this.nodeId));
     } catch (e) {
       ctx.log.warn({ err: String(e) }, 'could not remove this node\'s client record; the controller may fence a client that is already gone');
     }
@@ -271,10 +272,10 @@ export class RbdNode implements NodeBackend {
   private async fenced(rbd: RbdApi, ref: ImageRef, ctx: RpcContext): Promise<boolean> {
     if (!(await this.attacher.fuseRunning(ref))) return false;
     try {
-      const meta = await rbd.metaList(ref.pool, ref.image);
+      const meta = await rbd.metaList(spec(ref), ref.image);
       if (meta[clientKey(this.nodeId)] !== undefined) return false;
       const others = [...clientsIn(meta)].filter(([n]) => n !== this.nodeId).map(([, a]) => a);
-      return ownInstances((await rbd.watchers(ref.pool, ref.image)) ?? [], [], others).length === 0;
+      return ownInstances((await rbd.watchers(spec(ref), ref.image)) ?? [], [], others).length === 0;
     } catch (e) {
       if (isErrno(e, ENOENT)) return true;
       ctx.log.warn({ err: String(e) }, 'could not tell whether this node was fenced; unstaging as usual');
@@ -286,7 +287,7 @@ export class RbdNode implements NodeBackend {
   async owned(id: ObjectId, staged: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<boolean> {
     const ref = this.ref(id);
     try {
-      const meta = await new LibRbd(this.clusters.conn(id.cluster, staged.secrets), ctx.log).metaList(ref.pool, ref.image);
+      const meta = await new LibRbd(this.clusters.conn(id.cluster, staged.secrets), ctx.log).metaList(spec(ref), ref.image);
       return meta[clientKey(this.nodeId)] !== undefined;
     } catch (e) {
       if (isErrno(e, ENOENT)) return false;
@@ -309,6 +310,9 @@ export class RbdNode implements NodeBackend {
     return deviceSize(device, ctx.log);
   }
 }
+
+/** The image's pool and namespace as RbdApi takes them. */
+const spec = (ref: ImageRef): string => poolSpec(ref.pool, ref.namespace);
 
 /** Where a stage mounted the volume: the staging directory, or the device file in it for raw block. */
 const stagedAt = (req: csi.NodeStageVolumeRequest): string => (req.volume_capability?.block ? path.join(req.staging_target_path, BLOCK_FILE) : req.staging_target_path);

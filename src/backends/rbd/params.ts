@@ -1,6 +1,6 @@
 import { invalidArgument } from '../../errors.js';
-import { shown } from '../../csi/ids.js';
-import { CEPH_NAME } from '../../csi/grammar.js';
+import { MAX_ID_BYTES, rbdIdBytes, shown } from '../../csi/ids.js';
+import { CEPH_NAME, CLUSTER_ID, RBD_NAMESPACE } from '../../csi/grammar.js';
 
 /** StorageClass parameters of the RBD backend, validated with errors that name the key. */
 
@@ -10,6 +10,8 @@ export type FsType = 'ext4' | 'xfs';
 export interface RbdParams {
   clusterID: string;
   pool: string;
+  /** A RADOS namespace of the pool; undefined for the pool's default namespace. */
+  radosNamespace?: string;
   dataPool?: string;
   imageFeatures: string[];
   mounter?: RbdMounter;
@@ -20,7 +22,7 @@ export const DEFAULT_FEATURES = ['layering', 'exclusive-lock', 'object-map', 'fa
 const KNOWN_FEATURES = new Set([...DEFAULT_FEATURES, 'journaling']);
 export const MOUNTERS: RbdMounter[] = ['krbd', 'rbd-nbd', 'rbd-fuse'];
 export const FS_TYPES: FsType[] = ['ext4', 'xfs'];
-const KEYS = new Set(['backend', 'clusterID', 'pool', 'dataPool', 'imageFeatures', 'mounter', 'fsType']);
+const KEYS = new Set(['backend', 'clusterID', 'pool', 'radosNamespace', 'dataPool', 'imageFeatures', 'mounter', 'fsType']);
 // Keys the Kubernetes sidecars add (PVC name/namespace with --extra-create-metadata, fstype).
 const SIDECAR_PREFIX = 'csi.storage.k8s.io/';
 
@@ -35,6 +37,16 @@ export function parseRbdParams(p: Record<string, string>): RbdParams {
   };
   const pool = need('pool');
   if (!CEPH_NAME.test(pool)) throw invalidArgument('parameter "pool" must be a plain pool name');
+  const radosNamespace = p.radosNamespace || undefined;
+  if (radosNamespace && !RBD_NAMESPACE.test(radosNamespace)) {
+    throw invalidArgument('parameter "radosNamespace" must be 1-32 letters, digits, "_", "." or "-", beginning with a letter or digit');
+  }
+  const clusterID = need('clusterID');
+  // A cluster id of another form is no configured cluster: the lookup answers that later.
+  const idBytes = rbdIdBytes(clusterID, pool, radosNamespace);
+  if (CLUSTER_ID.test(clusterID) && idBytes > MAX_ID_BYTES) {
+    throw invalidArgument(`parameters "clusterID", "pool" and "radosNamespace" are too long together: the snapshot ids would be ${idBytes} bytes, more than ${MAX_ID_BYTES}`);
+  }
   const dataPool = p.dataPool || undefined;
   if (dataPool && !CEPH_NAME.test(dataPool)) throw invalidArgument('parameter "dataPool" must be a plain pool name');
   const imageFeatures = p.imageFeatures ? p.imageFeatures.split(',').map((f) => f.trim()).filter(Boolean) : DEFAULT_FEATURES;
@@ -45,5 +57,5 @@ export function parseRbdParams(p: Record<string, string>): RbdParams {
   if (mounter && !MOUNTERS.includes(mounter)) throw invalidArgument(`parameter "mounter" must be one of ${MOUNTERS.join(', ')}`);
   const fsType = (p.fsType || p['csi.storage.k8s.io/fstype'] || 'ext4') as FsType;
   if (!FS_TYPES.includes(fsType)) throw invalidArgument(`parameter "fsType" must be one of ${FS_TYPES.join(', ')}`);
-  return { clusterID: need('clusterID'), pool, dataPool, imageFeatures, mounter, fsType };
+  return { clusterID, pool, radosNamespace, dataPool, imageFeatures, mounter, fsType };
 }

@@ -9,12 +9,25 @@ import { ExecError } from '../../util/exec.js';
  * "busy" (EBUSY), and the edge maps them as it maps the Ceph tools'. The real
  * one is LibRbd (librbd in the long-lived rados client); unit tests use an
  * in-memory fake.
+ *
+ * Every `pool` argument is a PoolSpec: a pool, or a RADOS namespace of it.
  */
+
+/**
+ * Where images live: "<pool>" (its default namespace) or "<pool>/<namespace>",
+ * Ceph's own spelling. Neither grammar lets a name hold "/", so it splits
+ * back unambiguously.
+ */
+export type PoolSpec = string;
+
+export const poolSpec = (pool: string, namespace?: string): PoolSpec => (namespace ? `${pool}/${namespace}` : pool);
 
 export const ENOENT = 2;
 export const EBUSY = 16;
 export const EEXIST = 17;
 export const ENOTEMPTY = 39;
+export const EPERM = 1;
+export const EACCES = 13;
 
 export interface ImageInfo {
   size: number;
@@ -68,8 +81,12 @@ export interface RbdApi {
   trashList(pool: string): Promise<Array<{ id: string; name: string }>>;
   /** Purges a trashed image; false while it still has clones or snapshots (or cannot be purged now). */
   trashRemove(pool: string, id: string): Promise<boolean>;
-  /** Image names; [] for a pool that does not exist. */
+  /** Image names; [] for a pool or namespace that does not exist. */
   list(pool: string): Promise<string[]>;
+  /** Creates a RADOS namespace for RBD in the pool; succeeds when it exists already. */
+  namespaceCreate(pool: string, namespace: string): Promise<void>;
+  /** The pool's RADOS namespaces (the default one not among them); [] for a pool that does not exist. */
+  namespaces(pool: string): Promise<string[]>;
   /** Addresses of the clients that have the image open (krbd, rbd-nbd, rbd-fuse); undefined when there is no such image. */
   watchers(pool: string, image: string): Promise<string[] | undefined>;
   /** Pools with the rbd application enabled, and the bytes each can still take. */
