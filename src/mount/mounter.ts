@@ -191,6 +191,17 @@ export async function extFsBytes(device: string): Promise<number> {
 }
 
 /**
+ * Whether the file system on `device` is smaller than the device: read from an ext superblock
+ * in-process, where resize2fs would read the device only to find nothing to do (a NodeExpand after
+ * the stage already grew it; once it hung for 90 s doing that on a loaded machine). Other file
+ * systems' tools decide for themselves.
+ */
+export async function fsSmallerThanDevice(fsType: string, device: string, log?: Logger): Promise<boolean> {
+  if (!fsType.startsWith('ext')) return true;
+  return (await extFsBytes(device)) < (await deviceSize(device, log));
+}
+
+/**
  * Grows an unmounted ext file system to its device. Done at staging, where
  * the volume is not yet mounted, because online ext4 growth needs
  * CAP_SYS_RESOURCE; resize2fs insists on a fresh check first.

@@ -56,11 +56,17 @@ async function rbdTrash(lab: CephLab): Promise<string[]> {
   return out.sort();
 }
 
-function loopDevices(): string[] {
+/**
+ * Loop devices over files of this driver, and over files of detached mounts (the kernel then names
+ * the file from the mount's root, `/<image>`): a leak hides as either. Other tests' loop devices on
+ * the machine are not this run's.
+ */
+function loopDevices(driverDir: string): string[] {
   const out: string[] = [];
   for (const loop of readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
     try {
-      out.push(`${loop} ${readFileSync(`/sys/block/${loop}/loop/backing_file`, 'utf8').trim()}`);
+      const file = readFileSync(`/sys/block/${loop}/loop/backing_file`, 'utf8').trim();
+      if (file.startsWith(driverDir + '/') || /^\/[^/]+$/.test(file)) out.push(`${loop} ${file}`);
     } catch {
       /* not bound */
     }
@@ -79,7 +85,7 @@ export async function clusterState(lab: CephLab, driverDir: string): Promise<Clu
       configKeys: (JSON.parse(await lab.ceph(['config-key', 'ls'])) as string[]).filter((k) => k.startsWith('strata/')).sort(),
       buckets: lab.hasS3 ? ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((b) => b.Name!).sort() : [],
       rgwUsers: lab.hasS3 ? (JSON.parse((await run('radosgw-admin', ['-c', lab.conf, 'user', 'list'], { timeoutMs: 30_000 })).stdout) as string[]).filter((u) => u.startsWith('strata-csi-')).sort() : [],
-      loopDevices: loopDevices(),
+      loopDevices: loopDevices(driverDir),
       local: await leftovers(driverDir),
     };
   } finally {

@@ -163,7 +163,7 @@ describe('rbd backend, end to end', { timeout: 600_000 }, () => {
     assert.deepEqual(trash, [], 'trashed parents are purged once nothing needs them');
   });
 
-  it('never reformats: data stays across unstage and restage (ext4)', async () => {
+  it('never reformats: data stays across unstage and restage, and growth while unstaged (ext4)', async () => {
     const id = (await create('keep-ext4', 32 * MiB)).volume_id!;
     let att = await attach(ca, id, 'node-a', path.join(a.dir, 'keep'), mountCap(), secrets);
     const sha = writeRandom(path.join(att.target, 'f'), 2 * MiB);
@@ -175,6 +175,20 @@ describe('rbd backend, end to end', { timeout: 600_000 }, () => {
     await ca.node.NodePublishVolume({ volume_id: id, staging_target_path: att.staging, target_path: ro, volume_capability: mountCap(), readonly: true });
     assert.throws(() => writeRandom(path.join(ro, 'g'), 1024), /EROFS|read-only/i);
     await ca.node.NodeUnpublishVolume({ volume_id: id, target_path: ro });
+    await detach(ca, id, 'node-a', att, secrets);
+    // Grown while unstaged (ext4 grows offline, at the next stage): NodeExpand then finds nothing to
+    // do from the superblock, without a resize2fs.
+    await ca.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 64 * MiB }, secrets, volume_capability: mountCap() });
+    att = await attach(ca, id, 'node-a', path.join(a.dir, 'keep'), mountCap(), secrets);
+    const grown = statfsSync(att.target);
+    assert.ok(grown.blocks * grown.bsize > 48 * MiB, 'the stage grew the file system');
+    const resizes = () => readFileSync(a.logFile, 'utf8').split('\n').filter((l) => l.includes('"cmd":"resize2fs"')).length;
+    const before = resizes();
+    assert.ok(before > 0, 'the stage ran resize2fs, and the log shows the commands run');
+    const nodeExp = await ca.node.NodeExpandVolume({ volume_id: id, volume_path: att.target, staging_target_path: att.staging, volume_capability: mountCap() });
+    assert.equal(Number(nodeExp!.capacity_bytes), 64 * MiB);
+    assert.equal(resizes(), before, 'no resize2fs for a file system that already spans its device');
+    assert.equal(fileSha(path.join(att.target, 'f')), sha);
     await detach(ca, id, 'node-a', att, secrets);
     await ca.controller.DeleteVolume({ volume_id: id, secrets });
   });

@@ -14,6 +14,7 @@ import { getObject, labS3Client, listKeys, listObjects } from '../helpers/s3.js'
 import type { Volume } from '../../src/csi/gen/csi/v1/Volume.js';
 import type { Snapshot } from '../../src/csi/gen/csi/v1/Snapshot.js';
 import { MiB, attach, detach, fileSha, mountCap, sha256, writeRandom } from '../helpers/volumes.js';
+import { run } from '../../src/util/exec.js';
 
 /**
  * The S3 backend end to end on the lab's RGW through the real `strata`
@@ -203,6 +204,29 @@ describe('s3 backend, end to end', { timeout: 900_000 }, () => {
       if (snap) await ca.controller.DeleteSnapshot({ snapshot_id: snap.snapshot_id!, secrets });
       await ca.controller.DeleteVolume({ volume_id: v.volume_id!, secrets });
     }
+  });
+
+  it('a create cut off after its record is completed by the retry (mount root, quota); a conflicting request under the same name changes nothing', async () => {
+    const req = (bytes: number) => ({ name: 'cut-off', capacity_range: { required_bytes: bytes, limit_bytes: bytes }, volume_capabilities: [RWX], parameters: { backend: 's3', clusterID: 'lab' }, secrets });
+    const v = (await ca.controller.CreateVolume(req(4 * MiB)))!.volume!;
+    const { bucket, prefix } = where(v);
+    const quota = async () => {
+      const stats = JSON.parse((await run('radosgw-admin', ['-c', lab.conf, 'bucket', 'stats', '--bucket', bucket], { timeoutMs: 30_000 })).stdout) as { bucket_quota: { enabled: boolean; max_size: number } };
+      return stats.bucket_quota.enabled ? stats.bucket_quota.max_size : 'off';
+    };
+    assert.equal(await quota(), 4 * MiB);
+    // What a crash right after the record leaves: the bucket and the record, no root, no quota.
+    await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: prefix }));
+    await run('radosgw-admin', ['-c', lab.conf, 'quota', 'disable', '--quota-scope', 'bucket', '--bucket', bucket], { timeoutMs: 30_000 });
+    assert.equal(await quota(), 'off');
+    await assert.rejects(ca.controller.CreateVolume(req(8 * MiB)), (e) => codeOf(e) === 'ALREADY_EXISTS');
+    assert.equal(await quota(), 'off', 'a conflicting request set no quota');
+    assert.ok(!(await listKeys(s3, bucket, '')).includes(prefix), 'a conflicting request wrote no mount root');
+    const again = (await ca.controller.CreateVolume(req(4 * MiB)))!.volume!;
+    assert.equal(again.volume_id, v.volume_id);
+    assert.equal(await quota(), 4 * MiB, 'the retry set the quota');
+    assert.ok((await listKeys(s3, bucket, '')).includes(prefix), 'the retry wrote the mount root');
+    await ca.controller.DeleteVolume({ volume_id: v.volume_id, secrets });
   });
 
   it('single-node modes hold one node at a time; a delete cut off halfway finishes on retry', async () => {

@@ -47,6 +47,9 @@ export interface DriverConfigOptions {
 interface Daemon {
   name: string;
   pid: number;
+  /** What started it (after `-c <conf>`, before `-f`), to start it again. */
+  file: string;
+  args: string[];
 }
 
 export class CephLab {
@@ -224,7 +227,7 @@ rgw_data = ${L}/rgw
     closeSync(out);
     child.unref();
     if (!child.pid) throw new Error(`could not start ${name}`);
-    this.daemons.push({ name, pid: child.pid });
+    this.daemons.push({ name, pid: child.pid, file, args });
   }
 
   private async waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
@@ -331,6 +334,37 @@ rgw_data = ${L}/rgw
     const group = this.daemons.filter((d) => d.name.startsWith(prefix));
     for (const d of group) signal(d.pid, sig);
     return group.length;
+  }
+
+  /**
+   * Client ops the OSD has parked as "waiting for readable" for more than `minAgeS`. A PG whose read
+   * lease ran out while its OSD was paused can latch "laggy" with nothing left to re-check it (Ceph
+   * tracker 80404, fix in ceph/ceph#71663): its ops then wait until the OSD restarts, for every client.
+   */
+  async wedgedOsdOps(minAgeS: number): Promise<string[]> {
+    const out: string[] = [];
+    for (const d of this.daemons.filter((x) => x.name.startsWith('osd.'))) {
+      const r = await runAllowFail('ceph', ['--admin-daemon', this.p('run', `ceph-${d.name}.asok`), 'dump_ops_in_flight'], { timeoutMs: 10_000 });
+      if (r.exitCode !== 0) continue;
+      const ops = (JSON.parse(r.stdout) as { ops: { description: string; age: number; type_data?: { flag_point?: string } }[] }).ops;
+      for (const o of ops) if (o.type_data?.flag_point === 'waiting for readable' && o.age > minAgeS) out.push(o.description);
+    }
+    return out;
+  }
+
+  /** Restarts the daemons whose name starts with `prefix` as an operator would (TERM, then the same command again). */
+  async restartDaemons(prefix: string): Promise<void> {
+    for (const d of this.daemons.filter((x) => x.name.startsWith(prefix))) {
+      signal(d.pid, 'SIGCONT');
+      signal(d.pid, 'SIGTERM');
+      const deadline = Date.now() + 15_000;
+      while (alive(d.pid) && Date.now() < deadline) await sleep(50);
+      if (alive(d.pid)) signal(d.pid, 'SIGKILL');
+      while (alive(d.pid)) await sleep(50);
+      this.daemons.splice(this.daemons.indexOf(d), 1);
+      this.startDaemon(d.name, d.file, d.args);
+    }
+    if (prefix.startsWith('osd')) await this.waitFor('osd up', async () => JSON.parse(await this.ceph(['osd', 'stat', '-f', 'json'])).num_up_osds >= 1);
   }
 
   /** Stops daemons in the safe order (mon last, FACTS pitfall 4) and removes the lab. */

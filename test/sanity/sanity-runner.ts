@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import path from 'node:path';
@@ -9,7 +10,16 @@ import { runAllowFail } from '../../src/util/exec.js';
  * csi-sanity's own capability-based skips are explained in SELF_SKIPPED.
  */
 
-export const SANITY_BIN = [process.env.CSI_SANITY, path.join(homedir(), 'go/bin/csi-sanity'), '/usr/local/bin/csi-sanity'].find(
+/** Where `go install` put it (test/install-deps.sh): GOPATH's bin, which need not be ~/go. */
+function goBin(): string | undefined {
+  try {
+    return path.join(execFileSync('go', ['env', 'GOPATH'], { encoding: 'utf8', timeout: 10_000 }).trim(), 'bin', 'csi-sanity');
+  } catch {
+    return undefined;
+  }
+}
+
+export const SANITY_BIN = [process.env.CSI_SANITY, goBin(), path.join(homedir(), 'go/bin/csi-sanity'), '/usr/local/bin/csi-sanity'].find(
   (p): p is string => !!p && existsSync(p),
 );
 
@@ -62,6 +72,12 @@ function yamlMap(m: Record<string, string>, indent = ''): string {
   return Object.entries(m).map(([k, v]) => `${indent}${k}: ${JSON.stringify(v)}`).join('\n') + '\n';
 }
 
+/** Each "[FAILED]" line of ginkgo's report with the lines that follow it (the spec, the error, where). */
+function failureBlocks(output: string): string {
+  const lines = output.split('\n');
+  return lines.flatMap((l, i) => (l.includes('[FAILED]') ? [...lines.slice(Math.max(0, i - 3), i + 25), '---'] : [])).join('\n').slice(0, 12_000);
+}
+
 export async function runSanity(o: SanityOptions): Promise<SanityResult> {
   if (!SANITY_BIN) throw new Error('csi-sanity not found: run test/install-deps.sh (go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity)');
   mkdirSync(o.workDir, { recursive: true });
@@ -86,6 +102,8 @@ export async function runSanity(o: SanityOptions): Promise<SanityResult> {
   const m = /(\d+) Passed \| (\d+) Failed \| (\d+) Pending \| (\d+) Skipped/.exec(output);
   if (!m) throw new Error(`csi-sanity printed no summary (exit ${r.exitCode}):\n${output.slice(-3000)}`);
   const failures = [...output.matchAll(/^\s+\[FAIL\] (.*)$/gm)].map((x) => x[1]!.trim());
+  // Printed as test comments too: a CI log that keeps only part of the output keeps the reasons near the failing test's name.
+  if (+m[2]! > 0) console.log(`csi-sanity failures (${o.accessType}):\n${failureBlocks(output)}`);
   return { passed: +m[1]!, failed: +m[2]!, pending: +m[3]!, skipped: +m[4]!, failures, output };
 }
 

@@ -10,7 +10,7 @@ import type { ObjectId } from '../../csi/ids.js';
 import type * as csi from '../../csi/types.js';
 import { aborted, failedPrecondition, internal, invalidArgument, notFound } from '../../errors.js';
 import { deviceInUse, findMount, readMountInfo, type MountEntry } from '../../mount/mountinfo.js';
-import { bindMount, detectFs, deviceSize, extFsBytes, growExtOffline, growFs, loopBacking, loopRefresh, loopRelease, mkfs, mount, mountHealth, pathKind, removeMountPoint, unmount } from '../../mount/mounter.js';
+import { bindMount, detectFs, deviceSize, fsSmallerThanDevice, growExtOffline, growFs, loopBacking, loopRefresh, loopRelease, mkfs, mount, mountHealth, pathKind, removeMountPoint, unmount } from '../../mount/mounter.js';
 import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
 import { FS_TYPES, MOUNTERS, type FsType, type RbdMounter } from './params.js';
@@ -104,7 +104,7 @@ export class RbdNode implements NodeBackend {
       }
       // A volume restored or cloned into a bigger size carries its source's
       // smaller file system: grow it now, as the spec asks of staging.
-      const growExt = !readonly && fs.startsWith('ext') && !fresh && (await extFsBytes(device)) < (await deviceSize(device, ctx.log));
+      const growExt = !readonly && fs.startsWith('ext') && !fresh && (await fsSmallerThanDevice(fs, device, ctx.log));
       if (growExt) await growExtOffline(device, ctx.log);
       await mount(device, staging, fs, stageMountOptions(fs, readonly, cap.mount?.mount_flags ?? []), ctx.log);
       // xfs grows only while mounted; xfs_growfs is a no-op when there is nothing to add.
@@ -304,7 +304,7 @@ export class RbdNode implements NodeBackend {
     if (!isBlock) {
       const m = (await findMount(req.volume_path)) ?? (req.staging_target_path ? await findMount(req.staging_target_path) : undefined);
       if (!m) throw failedPrecondition(`${req.volume_path} is not mounted`);
-      if (m.fsType !== 'fuse' && !m.fsType.startsWith('fuse.')) await growFs(m.fsType, device, m.mountPoint, ctx.log);
+      if (m.fsType !== 'fuse' && !m.fsType.startsWith('fuse.') && (await fsSmallerThanDevice(m.fsType, device, ctx.log))) await growFs(m.fsType, device, m.mountPoint, ctx.log);
     }
     return deviceSize(device, ctx.log);
   }

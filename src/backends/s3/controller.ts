@@ -145,12 +145,10 @@ export class S3Controller implements ControllerBackend {
     const src = req.volume_content_source;
     const wantSrc: VolumeSource | undefined = src?.snapshot ? { snapshot: src.snapshot.snapshot_id } : src?.volume ? { volume: src.volume.volume_id } : undefined;
     const bucket = bucketOf(l);
+    if (!wantSrc && this.quota.enforced(l)) return this.toVolume(l, await this.createEmpty(store, l, req, p, ctx));
     let rec = await store.getJson<VolumeRecord>(bucket, recordKey(l));
     if (rec) {
-      if (rec.name !== req.name) throw alreadyExists(`volume location of "${req.name}" is taken by "${rec.name}"`);
-      if ((rec.source?.snapshot ?? rec.source?.volume) !== (wantSrc?.snapshot ?? wantSrc?.volume)) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
-      if (!sizeFits(rec.capacity, req.capacity_range)) throw alreadyExists(`volume "${req.name}" exists with size ${rec.capacity}, which does not match the request`);
-      if (rec.state === 'deleting') throw aborted(`volume "${req.name}" is being deleted; retry`);
+      checkExisting(rec, req, wantSrc);
     } else {
       const size = sizeFromRange(req.capacity_range, DEFAULT_SIZE, 1);
       const from = wantSrc ? await this.contentSource(store, l, wantSrc, size, req.capacity_range ? undefined : 'inherit') : undefined;
@@ -159,17 +157,7 @@ export class S3Controller implements ControllerBackend {
       } else {
         await store.createBucket(bucket);
       }
-      rec = {
-        v: 1,
-        kind: 'volume',
-        name: req.name,
-        capacity: from?.size ?? size,
-        state: from ? 'copying' : 'ready',
-        source: wantSrc,
-        copyFrom: from?.tree,
-        params: { mounter: p.mounter, uid: p.uid, gid: p.gid, mode: p.mode, mountOptions: p.mountOptions },
-        createdAt: new Date().toISOString(),
-      };
+      rec = newRecord(req, p, from?.size ?? size, wantSrc, from?.tree);
       // The mount root exists as a directory object, so every mounter finds it on an empty volume.
       // Root and quota before the record, which marks the volume made: a crash before it must not
       // leave a volume that retries answer without either; the two are independent and go side by side.
@@ -179,6 +167,29 @@ export class S3Controller implements ControllerBackend {
     }
     if (rec.state === 'copying') rec = await this.fill(store, l, rec, ctx);
     return this.toVolume(l, rec);
+  }
+
+  /**
+   * An empty volume with a bucket of its own on RGW, in as many steps as the bare calls, with no
+   * lookup first: the bucket; the record, written only where there is none (If-None-Match, which
+   * RGW honours); then the mount root and the quota side by side. Here the record comes before them,
+   * so a request that finds one (a retry, perhaps after a crash between the steps) checks it against
+   * the request and then makes sure of the root and the quota itself.
+   */
+  private async createEmpty(store: S3Store, l: Location, req: csi.CreateVolumeRequest, p: S3Params, ctx: RpcContext): Promise<VolumeRecord> {
+    const bucket = bucketOf(l);
+    await store.createBucket(bucket);
+    const rec = newRecord(req, p, sizeFromRange(req.capacity_range, DEFAULT_SIZE, 1));
+    if (await store.putJsonIfAbsent(bucket, recordKey(l), rec)) {
+      await settleAll([store.put(bucket, dataPrefix(l), ''), this.quota.apply(l, rec.capacity, ctx.log, store)]);
+      return rec;
+    }
+    const found = await store.getJson<VolumeRecord>(bucket, recordKey(l));
+    if (!found) throw aborted(`volume "${req.name}" changed while it was being created; retry`);
+    checkExisting(found, req, undefined);
+    const root = async () => (await store.hasKey(bucket, dataPrefix(l))) || (await store.put(bucket, dataPrefix(l), ''));
+    await settleAll([root(), this.quota.apply(l, found.capacity, ctx.log, store)]);
+    return found;
   }
 
   /** Where a restore or clone copies from, checked, with the size the new volume gets. */
@@ -476,6 +487,28 @@ async function removeAll(store: S3Store, l: Location): Promise<number> {
 }
 
 /** Waits for every one of `work`, then fails with the first failure: nothing is left running when the call answers. */
+/** A volume found under the request's name is the one asked for, or the request is refused. */
+function checkExisting(rec: VolumeRecord, req: csi.CreateVolumeRequest, wantSrc: VolumeSource | undefined): void {
+  if (rec.name !== req.name) throw alreadyExists(`volume location of "${req.name}" is taken by "${rec.name}"`);
+  if ((rec.source?.snapshot ?? rec.source?.volume) !== (wantSrc?.snapshot ?? wantSrc?.volume)) throw alreadyExists(`volume "${req.name}" exists with a different content source`);
+  if (!sizeFits(rec.capacity, req.capacity_range)) throw alreadyExists(`volume "${req.name}" exists with size ${rec.capacity}, which does not match the request`);
+  if (rec.state === 'deleting') throw aborted(`volume "${req.name}" is being deleted; retry`);
+}
+
+function newRecord(req: csi.CreateVolumeRequest, p: S3Params, capacity: number, source?: VolumeSource, copyFrom?: Tree): VolumeRecord {
+  return {
+    v: 1,
+    kind: 'volume',
+    name: req.name,
+    capacity,
+    state: copyFrom ? 'copying' : 'ready',
+    source,
+    copyFrom,
+    params: { mounter: p.mounter, uid: p.uid, gid: p.gid, mode: p.mode, mountOptions: p.mountOptions },
+    createdAt: new Date().toISOString(),
+  };
+}
+
 async function settleAll(work: Array<Promise<unknown> | undefined>): Promise<void> {
   const failed = (await Promise.allSettled(work)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;

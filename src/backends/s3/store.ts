@@ -9,6 +9,7 @@ import {
   DeleteObjectsCommand,
   GetObjectCommand,
   HeadBucketCommand,
+  HeadObjectCommand,
   ListBucketsCommand,
   ListObjectsV2Command,
   type ListObjectsV2CommandOutput,
@@ -223,11 +224,40 @@ export class S3Store {
     await this.put(bucket, key, JSON.stringify(value), 'application/json');
   }
 
+  /**
+   * Writes `value` only where the key does not exist yet (If-None-Match: *); false when it did.
+   * For stores known to honour the condition (Ceph RGW does): one that ignores it overwrites.
+   */
+  async putJsonIfAbsent(bucket: string, key: string, value: unknown): Promise<boolean> {
+    try {
+      await this.send(bucket, key, JSON.stringify(value), 'application/json', '*');
+      return true;
+    } catch (e) {
+      if (code(e) === 'PreconditionFailed' || httpStatus(e) === 412) return false;
+      throw mapS3Error(e, `writing ${bucket}/${key}`);
+    }
+  }
+
   async put(bucket: string, key: string, body: string | Buffer, contentType?: string): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: typeof body === 'string' ? Buffer.from(body) : body, ContentType: contentType }), this.opts());
+      await this.send(bucket, key, body, contentType);
     } catch (e) {
       throw mapS3Error(e, `writing ${bucket}/${key}`);
+    }
+  }
+
+  private async send(bucket: string, key: string, body: string | Buffer, contentType?: string, ifNoneMatch?: '*'): Promise<void> {
+    const Body = typeof body === 'string' ? Buffer.from(body) : body;
+    await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body, ContentType: contentType, IfNoneMatch: ifNoneMatch }), this.opts());
+  }
+
+  async hasKey(bucket: string, key: string): Promise<boolean> {
+    try {
+      await this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), this.opts());
+      return true;
+    } catch (e) {
+      if (isNoSuchKey(e)) return false;
+      throw mapS3Error(e, `reading ${bucket}/${key}`);
     }
   }
 
