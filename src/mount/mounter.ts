@@ -71,7 +71,7 @@ export async function mountHealth(p: string, entries?: MountEntry[], waitMs = 5_
   return health === 'hung' && (await abortOrphaned(p, entries ?? (await readMountInfo()))) ? 'dead' : health;
 }
 
-const FUSE_DAEMONS = ['ceph-fuse', 's3fs', 'rclone', 'rbd-fuse'];
+export const FUSE_DAEMONS = ['ceph-fuse', 's3fs', 'rclone', 'rbd-fuse'];
 
 /**
  * A FUSE mount that does not answer and whose daemon is gone: a helper the

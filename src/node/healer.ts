@@ -3,7 +3,8 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { NodeBackend } from '../backends/types.js';
 import { findMount, readMountInfo, type MountEntry } from '../mount/mountinfo.js';
-import { bindMount, mountHealth, unmount } from '../mount/mounter.js';
+import { FUSE_DAEMONS, bindMount, mountHealth, unmount } from '../mount/mounter.js';
+import { fuseDaemonPid, waitExit } from '../mount/fuse-process.js';
 import type { RpcContext } from '../csi/handler.js';
 import { parseId, type Backend } from '../csi/ids.js';
 import type { KeyedTryLock } from '../csi/locks.js';
@@ -127,6 +128,15 @@ export class Healer {
     if (!id || !backend?.owned || (await backend.owned(id, r.request, ctx))) return false;
     const staging = r.request.staging_target_path;
     ctx.log.warn('volume is no longer this node\'s (fenced, or published to another node): removing its mounts instead of healing them');
+    // Nothing its FUSE daemon still holds can reach the cluster now, and a daemon that no longer
+    // answers would hang every unmount below for good (a ceph-fuse thawed after its user was
+    // removed cannot log in again to learn it is blocklisted, and waits for ever): it goes first.
+    const pid = fuseDaemonPid(FUSE_DAEMONS, staging);
+    if (pid !== undefined) {
+      ctx.log.warn({ pid }, 'stopping its FUSE daemon before the unmounts');
+      process.kill(pid, 'SIGKILL');
+      await waitExit(pid, 10_000);
+    }
     for (const target of Object.keys(r.targets)) {
       await unmount(target, ctx.log);
       this.records.unpublished(r.request.volume_id, target);

@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { CephLab } from '../lab/ceph-lab.js';
-import { connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
+import { describe, it } from 'node:test';
 import { leftovers } from '../helpers/leftovers.js';
 import { MiB, attach, detach, mountCap, type MountMode } from '../helpers/volumes.js';
-import { assertFencedWritesRefused, fusePids, restartAndRelease, syncWrite } from './helpers.js';
+import { assertFencedWritesRefused, cephUserExists, fusePids, syncWrite } from './helpers.js';
+import { useTwoNodes } from './two-nodes.js';
 
 /**
  * CephFS fencing on a real lab with two node plugins and one controller.
@@ -19,46 +18,16 @@ import { assertFencedWritesRefused, fusePids, restartAndRelease, syncWrite } fro
 const PARAMS = { backend: 'cephfs', clusterID: 'lab', fsName: 'cephfs', mounter: 'fuse' };
 
 describe('cephfs fencing', { timeout: 600_000 }, () => {
-  let lab: CephLab;
-  let ctrl: DriverProcess;
-  let a: DriverProcess;
-  let b: DriverProcess;
-  let cc: CsiClients;
-  let ca: CsiClients;
-  let cb: CsiClients;
-  let config: string;
-  let secrets: Record<string, string>;
-
-  before(async () => {
-    lab = await CephLab.start({ components: ['cephfs'] });
-    config = lab.writeDriverConfig();
-    ctrl = await startDriver({ config, mode: 'controller' });
-    a = await startDriver({ config, mode: 'node', nodeId: 'node-a', args: ['--heal-interval', '0'] });
-    b = await startDriver({ config, mode: 'node', nodeId: 'node-b', args: ['--heal-interval', '0'] });
-    cc = connect(ctrl.socket);
-    ca = { ...connect(a.socket), controller: cc.controller };
-    cb = { ...connect(b.socket), controller: cc.controller };
-    secrets = { userID: 'admin', userKey: lab.adminKey };
-  });
-
-  after(async () => {
-    for (const p of [...fusePids(a?.dir ?? '/nonexistent'), ...fusePids(b?.dir ?? '/nonexistent')]) process.kill(p, 'SIGCONT');
-    cc?.close();
-    ca?.close();
-    cb?.close();
-    await a?.stop();
-    await b?.stop();
-    await ctrl?.stop();
-    await lab?.stop();
-  });
+  const n = useTwoNodes(['cephfs']);
 
   const create = async (name: string, mode: MountMode) =>
-    (await cc.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap('', mode)], parameters: PARAMS, secrets }))!.volume!;
-  const userExists = async (user: string) => (await lab.cephAllowFail(['auth', 'get', `client.${user}`])).exitCode === 0;
+    (await n.cc.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap('', mode)], parameters: PARAMS, secrets: n.secrets }))!.volume!;
+  const userExists = (user: string) => cephUserExists(n.lab, user);
   const publishedUser = async (volumeId: string, node: string, mode: MountMode) =>
-    (await cc.controller.ControllerPublishVolume({ volume_id: volumeId, node_id: node, volume_capability: mountCap('', mode), secrets }))!.publish_context!.userID!;
+    (await n.cc.controller.ControllerPublishVolume({ volume_id: volumeId, node_id: node, volume_capability: mountCap('', mode), secrets: n.secrets }))!.publish_context!.userID!;
 
   it('a frozen node is evicted and its user removed at ControllerUnpublish; the new node writes within seconds; the old one writes nothing', async (t) => {
+    const { a, b, cc, ca, cb, secrets } = n;
     const RWO: MountMode = 'SINGLE_NODE_WRITER';
     const vol = await create('fence-frozen', RWO);
     const attA = await attach(ca, vol, 'node-a', path.join(a.dir, 'frozen'), mountCap('', RWO), secrets);
@@ -83,14 +52,7 @@ describe('cephfs fencing', { timeout: 600_000 }, () => {
     }
     assertFencedWritesRefused(attA.target, (m) => t.diagnostic(m));
 
-    ca.close();
-    a = await restartAndRelease(a, config, 'node-a', path.join(a.dir, 'frozen'));
-    ca = { ...connect(a.socket), controller: cc.controller };
-    const staged = path.join(a.stateDir, 'staged');
-    assert.deepEqual(existsSync(staged) ? readdirSync(staged) : [], [], 'node-a dropped its stage record');
-    const log = readFileSync(a.logFile, 'utf8');
-    assert.match(log, /volume released/);
-    assert.doesNotMatch(log, /volume healed|mounting it again/);
+    await n.restartA(path.join(a.dir, 'frozen'));
 
     const attB = { staging: path.join(b.dir, 'frozen', 'staging'), target: path.join(b.dir, 'frozen', 'target') };
     assert.deepEqual(readdirSync(attB.target).sort(), ['a.txt', 'b.txt']);
@@ -100,6 +62,7 @@ describe('cephfs fencing', { timeout: 600_000 }, () => {
   });
 
   it('a multi-node volume: fencing one node leaves the other writing', async () => {
+    const { a, b, cc, ca, cb, secrets } = n;
     const RWX: MountMode = 'MULTI_NODE_MULTI_WRITER';
     const vol = await create('fence-shared', RWX);
     const attA = await attach(ca, vol, 'node-a', path.join(a.dir, 'shared'), mountCap('', RWX), secrets);
@@ -122,6 +85,7 @@ describe('cephfs fencing', { timeout: 600_000 }, () => {
   });
 
   it('a clean detach evicts nobody, and every node user goes with the volume', async (t) => {
+    const { lab, a, b, cc, ca, secrets } = n;
     const RWX: MountMode = 'MULTI_NODE_MULTI_WRITER';
     const vol = await create('fence-clean', RWX);
     let t0 = Date.now();

@@ -1,14 +1,13 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { CephLab } from '../lab/ceph-lab.js';
-import { startDriver, type DriverProcess } from '../helpers/driver.js';
-import { leftovers } from '../helpers/leftovers.js';
 import { CLIENT_PREFIX, firstArray } from '../../src/backends/rbd/fence.js';
 import { encodeNodeKey } from '../../src/csi/grammar.js';
 import { ATTACH_PREFIX } from '../../src/backends/attachments.js';
+import { S3Store } from '../../src/backends/s3/store.js';
 
 /** What fencing tests look at: FUSE daemons by the directory they serve, the image's records, the blocklist. */
 
@@ -27,14 +26,44 @@ export function fusePids(dir: string, tool = /(rbd-fuse|ceph-fuse|s3fs|rclone)$/
   return pids;
 }
 
+const WRITE_AND_FSYNC = 'import os,sys\nfd=os.open(sys.argv[1],os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o644)\nos.write(fd,sys.argv[2].encode())\nos.fsync(fd)\nos.close(fd)';
+
 /**
  * Writes and fsyncs from a child process with a time limit, so that a write
  * into a fenced (or frozen) mount can neither hang nor crash the test
  * process. True when the data was acknowledged as durable.
  */
 export function syncWrite(file: string, text: string, timeoutMs = 30_000): { ok: boolean; detail: string } {
-  const r = spawnSync('python3', ['-c', 'import os,sys\nfd=os.open(sys.argv[1],os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o644)\nos.write(fd,sys.argv[2].encode())\nos.fsync(fd)\nos.close(fd)', file, text], { timeout: timeoutMs, encoding: 'utf8' });
+  const r = spawnSync('python3', ['-c', WRITE_AND_FSYNC, file, text], { timeout: timeoutMs, encoding: 'utf8' });
   return { ok: r.status === 0, detail: r.error ? String(r.error) : (r.stderr.trim().split('\n').pop() ?? `exit ${r.status}`) };
+}
+
+export interface WriteResult {
+  ok: boolean;
+  detail: string;
+}
+
+/**
+ * The same write, waited for `waitMs` at most and never past: a request its
+ * FUSE daemon never answers leaves the writer in uninterruptible sleep, which
+ * no signal ends (spawnSync would wait on it for ever). A write still running
+ * then is not acknowledged; `settled` is its real end, when its mount lets
+ * it go.
+ */
+export async function writeWithin(file: string, text: string, waitMs = 30_000): Promise<WriteResult & { settled: Promise<WriteResult> }> {
+  const child = spawn('python3', ['-c', WRITE_AND_FSYNC, file, text], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const settled = new Promise<WriteResult>((resolve) =>
+    child.on('close', (code) => resolve({ ok: code === 0, detail: stderr.trim().split('\n').pop() || `exit ${code}` })),
+  );
+  let timer: NodeJS.Timeout | undefined;
+  const unanswered = new Promise<WriteResult>((resolve) => {
+    timer = setTimeout(() => resolve({ ok: false, detail: `no answer in ${waitMs / 1000} s: still waiting on its mount` }), waitMs);
+  });
+  const first = await Promise.race([settled, unanswered]);
+  clearTimeout(timer);
+  return { ...first, settled };
 }
 
 /**
@@ -47,6 +76,21 @@ export function assertFencedWritesRefused(target: string, say: (m: string) => vo
   say(`fenced node's writes fail with: ${late.detail} / ${over.detail}`);
   assert.equal(late.ok, false, 'a new file from the fenced node is refused');
   assert.equal(over.ok, false, 'an overwrite from the fenced node is refused');
+}
+
+/** Whether the lab's Ceph still knows a user (a CephFS node user is removed when its node is fenced). */
+export async function cephUserExists(lab: CephLab, user: string): Promise<boolean> {
+  return (await lab.cephAllowFail(['auth', 'get', `client.${user}`])).exitCode === 0;
+}
+
+/** Whether RGW still knows a node's S3 key (`ctx`: the publish context that handed it over). */
+export async function s3KeyValid(lab: CephLab, ctx: Record<string, string>): Promise<boolean> {
+  const store = new S3Store({ endpoint: lab.s3Endpoint, region: 'us-east-1' }, { accessKeyID: ctx.accessKeyID!, secretAccessKey: ctx.secretAccessKey! });
+  try {
+    return await store.knowsKey();
+  } finally {
+    store.destroy();
+  }
 }
 
 export async function imageMeta(lab: CephLab, image: string): Promise<Record<string, string>> {
@@ -82,23 +126,3 @@ export async function until(what: string, ok: () => boolean | Promise<boolean>, 
 }
 
 export const imageOf = (volumeId: string): string => volumeId.split(':').pop()!;
-
-/**
- * Kills a node plugin (-9) and starts it again on the same state, as a node
- * coming back after being fenced, then waits for it to release the volume
- * staged under `volumeDir`: "volume released" logged, no mount or FUSE
- * daemon left (`daemonGone` for one serving elsewhere). Its healer passes
- * at start only, and again only where that pass could not finish.
- */
-export async function restartAndRelease(node: DriverProcess, config: string, nodeId: string, volumeDir: string, daemonGone: () => boolean = () => true): Promise<DriverProcess> {
-  node.child.kill('SIGKILL');
-  await until(`${nodeId} plugin to exit`, () => node.child.exitCode !== null || node.child.signalCode !== null);
-  const again = await startDriver({ config, mode: 'node', nodeId, dir: node.dir, args: ['--heal-interval', '0'] });
-  try {
-    await until(`${nodeId} to release the volume`, async () => readFileSync(again.logFile, 'utf8').includes('"volume released"') && (await leftovers(volumeDir)).length === 0 && daemonGone());
-  } catch (e) {
-    const warnings = readFileSync(again.logFile, 'utf8').split('\n').filter((l) => /"level":(40|50|60)/.test(l)).slice(-8);
-    throw new Error(`${(e as Error).message}; left: ${(await leftovers(volumeDir)).join(', ') || 'nothing'}; plugin warnings:\n${warnings.join('\n')}`);
-  }
-  return again;
-}

@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { CephLab } from '../lab/ceph-lab.js';
-import { connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
+import { describe, it } from 'node:test';
 import { leftovers } from '../helpers/leftovers.js';
 import { MiB, attach, detach, mountCap } from '../helpers/volumes.js';
-import { assertFencedWritesRefused, attachedTo, blocklist, clientRecordOf, fusePids, imageMeta, imageOf, restartAndRelease, syncWrite, watchers } from './helpers.js';
+import { assertFencedWritesRefused, attachedTo, blocklist, clientRecordOf, fusePids, imageMeta, imageOf, syncWrite, watchers } from './helpers.js';
+import { useTwoNodes } from './two-nodes.js';
 
 /**
  * RBD fencing on a real lab with two node plugins (node-a, node-b) and one
@@ -21,45 +20,13 @@ const PARAMS = { backend: 'rbd', clusterID: 'lab', pool: 'rbd' };
 const RWO = mountCap('ext4');
 
 describe('rbd fencing', { timeout: 600_000 }, () => {
-  let lab: CephLab;
-  let ctrl: DriverProcess;
-  let a: DriverProcess;
-  let b: DriverProcess;
-  let cc: CsiClients;
-  let ca: CsiClients;
-  let cb: CsiClients;
-  let config: string;
-  let secrets: Record<string, string>;
-
-  before(async () => {
-    lab = await CephLab.start({ components: ['rbd'] });
-    config = lab.writeDriverConfig();
-    ctrl = await startDriver({ config, mode: 'controller' });
-    // No periodic heal pass: what node A does must come from its start-up pass, at a known time.
-    a = await startDriver({ config, mode: 'node', nodeId: 'node-a', args: ['--heal-interval', '0'] });
-    b = await startDriver({ config, mode: 'node', nodeId: 'node-b', args: ['--heal-interval', '0'] });
-    cc = connect(ctrl.socket);
-    ca = { ...connect(a.socket), controller: cc.controller };
-    cb = { ...connect(b.socket), controller: cc.controller };
-    secrets = { userID: 'admin', userKey: lab.adminKey };
-  });
-
-  after(async () => {
-    // A frozen daemon left by a failed test would hang the cleanup.
-    for (const p of [...fusePids(a?.dir ?? '/nonexistent'), ...fusePids(b?.dir ?? '/nonexistent')]) process.kill(p, 'SIGCONT');
-    cc?.close();
-    ca?.close();
-    cb?.close();
-    await a?.stop();
-    await b?.stop();
-    await ctrl?.stop();
-    await lab?.stop();
-  });
+  const n = useTwoNodes(['rbd']);
 
   const create = async (name: string) =>
-    (await cc.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [RWO], parameters: PARAMS, secrets }))!.volume!;
+    (await n.cc.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [RWO], parameters: PARAMS, secrets: n.secrets }))!.volume!;
 
   it('a frozen node is fenced at ControllerUnpublish, the new node writes within seconds, the old node writes nothing', async (t) => {
+    const { lab, a, b, cc, ca, cb, secrets } = n;
     const vol = await create('fence-frozen');
     const image = imageOf(vol.volume_id!);
     const attA = await attach(ca, vol, 'node-a', path.join(a.dir, 'frozen'), RWO, secrets);
@@ -98,14 +65,7 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
     assert.deepEqual(await watchers(lab, image), clientRecordOf(await imageMeta(lab, image), 'node-b')!.addrs, 'only node-b watches the image');
 
     // Node-a's plugin restarts: its start-up pass finds the volume is not its own any more.
-    ca.close();
-    a = await restartAndRelease(a, config, 'node-a', path.join(a.dir, 'frozen'), () => fusePids(a.dir, /rbd-fuse$/).length === 0);
-    ca = { ...connect(a.socket), controller: cc.controller };
-    const staged = path.join(a.stateDir, 'staged');
-    assert.deepEqual(existsSync(staged) ? readdirSync(staged) : [], [], 'node-a dropped its stage record');
-    const log = readFileSync(a.logFile, 'utf8');
-    assert.match(log, /volume released/);
-    assert.doesNotMatch(log, /volume healed|mounting it again/);
+    await n.restartA(path.join(a.dir, 'frozen'), () => fusePids(a.dir, /rbd-fuse$/).length === 0);
     assert.deepEqual(await watchers(lab, image), clientRecordOf(await imageMeta(lab, image), 'node-b')!.addrs, 'node-a did not take the volume back');
 
     // What the cluster holds, read through a fresh mount: node-b's file and node-a's pre-failure one, nothing later.
@@ -120,6 +80,7 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
   });
 
   it('a clean detach fences nothing and takes no longer', async (t) => {
+    const { lab, a, cc, ca, secrets } = n;
     const vol = await create('fence-clean');
     const image = imageOf(vol.volume_id!);
     const before = (await blocklist(lab)).size;
@@ -145,6 +106,7 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
   });
 
   it('fencing is idempotent: repeated and crash-cut ControllerUnpublish converge, the node unstages afterwards', async () => {
+    const { lab, a, cc, ca, secrets } = n;
     const vol = await create('fence-repeat');
     const image = imageOf(vol.volume_id!);
     const att = await attach(ca, vol, 'node-a', path.join(a.dir, 'repeat'), RWO, secrets);
@@ -174,6 +136,7 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
   });
 
   it('ControllerPublish fences a node that still has the volume open without being published', async () => {
+    const { lab, a, b, cc, ca, cb, secrets } = n;
     const vol = await create('fence-publish');
     const image = imageOf(vol.volume_id!);
     const att = await attach(ca, vol, 'node-a', path.join(a.dir, 'publish'), RWO, secrets);
@@ -192,6 +155,7 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
   });
 
   it('a fenced node given the volume again stages it afresh; a live stage without a record (an older version) is adopted', async () => {
+    const { lab, a, cc, ca, secrets } = n;
     const vol = await create('fence-again');
     const image = imageOf(vol.volume_id!);
     const att = await attach(ca, vol, 'node-a', path.join(a.dir, 'again'), RWO, secrets);
@@ -220,11 +184,12 @@ describe('rbd fencing', { timeout: 600_000 }, () => {
   });
 
   it('node-b and node-a are left with nothing mounted', async () => {
+    const { a, b } = n;
     assert.deepEqual(await leftovers(a.dir), []);
     assert.deepEqual(await leftovers(b.dir), []);
   });
 
-  const ctrlLog = async () => readFileSync(ctrl.logFile, 'utf8');
+  const ctrlLog = async () => readFileSync(n.ctrl.logFile, 'utf8');
 });
 
 /** Whether the controller log has a fencing line for this image. */

@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { CephLab } from '../lab/ceph-lab.js';
-import { connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
+import type { CsiClients } from '../helpers/driver.js';
 import { leftovers } from '../helpers/leftovers.js';
 import { getObject, labS3Client, listKeys } from '../helpers/s3.js';
 import { MiB, mountCap, type MountMode } from '../helpers/volumes.js';
@@ -14,7 +13,8 @@ import { S3Store } from '../../src/backends/s3/store.js';
 import { attachKey, locationOf } from '../../src/backends/s3/layout.js';
 import { volumeUser } from '../../src/backends/s3/volume-keys.js';
 import { parseId } from '../../src/csi/ids.js';
-import { assertFencedWritesRefused, fusePids, restartAndRelease, syncWrite } from './helpers.js';
+import { assertFencedWritesRefused, fusePids, s3KeyValid, syncWrite } from './helpers.js';
+import { useTwoNodes } from './two-nodes.js';
 
 /**
  * S3 fencing on the lab's RGW with two node plugins and one controller. Each
@@ -29,57 +29,27 @@ import { assertFencedWritesRefused, fusePids, restartAndRelease, syncWrite } fro
 const PARAMS = { backend: 's3', clusterID: 'lab' };
 
 describe('s3 fencing', { timeout: 600_000 }, () => {
-  let lab: CephLab;
-  let ctrl: DriverProcess;
-  let a: DriverProcess;
-  let b: DriverProcess;
-  let cc: CsiClients;
-  let ca: CsiClients;
-  let cb: CsiClients;
-  let nodeConfig: string;
+  // The controller has the provisioner's keys; the nodes have none at all.
+  const n = useTwoNodes(['s3'], { defaultIdentity: false, rgwAdmin: false });
   let s3: S3Client;
   const secrets = {};
 
-  before(async () => {
-    lab = await CephLab.start({ components: ['s3'] });
-    // The controller has the provisioner's keys; the nodes have none at all.
-    ctrl = await startDriver({ config: lab.writeDriverConfig(), mode: 'controller' });
-    nodeConfig = lab.writeDriverConfig({ defaultIdentity: false, rgwAdmin: false });
-    a = await startDriver({ config: nodeConfig, mode: 'node', nodeId: 'node-a', args: ['--heal-interval', '0'] });
-    b = await startDriver({ config: nodeConfig, mode: 'node', nodeId: 'node-b', args: ['--heal-interval', '0'] });
-    cc = connect(ctrl.socket);
-    ca = { ...connect(a.socket), controller: cc.controller };
-    cb = { ...connect(b.socket), controller: cc.controller };
-    s3 = labS3Client(lab);
+  before(() => {
+    s3 = labS3Client(n.lab);
   });
 
-  after(async () => {
-    for (const p of [...fusePids(a?.dir ?? '/nonexistent'), ...fusePids(b?.dir ?? '/nonexistent')]) process.kill(p, 'SIGCONT');
+  after(() => {
     s3?.destroy();
-    cc?.close();
-    ca?.close();
-    cb?.close();
-    await a?.stop();
-    await b?.stop();
-    await ctrl?.stop();
-    await lab?.stop();
   });
 
   const create = async (name: string, mode: MountMode, params: Record<string, string> = {}) =>
-    (await cc.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap('', mode)], parameters: { ...PARAMS, ...params }, secrets }))!.volume!;
+    (await n.cc.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap('', mode)], parameters: { ...PARAMS, ...params }, secrets }))!.volume!;
   const bucketOf = (vol: Volume) => vol.volume_context!.bucket!;
   const publish = async (vol: Volume, node: string, mode: MountMode) =>
-    (await cc.controller.ControllerPublishVolume({ volume_id: vol.volume_id!, node_id: node, volume_capability: mountCap('', mode), secrets }))!.publish_context!;
-  const keyValid = async (ctx: Record<string, string>) => {
-    const store = new S3Store({ endpoint: lab.s3Endpoint, region: 'us-east-1' }, { accessKeyID: ctx.accessKeyID!, secretAccessKey: ctx.secretAccessKey! });
-    try {
-      return await store.knowsKey();
-    } finally {
-      store.destroy();
-    }
-  };
+    (await n.cc.controller.ControllerPublishVolume({ volume_id: vol.volume_id!, node_id: node, volume_capability: mountCap('', mode), secrets }))!.publish_context!;
+  const keyValid = (ctx: Record<string, string>) => s3KeyValid(n.lab, ctx);
   const rgwUserExists = async (vol: Volume) =>
-    (await runAllowFail('radosgw-admin', ['-c', lab.conf, 'user', 'info', '--uid', volumeUser(locationOf(parseId(vol.volume_id!, 'v')!)!)])).exitCode === 0;
+    (await runAllowFail('radosgw-admin', ['-c', n.lab.conf, 'user', 'info', '--uid', volumeUser(locationOf(parseId(vol.volume_id!, 'v')!)!)])).exitCode === 0;
 
   /** ControllerPublish, NodeStage and NodePublish as kubelet does them, with no node-stage secret. */
   async function attach(c: CsiClients, vol: Volume, node: string, dir: string, mode: MountMode) {
@@ -96,10 +66,11 @@ describe('s3 fencing', { timeout: 600_000 }, () => {
   async function detach(c: CsiClients, vol: Volume, node: string, att: { staging: string; target: string }) {
     await c.node.NodeUnpublishVolume({ volume_id: vol.volume_id!, target_path: att.target });
     await c.node.NodeUnstageVolume({ volume_id: vol.volume_id!, staging_target_path: att.staging });
-    await cc.controller.ControllerUnpublishVolume({ volume_id: vol.volume_id!, node_id: node, secrets });
+    await n.cc.controller.ControllerUnpublishVolume({ volume_id: vol.volume_id!, node_id: node, secrets });
   }
 
   it("a frozen node's key is removed at ControllerUnpublish; the new node writes within seconds; nothing from the old one reaches the bucket", async (t) => {
+    const { a, b, cc, ca, cb } = n;
     const RWO: MountMode = 'SINGLE_NODE_WRITER';
     const vol = await create('fence-frozen', RWO);
     const attA = await attach(ca, vol, 'node-a', path.join(a.dir, 'frozen'), RWO);
@@ -130,14 +101,7 @@ describe('s3 fencing', { timeout: 600_000 }, () => {
     await cc.controller.ControllerUnpublishVolume({ volume_id: vol.volume_id!, node_id: 'node-a', secrets });
     assert.ok(await keyValid(attB.key), "node-b's key stays");
 
-    ca.close();
-    a = await restartAndRelease(a, nodeConfig, 'node-a', path.join(a.dir, 'frozen'), () => fusePids(path.join(a.dir, 'frozen'), /s3fs$/).length === 0);
-    ca = { ...connect(a.socket), controller: cc.controller };
-    const staged = path.join(a.stateDir, 'staged');
-    assert.deepEqual(existsSync(staged) ? readdirSync(staged) : [], [], 'node-a dropped its stage record');
-    const log = readFileSync(a.logFile, 'utf8');
-    assert.match(log, /volume released/);
-    assert.doesNotMatch(log, /volume healed|mounting it again/);
+    await n.restartA(path.join(a.dir, 'frozen'), () => fusePids(path.join(a.dir, 'frozen'), /s3fs$/).length === 0);
 
     // The bucket holds node-a's write from before the failure and node-b's, nothing later from node-a.
     const bucket = bucketOf(vol);
@@ -152,6 +116,7 @@ describe('s3 fencing', { timeout: 600_000 }, () => {
   });
 
   it('a multi-node volume, a prefix of a shared bucket with rclone: fencing one node leaves the other writing', async () => {
+    const { lab, a, b, cc, ca, cb } = n;
     const RWX: MountMode = 'MULTI_NODE_MULTI_WRITER';
     const shared = { bucket: 'fence-team', mounter: 'rclone' };
     const vol = await create('fence-shared', RWX, shared);
@@ -196,6 +161,7 @@ describe('s3 fencing', { timeout: 600_000 }, () => {
   });
 
   it('a clean detach fences nothing; keys are new after each detach, reach only their volume, and go with it', async (t) => {
+    const { lab, a, b, cc, ca } = n;
     const RWX: MountMode = 'MULTI_NODE_MULTI_WRITER';
     const vol = await create('fence-clean', RWX);
     const other = await create('fence-other', RWX);

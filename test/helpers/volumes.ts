@@ -24,8 +24,8 @@ export interface Attached {
   target: string;
 }
 
-/** ControllerPublish, NodeStage, NodePublish: what kubelet and the attacher do before a pod starts. */
-export async function attach(c: CsiClients, volume: string | Volume, nodeId: string, dir: string, cap: VolumeCapability, secrets: Record<string, string>, readonly = false): Promise<Attached> {
+/** ControllerPublish, NodeStage, NodePublish: what kubelet and the attacher do before a pod starts. `context` is the publish context the node got. */
+export async function attach(c: CsiClients, volume: string | Volume, nodeId: string, dir: string, cap: VolumeCapability, secrets: Record<string, string>, readonly = false): Promise<Attached & { context: Record<string, string> }> {
   const staging = path.join(dir, 'staging');
   const target = path.join(dir, 'target');
   mkdirSync(staging, { recursive: true });
@@ -35,7 +35,7 @@ export async function attach(c: CsiClients, volume: string | Volume, nodeId: str
   const pub = await c.controller.ControllerPublishVolume({ volume_id: volumeId, node_id: nodeId, volume_capability: cap, readonly, secrets, volume_context });
   await c.node.NodeStageVolume({ volume_id: volumeId, staging_target_path: staging, volume_capability: cap, secrets, publish_context: pub!.publish_context, volume_context });
   await c.node.NodePublishVolume({ volume_id: volumeId, staging_target_path: staging, target_path: target, volume_capability: cap, readonly, volume_context, publish_context: pub!.publish_context });
-  return { staging, target };
+  return { staging, target, context: pub!.publish_context ?? {} };
 }
 
 /** The reverse, as when the pod goes away. */
