@@ -297,7 +297,8 @@ export class RbdNode implements NodeBackend {
 
   async expand(id: ObjectId, req: csi.NodeExpandVolumeRequest, ctx: RpcContext): Promise<number> {
     const device = await this.attacher.findDevice(this.ref(id), ctx.log);
-    if (!device) throw failedPrecondition(`volume ${req.volume_id} is not attached on this node`);
+    // The spec's code for a volume the node cannot find: any id of ours names some image, staged here or not.
+    if (!device) throw notFound(`volume ${req.volume_id} is not staged on this node`);
     // A loop device keeps its old size until told to look again; kernel mappings update themselves.
     if (device.startsWith('/dev/loop')) await loopRefresh(device, ctx.log);
     // The CO may omit the capability; a published raw-block volume is a device node.
