@@ -139,6 +139,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       const p = existingVolumePath(required(req.volume_path, 'volume_path'));
       // An id that cannot be ours has no volume at any path: its stats are nobody's.
       const { id, backend } = resolve(req.volume_id);
+      volumes.requireStaged(req.volume_id);
       const { usage, condition } = await volumes.stats(id, backend, p, ctx);
       return { usage, volume_condition: condition };
     }),
@@ -159,6 +160,7 @@ export function nodeService(rt: RpcRuntime, backends: NodeBackends, me: NodeIden
       },
       async (req, ctx, { id, backend, p }) => {
         if ((await pathKind(p)) === 'missing') throw notFound(`volume path ${p} does not exist`);
+        volumes.requireStaged(req.volume_id);
         return { capacity_bytes: await backend.expand(id, req, ctx) };
       },
     ),

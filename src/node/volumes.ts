@@ -93,7 +93,10 @@ export class NodeVolumes {
     const source = cap.block ? path.join(staging, STAGED_BLOCK_FILE) : staging;
     // The stage record says which volume the staging path holds: a mount there alone could be anyone's.
     const record = this.records.get(staging);
-    if (record?.request.volume_id !== volumeId) throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}`);
+    if (record?.request.volume_id !== volumeId) {
+      this.requireStaged(volumeId);
+      throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}`);
+    }
     await this.healer.heal(record, ctx);
     if (!(await findMount(source))) throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}${cap.block ? ' as a raw block device' : ''}`);
     if ((await mountHealth(target)) === 'dead') await unmount(target, ctx.log);
@@ -123,6 +126,14 @@ export class NodeVolumes {
     this.records.unpublished(volumeId, target);
     // Only the mount point publish made (an empty directory or file) goes; content is never ours to delete.
     if ((await removeMountPoint(target)) === 'kept') ctx.log.warn({ target }, 'target_path holds something the node did not make: left in place');
+  }
+
+  /**
+   * Every stage is recorded, so a volume no record names is not on this node: the spec's NOT_FOUND,
+   * also for a well-formed id of no volume at all (whatever is mounted at the path the call names).
+   */
+  requireStaged(volumeId: string): void {
+    if (!this.records.all().some((r) => r.request.volume_id === volumeId)) throw notFound(`volume ${volumeId} is not staged on this node`);
   }
 
   /** Usage of a published or staged volume at `p`, and whether it answers; NOT_FOUND when nothing is there. */
