@@ -93,10 +93,7 @@ export class NodeVolumes {
     const source = cap.block ? path.join(staging, STAGED_BLOCK_FILE) : staging;
     // The stage record says which volume the staging path holds: a mount there alone could be anyone's.
     const record = this.records.get(staging);
-    if (record?.request.volume_id !== volumeId) {
-      this.requireStaged(volumeId);
-      throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}`);
-    }
+    if (record?.request.volume_id !== volumeId) throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}`);
     await this.healer.heal(record, ctx);
     if (!(await findMount(source))) throw failedPrecondition(`volume ${volumeId} is not staged at ${staging}${cap.block ? ' as a raw block device' : ''}`);
     if ((await mountHealth(target)) === 'dead') await unmount(target, ctx.log);
@@ -129,8 +126,9 @@ export class NodeVolumes {
   }
 
   /**
-   * Every stage is recorded, so a volume no record names is not on this node: the spec's NOT_FOUND,
-   * also for a well-formed id of no volume at all (whatever is mounted at the path the call names).
+   * Every stage is recorded, so a volume no record names is not on this node: NOT_FOUND for its
+   * stats and expansion, also for a well-formed id of no volume at all (whatever is mounted at the
+   * path the call names). NodePublish of such a volume stays FAILED_PRECONDITION: stage first.
    */
   requireStaged(volumeId: string): void {
     if (!this.records.all().some((r) => r.request.volume_id === volumeId)) throw notFound(`volume ${volumeId} is not staged on this node`);
