@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CephLab } from '../test/lab/ceph-lab.js';
-import { codeOf, connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
+import { connect, retryAborted, startDriver, type CsiClients } from '../test/helpers/driver.js';
 import { MiB, attach, mountCap } from '../test/helpers/volumes.js';
 import { fusePids, imageOf, syncWrite, watchers } from '../test/fence/helpers.js';
 import { percentile } from './stats.js';
@@ -71,17 +71,6 @@ async function cleanup(v: Awaited<ReturnType<typeof failedOnA>>, onB?: { staging
     await cc.controller.ControllerUnpublishVolume({ volume_id: v.vol.volume_id!, node_id: 'node-b', secrets });
   }
   await cc.controller.DeleteVolume({ volume_id: v.vol.volume_id!, secrets });
-}
-
-async function retryAborted<T>(call: () => Promise<T>): Promise<T> {
-  for (let i = 0; ; i++) {
-    try {
-      return await call();
-    } catch (e) {
-      if (codeOf(e) !== 'ABORTED' || i >= 30) throw e;
-      await sleep(1000);
-    }
-  }
 }
 
 /** ControllerUnpublish of A, then B attaches and writes: [unpublish ms, failover ms]. */

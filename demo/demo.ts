@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { CephLab, LAB_S3, type Component } from '../test/lab/ceph-lab.js';
-import { codeOf, connect, startDriver, type CsiClients } from '../test/helpers/driver.js';
+import { connect, retryAborted, startDriver, type CsiClients } from '../test/helpers/driver.js';
 import { MiB, attach, detach, fileSha, mountCap, writeRandom } from '../test/helpers/volumes.js';
 import type { VolumeCapability } from '../src/csi/gen/csi/v1/VolumeCapability.js';
 
@@ -52,18 +52,6 @@ async function step<T>(label: string, fn: () => Promise<T>, detail?: (r: T) => s
   const extra = detail ? `  ${detail(r)}` : '';
   console.log(`${(performance.now() - t0).toFixed(0).padStart(6)} ms${extra}`);
   return r;
-}
-
-/** As the provisioner does: ABORTED means "in progress" (an asynchronous clone), so call again. */
-async function retryAborted<T>(fn: () => Promise<T>): Promise<T> {
-  for (let i = 0; ; i++) {
-    try {
-      return await fn();
-    } catch (e) {
-      if (codeOf(e) !== 'ABORTED' || i >= 30) throw e;
-      await new Promise((r) => setTimeout(r, 1000));
-    }
-  }
 }
 
 async function untilReady<T extends { snapshot?: { ready_to_use?: boolean } | null } | undefined>(fn: () => Promise<T>): Promise<T> {

@@ -112,3 +112,15 @@ export function codeOf(e: unknown): string {
   const c = (e as grpc.ServiceError).code;
   return grpc.status[c] ?? String(c);
 }
+
+/** Calls again on ABORTED ("in progress"), once a second up to 30 times, as the sidecars and kubelet do. */
+export async function retryAborted<T>(call: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await call();
+    } catch (e) {
+      if (codeOf(e) !== 'ABORTED' || i >= 30) throw e;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}
