@@ -65,6 +65,7 @@ export class FakeRbd implements RbdApi {
 
   private make(pool: string, name: string, size: number, opts: CreateOptions): FakeImage {
     if (!this.pools.has(pool) && !this.namespaceSpecs.has(pool)) throw ENOENT_E('create');
+    if (opts.dataPool && !this.pools.has(opts.dataPool)) throw ENOENT_E('create');
     if (this.find(pool, name)) throw EEXIST_E('create');
     const img: FakeImage = { id: `id${this.nextId++}`, pool, name, size, features: [...opts.features], meta: new Map(), snaps: new Map(), trashed: false, watchers: [] };
     this.images.set(img.id, img);

@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import { HeadBucketCommand } from '@aws-sdk/client-s3';
+import { HeadBucketCommand, ListBucketsCommand } from '@aws-sdk/client-s3';
 import { CephLab } from '../lab/ceph-lab.js';
 import { codeOf, connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { labS3Client } from '../helpers/s3.js';
@@ -147,6 +147,43 @@ describe('hostile controller input (issue 16)', { timeout: 900_000 }, () => {
     assert.equal(info.exitCode, 0, info.stderr);
     const status = (await c.controller.ControllerGetVolume({ volume_id: v.volume_id }))!.status!;
     assert.deepEqual(status.published_node_ids, []);
+  });
+
+  it('parameters naming a pool, data pool or file system the cluster lacks, or a reserved bucket name, are INVALID_ARGUMENT and make nothing', async () => {
+    const imagesBefore = await lab.rbd(['ls', '-l', '-p', 'rbd', '--format', 'json']);
+    const subvolumesBefore = await lab.ceph(['fs', 'subvolume', 'ls', 'cephfs', '--group_name', 'csi', '--format', 'json']);
+    const s3 = labS3Client(lab);
+    const buckets = async () => ((await s3.send(new ListBucketsCommand({}))).Buckets ?? []).map((b) => b.Name).sort();
+    try {
+      const bucketsBefore = await buckets();
+      const cases: Array<[Backend, Record<string, string>]> = [
+        ['rbd', { pool: 'UPPER' }],
+        ['rbd', { dataPool: 'nosuchpool' }],
+        ['rbd', { pool: 'nosuchpool', radosNamespace: 'tenant-x' }],
+        ['cephfs', { fsName: 'nosuchfs' }],
+        ['cephfs', { pool: 'nosuchpool' }],
+        ['cephfs', { pool: 'rbd' }],
+        ['s3', { bucket: `csi-vol-${'0'.repeat(31)}` }],
+        ['s3', { bucket: `csi-snap-${hex()}` }],
+      ];
+      const got: string[] = [];
+      for (const [b, p] of cases) {
+        const params = { ...PARAMS[b], ...p };
+        const made = await code(c.controller.CreateVolume({ name: `params-${hex()}`, capacity_range: { required_bytes: 64 << 20 }, volume_capabilities: [cap(b)], parameters: params, secrets: secrets[b] }));
+        const restored = await code(c.controller.CreateVolume({ name: `params-${hex()}`, volume_capabilities: [cap(b)], parameters: params, secrets: secrets[b], volume_content_source: { volume: { volume_id: vols[b]!.volume_id } } }));
+        const room = await code(c.controller.GetCapacity({ volume_capabilities: [cap(b)], parameters: params }));
+        for (const [what, got1] of [['CreateVolume', made], ['clone', restored], ['GetCapacity', room]] as const) {
+          // A clone into another pool or file system is refused as such before any pool is looked at.
+          if (got1 !== 'INVALID_ARGUMENT') got.push(`${b} ${what} with ${JSON.stringify(p)}: ${got1}`);
+        }
+      }
+      assert.deepEqual(got, []);
+      assert.equal(await lab.rbd(['ls', '-l', '-p', 'rbd', '--format', 'json']), imagesBefore, 'no image was made');
+      assert.equal(await lab.ceph(['fs', 'subvolume', 'ls', 'cephfs', '--group_name', 'csi', '--format', 'json']), subvolumesBefore, 'no subvolume was made');
+      assert.deepEqual(await buckets(), bucketsBefore, 'no bucket was made');
+    } finally {
+      s3.destroy();
+    }
   });
 
   it('case 6: a focused sample of the fuzzer at one CephFS volume leaves its metadata, data and delete intact', async () => {

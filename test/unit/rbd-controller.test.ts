@@ -61,6 +61,19 @@ describe('rbd controller: volumes', () => {
     await rejects(create('pvc-1', 128 * MiB), status.ALREADY_EXISTS, /size/);
   });
 
+  it('answers INVALID_ARGUMENT, making nothing, for a pool or data pool the cluster lacks, in CreateVolume and GetCapacity', async () => {
+    const { rbd, ctrl } = setup();
+    for (const [key, p] of [['pool', { pool: 'nopool' }], ['dataPool', { dataPool: 'nopool' }], ['pool', { pool: 'nopool', radosNamespace: 'ns' }]] as const) {
+      const req = { name: 'pvc-x', capacity_range: { required_bytes: MiB, limit_bytes: 0 }, volume_capabilities: [cap], parameters: { ...PARAMS, ...p }, secrets: {} } as unknown as csi.CreateVolumeRequest;
+      await rejects(ctrl.createVolume(req, ctx), status.INVALID_ARGUMENT, new RegExp(`"${key}": cluster c has no pool "nopool"`));
+      await rejects(ctrl.getCapacity('c', { ...PARAMS, ...p }, ctx), status.INVALID_ARGUMENT, new RegExp(`"${key}"`));
+    }
+    assert.equal(rbd.images.size, 0);
+    assert.equal(rbd.namespaceSpecs.size, 0);
+    rbd.pools.add('ec-data');
+    assert.equal(await ctrl.getCapacity('c', { ...PARAMS, dataPool: 'ec-data' }, ctx), 10 * 2 ** 30);
+  });
+
   it('finishes a blank image whose create stopped before its record', async () => {
     const { rbd, create, image } = setup();
     rbd.failNext('metaSet', new ExecError('rbd (rados client)', undefined, 'killed', false, true));

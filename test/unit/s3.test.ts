@@ -18,6 +18,8 @@ describe('S3 StorageClass parameters', () => {
     [{ backend: 's3' }, /"clusterID" is required/],
     [{ clusterID: 'lab', bucket: 'Bad_Bucket' }, /"bucket"/],
     [{ clusterID: 'lab', bucket: 'ab' }, /"bucket"/],
+    [{ clusterID: 'lab', bucket: `csi-vol-${'0'.repeat(31)}` }, /kept for the buckets of volumes/],
+    [{ clusterID: 'lab', bucket: 'csi-snap-x' }, /kept for the buckets of volumes/],
     [{ clusterID: 'lab', mounter: 'goofys' }, /"mounter"/],
     [{ clusterID: 'lab', uid: '-1' }, /"uid"/],
     [{ clusterID: 'lab', mode: '999' }, /"mode"/],

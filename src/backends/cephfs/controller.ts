@@ -15,7 +15,7 @@ import { parseRecord } from '../../util/json.js';
 import { all } from '../../util/settle.js';
 import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
-import { CephFsCli, EEXIST, ENOENT, isErrno } from './fs-cli.js';
+import { CephFsCli, EEXIST, EINVAL, ENOENT, isErrno } from './fs-cli.js';
 import { parseCephfsParams } from './params.js';
 
 /**
@@ -89,13 +89,19 @@ export class CephfsController implements ControllerBackend {
     const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
     let info = await fs.info(name);
     if (!info) {
-      if (wantSrc) await this.startClone(fs, p.clusterID, src!, name, size, p.pool);
-      else {
+      if (wantSrc) {
+        // A pool layout the file system lacks would fail the clone after a clone's temporary snapshot is made.
+        if (p.pool) await this.dataPools(fs, p);
+        await this.startClone(fs, p.clusterID, src!, name, size, p.pool);
+      } else {
         try {
           await fs.create(name, size, p.pool);
         } catch (e) {
-          // The group is made on first use; checking for it on every create would cost a command each time.
+          // The mgr answers a file system or pool layout the cluster lacks as a missing group (ENOENT) or a bad argument (EINVAL).
+          if (!isErrno(e, ENOENT) && !isErrno(e, EINVAL)) throw e;
+          await this.dataPools(fs, p);
           if (!isErrno(e, ENOENT)) throw e;
+          // The group is made on first use; checking for it on every create would cost a command each time.
           await fs.ensureGroup();
           await fs.create(name, size, p.pool);
         }
@@ -318,20 +324,36 @@ export class CephfsController implements ControllerBackend {
     // A StorageClass's parameters are checked as CreateVolume checks them; with none beyond backend and clusterID there is no file system to ask.
     const named = Object.keys(params).some((k) => k !== 'backend' && k !== 'clusterID' && !k.startsWith('csi.storage.k8s.io/'));
     const p = named ? parseCephfsParams(params) : undefined;
-    const fs = this.cli(clusterId, p?.fsName ?? '', p?.subvolumeGroup ?? 'csi', {}, ctx.log);
     if (!p) return 0;
-    const pools = await fs.dataPools();
-    if (!pools) throw invalidArgument(`parameter fsName: cluster ${clusterId} has no file system ${p.fsName}`);
+    const fs = this.cli(clusterId, p.fsName, p.subvolumeGroup, {}, ctx.log);
+    const pools = await this.dataPools(fs, p);
     const pool = p.pool ?? pools[0];
     return pool ? ((await fs.poolAvailable(pool)) ?? 0) : 0;
   }
 
+  /** The file system's data pools; INVALID_ARGUMENT when the class names a file system or pool layout the cluster lacks. */
+  private async dataPools(fs: CephFsCli, p: { clusterID: string; fsName: string; pool?: string }): Promise<string[]> {
+    const pools = await fs.dataPools();
+    if (!pools) throw invalidArgument(`parameter "fsName": cluster ${p.clusterID} has no file system "${p.fsName}"`);
+    if (p.pool && !pools.includes(p.pool)) throw invalidArgument(`parameter "pool": "${p.pool}" is not a data pool of file system "${p.fsName}"`);
+    return pools;
+  }
+
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
     const { fs, name } = this.cliFor(id, req.secrets, ctx.log);
+    const required = Number(req.capacity_range?.required_bytes ?? 0);
+    // With required_bytes the resize need not wait for the lookup: both go at once. `--no-shrink` refuses
+    // (EINVAL) a size the quota already reaches, and any subvolume that is missing or still a clone target.
+    const grown = required > 0 ? fs.resize(name, sizeFromRange(req.capacity_range, 0, MiB)).then(() => true, (e: unknown) => e) : undefined;
     const info = await fs.info(name);
+    const resized = await grown;
     if (!info || info.state !== 'complete') throw notFound(`volume ${req.volume_id} not found`);
     const size = sizeFromRange(req.capacity_range, info.bytesQuota, MiB);
-    if (size > info.bytesQuota) await fs.resize(name, size);
+    if (resized === undefined) {
+      if (size > info.bytesQuota) await fs.resize(name, size);
+    } else if (resized !== true && (size > info.bytesQuota || !isErrno(resized, EINVAL))) {
+      throw resized;
+    }
     // The quota is enforced by the MDS and clients at once: no node step.
     return { capacity_bytes: Math.max(size, info.bytesQuota), node_expansion_required: false };
   }

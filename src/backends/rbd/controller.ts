@@ -113,6 +113,8 @@ export class RbdController implements ControllerBackend {
     try {
       return done(await make());
     } catch (e) {
+      // librbd answers a pool or data pool the cluster lacks as it answers a missing image.
+      if (isErrno(e, ENOENT)) await this.poolRoom(rbd, params);
       if (!isErrno(e, EEXIST) && !(src && (isCsiError(e, status.NOT_FOUND) || isCsiError(e, status.OUT_OF_RANGE)))) throw e;
     }
     let existing = await rbd.info(pool, image);
@@ -166,6 +168,7 @@ export class RbdController implements ControllerBackend {
     try {
       await rbd.namespaceCreate(params.pool, params.radosNamespace);
     } catch (e) {
+      if (isErrno(e, ENOENT)) await this.poolRoom(rbd, params);
       if (!isCsiError(e, status.FAILED_PRECONDITION)) throw e;
       throw failedPrecondition(`RADOS namespace "${params.radosNamespace}" does not exist in pool "${params.pool}" and this identity may not create it: create it with \`rbd namespace create ${pool}\`, or give the provisioner's user caps on the whole pool (${e.message})`);
     }
@@ -200,6 +203,8 @@ export class RbdController implements ControllerBackend {
     const srcInfo = await rbd.info(vpool, vimage);
     if (!srcInfo) throw notFound(`source volume ${volumeId} not found`);
     if (size < srcInfo.size) throw outOfRange(`requested size ${size} is smaller than the source volume (${srcInfo.size} bytes)`);
+    // A data pool the cluster lacks would fail the clone after the temporary snapshot is made.
+    if (params.dataPool) await this.poolRoom(rbd, params);
     // A temporary snapshot named after the new image; with clone v2 removing it
     // only moves it to the trash namespace until the clone no longer needs it.
     await rbd.snapCreate(vpool, vimage, image);
@@ -397,11 +402,23 @@ export class RbdController implements ControllerBackend {
   async getCapacity(clusterId: string, params: Record<string, string>, ctx: RpcContext): Promise<number> {
     // A StorageClass's parameters are checked as CreateVolume checks them; with none beyond backend and clusterID, every pool counts.
     const named = Object.keys(params).some((k) => k !== 'backend' && k !== 'clusterID' && !k.startsWith('csi.storage.k8s.io/'));
-    const pool = named ? parseRbdParams(params).pool : undefined;
+    const p = named ? parseRbdParams(params) : undefined;
     const rbd = this.api(clusterId, {}, ctx.log);
-    if (pool) return (await rbd.poolAvailable(pool)) ?? 0;
+    // A volume's data lands in the data pool when the class names one: that is the room it can fill.
+    if (p) return this.poolRoom(rbd, p);
     // No pool named: the largest any RBD pool can take (pools share OSDs, so a sum would overstate).
     return Math.max(0, ...(await rbd.rbdPools()).map((p) => p.maxAvail));
+  }
+
+  /**
+   * The bytes the class's data pool (or pool) can still take. A pool the
+   * cluster does not have is the StorageClass's mistake: INVALID_ARGUMENT.
+   */
+  private async poolRoom(rbd: RbdApi, p: RbdParams): Promise<number> {
+    const [room, dataRoom] = await Promise.all([rbd.poolAvailable(p.pool), p.dataPool ? rbd.poolAvailable(p.dataPool) : undefined]);
+    if (room === undefined) throw invalidArgument(`parameter "pool": cluster ${p.clusterID} has no pool "${p.pool}"`);
+    if (p.dataPool && dataRoom === undefined) throw invalidArgument(`parameter "dataPool": cluster ${p.clusterID} has no pool "${p.dataPool}"`);
+    return dataRoom ?? room;
   }
 
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {

@@ -50,6 +50,10 @@ export function parseS3Params(p: Record<string, string>): S3Params {
   if (p.bucket && !isBucketName(p.bucket)) {
     throw invalidArgument('parameter "bucket" is not a valid S3 bucket name (3-63 lowercase letters, digits, "." and "-")');
   }
+  // Buckets of their own are named csi-vol-<hash> and csi-snap-<hash>: a shared bucket there would be taken for one, or removed as one.
+  if (p.bucket && /^csi-(vol|snap)-/.test(p.bucket)) {
+    throw invalidArgument('parameter "bucket": names beginning "csi-vol-" or "csi-snap-" are kept for the buckets of volumes and snapshots');
+  }
   const mounter = (p.mounter || 's3fs') as S3Mounter;
   if (mounter !== 's3fs' && mounter !== 'rclone') throw invalidArgument('parameter "mounter" must be s3fs or rclone');
   let mode: number | undefined;
