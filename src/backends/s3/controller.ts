@@ -456,14 +456,17 @@ export class S3Controller implements ControllerBackend {
  * into something else (a crash midway leaves no data for a same-named volume
  * to inherit, and the retry finishes), so its objects go in one request,
  * records last, and the bucket with them: three requests in all. Anything
- * else (data, markers of snapshots being copied from it, a full listing page)
- * is left untouched for the careful way, which answers false.
+ * else (data, markers of snapshots being copied from it, more than one listing
+ * page) is left untouched for the careful way, which answers false.
  */
 async function removeEmptyBucket(store: S3Api, l: Location): Promise<boolean> {
   const bucket = bucketOf(l);
-  const page = await store.list(bucket, '').next();
+  const pages = store.list(bucket, '');
+  const page = await pages.next();
   const keys = page.done ? [] : page.value.map((o) => o.key);
-  if (keys.length >= LIST_PAGE) return false;
+  // A store may end a page short of LIST_PAGE keys and still have more (RGW leaves out entries it filters, such
+  // as parts of unfinished uploads): keys not seen may be data. Asking for the next page sends no request when there is none.
+  if (keys.length >= LIST_PAGE || !(await pages.next()).done) return false;
   const records = keys.filter((k) => k === recordKey(l) || k.startsWith(attachPrefix(l)));
   if (keys.some((k) => k !== dataPrefix(l) && !records.includes(k))) return false;
   await store.deleteBatch(bucket, [...keys.filter((k) => !records.includes(k)), ...records.filter((k) => k !== recordKey(l)), ...records.filter((k) => k === recordKey(l))]);
