@@ -395,6 +395,21 @@ describe('s3 controller: snapshots and restores', () => {
     assert.deepEqual(t.s3.calls, ['getJson'], 'a retry reads the record');
   });
 
+  it('keeps the snapshot of a prefix in the same shared bucket, and DeleteSnapshot takes only its prefix', async () => {
+    const t = setup();
+    const v = await t.create('pvc-1', { bucket: SHARED });
+    t.s3.write(SHARED, `${t.prefix('pvc-1')}fs/a`, 4);
+    const s = await t.snapshot(v.volume_id, 'snap-1');
+    const sp = `csi-snap-${nameHash(cfg.driverName, 'snap-1')}/`;
+    assert.equal(s.snapshot_id, idOfSnap('snap-1', v.volume_id));
+    assert.equal(t.s3.buckets.has(t.bucket('snap', 'snap-1')), false, 'no bucket of its own');
+    assert.deepEqual(t.s3.keys(SHARED, sp), [`${sp}.strata/record.json`, `${sp}fs/`, `${sp}fs/a`]);
+    assert.deepEqual(await t.ctrl.listVolumeIds('lab', ctx), [v.volume_id], 'a snapshot prefix is no volume');
+    await t.delSnap(s.snapshot_id);
+    assert.deepEqual(t.s3.keys(SHARED, sp), []);
+    assert.deepEqual(t.s3.keys(SHARED, t.prefix('pvc-1')), [`${t.prefix('pvc-1')}.strata/record.json`, `${t.prefix('pvc-1')}fs/`, `${t.prefix('pvc-1')}fs/a`]);
+  });
+
   it('answers ALREADY_EXISTS for a name taken by a snapshot of another volume, writing nothing', async () => {
     const t = setup();
     const v1 = await t.create('pvc-1');
