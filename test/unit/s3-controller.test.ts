@@ -8,7 +8,7 @@ import { status } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { S3Controller, type SnapshotRecord, type VolumeRecord } from '../../src/backends/s3/controller.js';
 import { attachKey, copyingPrefix, idOf, locationOf } from '../../src/backends/s3/layout.js';
-import { volumeUser } from '../../src/backends/s3/volume-keys.js';
+import { prefixPolicy, prefixUser, volumeUser } from '../../src/backends/s3/volume-keys.js';
 import { parseConfig } from '../../src/config/config.js';
 import { nameHash, parseId, type ObjectId } from '../../src/csi/ids.js';
 import type * as csi from '../../src/csi/types.js';
@@ -43,6 +43,8 @@ interface VolOpts {
   bucket?: string;
   snapshot?: string;
   volume?: string;
+  /** No capacity_range at all (a restore or clone then takes its source's size). */
+  noRange?: boolean;
 }
 
 function setup(opts: { rgw?: boolean } = {}) {
@@ -53,7 +55,7 @@ function setup(opts: { rgw?: boolean } = {}) {
   const volReq = (name: string, o: VolOpts = {}) =>
     ({
       name,
-      capacity_range: { required_bytes: o.bytes ?? GiB, limit_bytes: o.limit ?? 0 },
+      capacity_range: o.noRange ? null : { required_bytes: o.bytes ?? GiB, limit_bytes: o.limit ?? 0 },
       volume_capabilities: [cap()],
       parameters: { backend: 's3', clusterID: 'lab', ...(o.bucket ? { bucket: o.bucket } : {}) },
       secrets: SECRETS,
@@ -475,6 +477,21 @@ describe('s3 controller: snapshots and restores', () => {
     assert.equal(t.s3.buckets.get(rb)!.quota?.max_size, 2 * GiB);
   });
 
+  it('clones a volume, taking its size when the request names none; an unready source is NOT_FOUND', async () => {
+    const t = setup();
+    const v = await t.create('pvc-1', { bytes: 3 * GiB });
+    t.s3.write(t.bucket('vol', 'pvc-1'), 'fs/a', 9);
+    const c = await t.create('pvc-c', { volume: v.volume_id, noRange: true });
+    assert.equal(c.capacity_bytes, 3 * GiB);
+    assert.deepEqual(c.content_source, { volume: { volume_id: v.volume_id } });
+    assert.deepEqual(t.s3.keys(t.bucket('vol', 'pvc-c'), 'fs/'), ['fs/', 'fs/a']);
+    assert.equal(t.s3.buckets.get(t.bucket('vol', 'pvc-c'))!.quota?.max_size, 3 * GiB);
+    t.s3.write(t.bucket('vol', 'pvc-1'), '.strata/record.json', JSON.stringify({ ...t.s3.json(t.bucket('vol', 'pvc-1'), '.strata/record.json'), state: 'deleting' }));
+    t.s3.clearCalls();
+    await rejects(t.create('pvc-d', { volume: v.volume_id }), status.NOT_FOUND);
+    assert.deepEqual(t.writes(), []);
+  });
+
   it('refuses a restore smaller than its snapshot before any bucket is made', async () => {
     const t = setup();
     const v = await t.create('pvc-1', { bytes: 2 * GiB });
@@ -567,6 +584,36 @@ describe('s3 controller: publish and unpublish', () => {
     assert.ok(t.s3.json(t.bucket('vol', 'pvc-1'), attachKey(l, 'node-a')));
     assert.equal(t.s3.calls.filter((c) => c === 'putJson').length, 2, 'refused once, then written');
     assert.deepEqual(t.s3.buckets.get(t.bucket('vol', 'pvc-1'))!.quota, { enabled: true, max_size: 1000 }, 'set again');
+  });
+
+  it('gives each node of a prefix an RGW user of its own with a policy on that prefix, removed at unpublish', async () => {
+    const t = setup();
+    const v = await t.create('pvc-1', { bucket: SHARED });
+    const l = locationOf(t.vid(v.volume_id))!;
+    const a = await t.publish(v.volume_id, 'node-a', 'MULTI_NODE_MULTI_WRITER');
+    const b = await t.publish(v.volume_id, 'node-b', 'MULTI_NODE_MULTI_WRITER');
+    const ua = t.s3.users.get(prefixUser(l, 'node-a'))!;
+    assert.equal(ua.keys[0]!.access_key, a.accessKeyID);
+    assert.equal(ua.policies.get('volume'), prefixPolicy(l, 's3fs'));
+    assert.notEqual(a.accessKeyID, b.accessKeyID);
+    assert.deepEqual(await t.publish(v.volume_id, 'node-a', 'MULTI_NODE_MULTI_WRITER'), a, 'a retry gives the same key');
+    await t.unpublish(v.volume_id, 'node-a');
+    assert.equal(t.s3.users.has(prefixUser(l, 'node-a')), false);
+    assert.ok(t.s3.users.has(prefixUser(l, 'node-b')));
+    await t.del(v.volume_id);
+    assert.equal(t.s3.users.size, 0, 'DeleteVolume removes the users of the nodes still attached');
+  });
+
+  it('unpublish without a node id revokes every key and removes every attachment', async () => {
+    const t = setup();
+    const v = await t.create('pvc-1');
+    const l = locationOf(t.vid(v.volume_id))!;
+    await t.publish(v.volume_id, 'node-a', 'MULTI_NODE_MULTI_WRITER');
+    await t.publish(v.volume_id, 'node-b', 'MULTI_NODE_MULTI_WRITER');
+    assert.equal(t.s3.users.get(volumeUser(l))!.keys.length, 2);
+    await t.unpublish(v.volume_id, '');
+    assert.deepEqual(t.s3.users.get(volumeUser(l))!.keys, []);
+    assert.deepEqual(t.s3.keys(t.bucket('vol', 'pvc-1'), '.strata/attach/'), []);
   });
 
   it('without RGW admin: records the attachment and hands over no key', async () => {
