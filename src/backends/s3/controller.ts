@@ -464,8 +464,9 @@ async function removeEmptyBucket(store: S3Api, l: Location): Promise<boolean> {
   const pages = store.list(bucket, '');
   const page = await pages.next();
   const keys = page.done ? [] : page.value.map((o) => o.key);
-  // A store may end a page short of LIST_PAGE keys and still have more (RGW leaves out entries it filters, such
-  // as parts of unfinished uploads): keys not seen may be data. Asking for the next page sends no request when there is none.
+  // A page may end short of LIST_PAGE keys with more to come (S3 allows it; RGW 16 does it for small pages when
+  // an unfinished multipart upload sits among the keys): keys not seen may be data. Asking for the next page sends
+  // no request when there is none.
   if (keys.length >= LIST_PAGE || !(await pages.next()).done) return false;
   const records = keys.filter((k) => k === recordKey(l) || k.startsWith(attachPrefix(l)));
   if (keys.some((k) => k !== dataPrefix(l) && !records.includes(k))) return false;
