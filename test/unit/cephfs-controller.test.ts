@@ -253,6 +253,14 @@ describe('cephfs controller: restores and clones', () => {
     assert.deepEqual([...sv('pvc-1')!.snaps.keys()], []);
   });
 
+  it('refuses a clone smaller than its source (OUT_OF_RANGE) without leaving a snapshot on the source', async () => {
+    const { fake, create, sv, fromVolume } = setup();
+    const v = await create('pvc-1', 128 * MiB);
+    await rejects(create('clone-1', 64 * MiB, fromVolume(v.volume_id)), status.OUT_OF_RANGE);
+    assert.deepEqual([...sv('pvc-1')!.snaps.keys()], [], 'nothing refers to it: it would stay until the source is deleted');
+    assert.equal(fake.subvolumes.size, 1);
+  });
+
   it('removes a failed clone (INTERNAL) so that a retry starts over', async () => {
     const { fake, create, snapshot, sv, fromSnapshot } = setup();
     const v = await create('pvc-1');

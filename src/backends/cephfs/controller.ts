@@ -158,20 +158,26 @@ export class CephfsController implements ControllerBackend {
       const rec = await this.snapshotRecord(fs, name, snap);
       if (!rec) throw notFound(`snapshot ${src.snapshot.snapshot_id} not found`);
       from = { name, snap, size: rec.size };
+      this.fitsSource(size, from.size);
     } else {
       const vid = this.sameFs(parseId(src.volume!.volume_id, 'v'), clusterId, fs, `source volume ${src.volume!.volume_id} not found`);
       const name = vid.location[2]!;
       const info = await fs.info(name);
       if (!info || info.state !== 'complete') throw notFound(`source volume ${src.volume!.volume_id} not found`);
       from = { name, snap: target, size: info.bytesQuota };
+      // Before the temporary snapshot: a refused clone is not retried, and the snapshot would stay on the source until it is deleted.
+      this.fitsSource(size, from.size);
       try {
         await fs.snapCreate(name, target);
       } catch (e) {
         if (!isErrno(e, EEXIST)) throw e;
       }
     }
-    if (size < from.size) throw outOfRange(`requested size ${size} is smaller than the source (${from.size} bytes)`);
     await fs.clone(from.name, from.snap, target, pool);
+  }
+
+  private fitsSource(size: number, sourceSize: number): void {
+    if (size < sourceSize) throw outOfRange(`requested size ${size} is smaller than the source (${sourceSize} bytes)`);
   }
 
   /** A snapshot's record: in its metadata, or in config-key once its subvolume was removed. */
