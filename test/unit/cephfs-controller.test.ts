@@ -462,6 +462,20 @@ describe('cephfs controller: ControllerExpandVolume', () => {
     assert.equal(fake.find(FS, GROUP, `csi-vol-${nameHash(cfg.driverName, 'nobody')}`), undefined);
     await ctrl.deleteVolume(vid(v.volume_id), {}, ctx);
   });
+
+  it('never shrinks the quota: a smaller request (the mgr shrinks above the bytes used even with --no-shrink) answers the current size', async () => {
+    const { create, sv, expand, callsOf } = setup();
+    const v = await create('pvc-1', 128 * MiB);
+    assert.deepEqual(await callsOf(() => expand(v.volume_id, 128 * MiB)), ['info'], 'nothing to send');
+    assert.deepEqual(await callsOf(() => expand(v.volume_id, 64 * MiB)), ['info']);
+    assert.deepEqual(await expand(v.volume_id, 64 * MiB), { capacity_bytes: 128 * MiB, node_expansion_required: false });
+    assert.equal(sv('pvc-1')!.quota, 128 * MiB);
+    assert.deepEqual(await callsOf(() => expand(v.volume_id, 160 * MiB)), ['info', 'resize']);
+    assert.equal(sv('pvc-1')!.quota, 160 * MiB);
+    sv('pvc-1')!.used = 100 * MiB;
+    assert.deepEqual(await expand(v.volume_id, 64 * MiB), { capacity_bytes: 160 * MiB, node_expansion_required: false }, 'below the bytes used (EINVAL from the mgr)');
+    assert.equal(sv('pvc-1')!.quota, 160 * MiB);
+  });
 });
 
 describe('cephfs controller: publish, unpublish, GetVolume, ListVolumes', () => {

@@ -358,19 +358,12 @@ export class CephfsController implements ControllerBackend {
 
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
     const { fs, name } = this.cliFor(id, req.secrets, ctx.log);
-    const required = Number(req.capacity_range?.required_bytes ?? 0);
-    // With required_bytes the resize need not wait for the lookup: both go at once. `--no-shrink` refuses
-    // (EINVAL) a size the quota already reaches, and any subvolume that is missing or still a clone target.
-    const grown = required > 0 ? fs.resize(name, sizeFromRange(req.capacity_range, 0, MiB)).then(() => true, (e: unknown) => e) : undefined;
     const info = await fs.info(name);
-    const resized = await grown;
     if (!info || info.state !== 'complete') throw notFound(`volume ${req.volume_id} not found`);
     const size = sizeFromRange(req.capacity_range, info.bytesQuota, MiB);
-    if (resized === undefined) {
-      if (size > info.bytesQuota) await fs.resize(name, size);
-    } else if (resized !== true && (size > info.bytesQuota || !isErrno(resized, EINVAL))) {
-      throw resized;
-    }
+    // Only a larger size is sent, so the resize waits for the lookup: `--no-shrink` refuses only a size
+    // below the bytes used, and sets any other smaller size, shrinking the quota.
+    if (size > info.bytesQuota) await fs.resize(name, size);
     // The quota is enforced by the MDS and clients at once: no node step.
     return { capacity_bytes: Math.max(size, info.bytesQuota), node_expansion_required: false };
   }
