@@ -7,8 +7,9 @@ import { ExecError } from '../../src/util/exec.js';
  * does for what the controller relies on: file systems and their data pools,
  * subvolume groups, subvolumes with quota, path and state; asynchronous clones
  * (the target answers EAGAIN, or "in-progress" through info, until enough
- * `cloneState` polls complete it; its source snapshot cannot be removed while
- * it is pending); `rm --retain-snapshots` (the subvolume keeps only its
+ * `cloneState` polls complete it; it cannot be removed, even with --force,
+ * until it is canceled; its source snapshot cannot be removed while it is
+ * pending); `rm --retain-snapshots` (the subvolume keeps only its
  * snapshots, answers ENOENT for everything but info, snapshot listing and
  * removal, and goes with its last snapshot); `resize --no-shrink`, which
  * refuses only a size below the bytes used (a size below the quota shrinks
@@ -86,8 +87,8 @@ export class FakeCephFs {
     return this.subvolumes.get(svKey(fs, group, name));
   }
 
-  /** Ends a clone now, as complete or failed. */
-  finishClone(fs: string, group: string, name: string, state: 'complete' | 'failed' = 'complete'): void {
+  /** Ends a clone now, as complete, failed or canceled. */
+  finishClone(fs: string, group: string, name: string, state: 'complete' | 'failed' | 'canceled' = 'complete'): void {
     const sv = this.find(fs, group, name)!;
     const src = this.subvolumes.get(sv.clone!.key)?.snaps.get(sv.clone!.snap);
     if (src) src.pendingClones--;
@@ -212,7 +213,8 @@ class FakeGroup implements SubvolumeApi {
     const sv = this.find(name);
     if (!sv) return;
     if (sv.state !== 'complete' && sv.state !== 'snapshot-retained') {
-      if (!force) throw err('rm', EAGAIN, `subvolume '${name}' is not ready for operation rm`);
+      if (!force) throw err('rm', EAGAIN, `subvolume '${name}' is not ready for operation rm (use --force to override)`);
+      if (sv.clone) throw err('rm', EAGAIN, `${name} clone in-progress -- please cancel the clone and retry`);
       this.drop(sv);
       return;
     }
@@ -341,6 +343,13 @@ class FakeGroup implements SubvolumeApi {
     if (sv.clone && --sv.clone.polls <= 0) this.c.finishClone(this.fs, this.group, target);
     else if (sv.state === 'pending') sv.state = 'in-progress';
     return sv.state === 'failed' ? { state: 'failed', reason: 'error in clone' } : { state: sv.state };
+  }
+
+  async cloneCancel(target: string): Promise<void> {
+    this.c.step('cloneCancel');
+    const sv = this.find(target);
+    if (!sv?.clone) return; // missing (ENOENT) or finished (EINVAL): nothing to stop
+    this.c.finishClone(this.fs, this.group, target, 'canceled');
   }
 
   async authorize(name: string, authId: string): Promise<string> {

@@ -275,14 +275,14 @@ describe('cephfs controller: restores and clones', () => {
     assert.equal(sv('restore')!.state, 'complete');
   });
 
-  it('cancels a clone in progress on DeleteVolume, releasing its source snapshot', async () => {
+  it('cancels a clone in progress on DeleteVolume (the mgr refuses to remove it before), releasing its source snapshot', async () => {
     const { fake, ctrl, create, snapshot, sv, fromSnapshot, callsOf } = setup();
     const v = await create('pvc-1');
     const s = await snapshot(v.volume_id, 'snap-1');
     fake.clonePolls = Infinity;
     await rejects(create('restore', 64 * MiB, fromSnapshot(s.snapshot_id)), status.ABORTED);
     const target = encodeId({ kind: 'v', backend: 'cephfs', cluster: 'c', location: [FS, GROUP, sv('restore')!.name] });
-    assert.deepEqual(await callsOf(() => ctrl.deleteVolume(vid(target), {}, ctx)), ['info', 'remove']);
+    assert.deepEqual(await callsOf(() => ctrl.deleteVolume(vid(target), {}, ctx)), ['info', 'cloneCancel', 'remove']);
     assert.equal(sv('restore'), undefined);
     await ctrl.deleteSnapshot(parseId(s.snapshot_id!, 's')!, {}, ctx);
     assert.equal(sv('pvc-1')!.snaps.size, 0, 'no pending clone holds the snapshot');

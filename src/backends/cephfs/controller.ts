@@ -231,7 +231,8 @@ export class CephfsController implements ControllerBackend {
     const info = await fs.info(name);
     if (!info || info.state === 'snapshot-retained') return;
     if (info.state !== 'complete') {
-      // A clone still running: cancel it by removing the target.
+      // A clone target: the mgr refuses to remove one still running (EAGAIN, even with --force) until it is canceled.
+      await fs.cloneCancel(name);
       await fs.remove(name, false, true);
       return;
     }

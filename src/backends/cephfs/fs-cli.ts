@@ -231,6 +231,15 @@ export class CephFsCli implements SubvolumeApi {
     }
   }
 
+  async cloneCancel(target: string): Promise<void> {
+    try {
+      await this.mgr({ prefix: 'fs clone cancel', vol_name: this.fs, clone_name: target, group_name: this.group });
+    } catch (e) {
+      // EINVAL: "cannot cancel -- clone finished".
+      if (!isErrno(e, ENOENT) && !isErrno(e, EINVAL)) throw e;
+    }
+  }
+
   /** Creates (or keeps) a Ceph user that can reach only this subvolume; returns its key. */
   async authorize(name: string, authId: string): Promise<string> {
     await this.sv('authorize', { sub_name: name, auth_id: authId, access_level: 'rw' });

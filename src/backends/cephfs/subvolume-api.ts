@@ -73,6 +73,8 @@ export interface SubvolumeApi {
   clone(name: string, snap: string, target: string, pool?: string): Promise<void>;
   /** Undefined when the target does not exist. */
   cloneState(target: string): Promise<{ state: string; reason?: string } | undefined>;
+  /** Stops a clone still pending or in progress (`rm --force` refuses those), releasing its source snapshot; succeeds when it has finished or is gone. */
+  cloneCancel(target: string): Promise<void>;
   /** Creates (or keeps) a Ceph user that can reach only this subvolume; returns its key. */
   authorize(name: string, authId: string): Promise<string>;
   /** Succeeds when the user is not authorized. */
