@@ -53,6 +53,10 @@ interface VolumeMeta {
  */
 const metaValue = (v: unknown): string => asciiJson(v).replace(/%/g, '\\u0025');
 
+function fitsSource(size: number, sourceSize: number): void {
+  if (size < sourceSize) throw outOfRange(`requested size ${size} is smaller than the source (${sourceSize} bytes)`);
+}
+
 /** The Ceph user that may reach only this subvolume (shared by every node: volumes published before per-node users). */
 export const volumeUser = (subvolume: string) => `strata-${subvolume}`;
 
@@ -158,7 +162,7 @@ export class CephfsController implements ControllerBackend {
       const rec = await this.snapshotRecord(fs, name, snap);
       if (!rec) throw notFound(`snapshot ${src.snapshot.snapshot_id} not found`);
       from = { name, snap, size: rec.size };
-      this.fitsSource(size, from.size);
+      fitsSource(size, from.size);
     } else {
       const vid = this.sameFs(parseId(src.volume!.volume_id, 'v'), clusterId, fs, `source volume ${src.volume!.volume_id} not found`);
       const name = vid.location[2]!;
@@ -166,7 +170,7 @@ export class CephfsController implements ControllerBackend {
       if (!info || info.state !== 'complete') throw notFound(`source volume ${src.volume!.volume_id} not found`);
       from = { name, snap: target, size: info.bytesQuota };
       // Before the temporary snapshot: a refused clone is not retried, and the snapshot would stay on the source until it is deleted.
-      this.fitsSource(size, from.size);
+      fitsSource(size, from.size);
       try {
         await fs.snapCreate(name, target);
       } catch (e) {
@@ -174,10 +178,6 @@ export class CephfsController implements ControllerBackend {
       }
     }
     await fs.clone(from.name, from.snap, target, pool);
-  }
-
-  private fitsSource(size: number, sourceSize: number): void {
-    if (size < sourceSize) throw outOfRange(`requested size ${size} is smaller than the source (${sourceSize} bytes)`);
   }
 
   /** A snapshot's record: in its metadata, or in config-key once its subvolume was removed. */
