@@ -357,6 +357,19 @@ describe('cephfs controller: snapshots', () => {
     assert.ok(await ctrl.getSnapshot(sid(s2.snapshot_id), {}, ctx));
   });
 
+  it('answers FAILED_PRECONDITION when file-system and group names leave no room for a snapshot id, NOT_FOUND when the source is missing', async () => {
+    const { fake, create, snapshot } = setup();
+    const long = 'f'.repeat(40);
+    fake.fileSystems.set(long, [`${long}.data`]);
+    const v = await create('pvc-1', 64 * MiB, undefined, { fsName: long, subvolumeGroup: 'g'.repeat(30) });
+    fake.calls.length = 0;
+    await rejects(snapshot(v.volume_id, 'snap-1'), status.FAILED_PRECONDITION, /too long for a snapshot id/);
+    assert.deepEqual(fake.calls, ['info']);
+    await fake.api(long, 'g'.repeat(30)).remove(vid(v.volume_id).location[2]!, false);
+    await rejects(snapshot(v.volume_id, 'snap-1'), status.NOT_FOUND);
+    assert.equal(fake.configKeys.size, 0, 'no claim');
+  });
+
   it('answers NOT_FOUND for a snapshot of a missing volume, and GetSnapshot/ListSnapshots see only csi snapshots', async () => {
     const { ctrl, create, snapshot, sv, sid, fake } = setup();
     const v = await create('pvc-1');
@@ -440,6 +453,18 @@ describe('cephfs controller: DeleteVolume and DeleteSnapshot', () => {
     assert.equal(sv('pvc-1'), undefined);
     assert.equal(fake.configKeys.size, 1, 'the retained record outlived the snapshot');
     await ctrl.deleteSnapshot(sid(s.snapshot_id), {}, ctx);
+    assert.equal(fake.configKeys.size, 0);
+  });
+  it('leaves a source whose clone is still running as it is (the mgr keeps the temporary snapshot until the copy ends); a retry then deletes it', async () => {
+    const { fake, ctrl, create, sv, fromVolume } = setup();
+    const v = await create('pvc-1');
+    fake.clonePolls = Infinity;
+    await rejects(create('clone-1', 64 * MiB, fromVolume(v.volume_id)), status.ABORTED);
+    await assert.rejects(ctrl.deleteVolume(vid(v.volume_id), {}, ctx), /pending clones/);
+    assert.equal(sv('pvc-1')!.state, 'complete', 'not removed while its snapshot feeds a clone');
+    fake.finishClone(FS, GROUP, sv('clone-1')!.name);
+    await ctrl.deleteVolume(vid(v.volume_id), {}, ctx);
+    assert.equal(sv('pvc-1'), undefined, 'the temporary snapshot (no record) went with it: nothing retained');
     assert.equal(fake.configKeys.size, 0);
   });
 });
