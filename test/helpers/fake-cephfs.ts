@@ -362,8 +362,8 @@ class FakeGroup implements SubvolumeApi {
   async deauthorize(name: string, authId: string): Promise<void> {
     this.c.step('deauthorize');
     const sv = this.find(name);
-    if (!sv || sv.state === 'snapshot-retained' || !sv.authorized.has(authId)) return;
-    this.open('deauthorize', name).authorized.delete(authId);
+    if (!sv || sv.state === 'snapshot-retained') return;
+    if (!this.open('deauthorize', name).authorized.delete(authId)) return; // ENOENT "auth ID doesn't exist", which CephFsCli ignores
     if (![...this.c.subvolumes.values()].some((s) => s.authorized.has(authId))) this.c.users.delete(authId);
   }
 
@@ -382,7 +382,7 @@ class FakeGroup implements SubvolumeApi {
   async evict(name: string, authId: string): Promise<void> {
     this.c.step('evict');
     const sv = this.find(name);
-    if (!sv || sv.state !== 'complete' || !sv.authorized.has(authId)) return;
+    if (!sv || sv.state === 'snapshot-retained' || !this.open('evict', name).authorized.has(authId)) return;
     if (sv.sessions.delete(authId)) this.c.evicted.push(authId);
   }
 
