@@ -3,6 +3,7 @@ import { Agent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { CsiError, failedPrecondition, notFound, resourceExhausted, unavailable } from '../../errors.js';
 import { boundedSignal, stopReason, throwIfStopped } from '../../util/call-context.js';
+import type { ObjectInfo, S3Api } from './s3-api.js';
 
 // The SDK is a third of an idle process's memory: it loads with the first S3 request, not at start.
 type Sdk = typeof import('@aws-sdk/client-s3');
@@ -27,11 +28,6 @@ export interface S3Credentials {
 export interface S3Endpoint {
   endpoint: string;
   region: string;
-}
-
-export interface ObjectInfo {
-  key: string;
-  size: number;
 }
 
 // One CopyObject is limited to 5 GiB and serial; above this, parts are copied side by side.
@@ -75,7 +71,7 @@ export function mapS3Error(e: unknown, what: string): Error {
   return e as Error;
 }
 
-export class S3Store {
+export class S3Store implements S3Api {
   private made?: Promise<S3Client>;
 
   constructor(
