@@ -1,35 +1,18 @@
 import type { Logger } from 'pino';
 import type { CephConn } from '../../ceph/conn.js';
 import { cephCommand, type CephCommand } from '../../ceph/rados-bridge.js';
-import { ExecError } from '../../util/exec.js';
 import { parseOutput } from '../../util/json.js';
+import { EACCES, EAGAIN, ENOENT, EINVAL, EPERM, isErrno, type SubvolumeApi, type SubvolumeInfo } from './subvolume-api.js';
 
 /**
  * Typed access to `ceph fs subvolume ...` (the mgr volumes module) for one
  * cluster, file system and subvolume group, through the long-lived rados
- * client. Failures carry the errno as exit code, as from the CLI.
+ * client (the real SubvolumeApi). Failures carry the errno as exit code, as from the CLI.
  */
-
-export const ENOENT = 2;
-export const EINVAL = 22;
-export const EEXIST = 17;
-export const EAGAIN = 11;
-export const ENOTEMPTY = 39;
-export const EPERM = 1;
-export const EACCES = 13;
-
-export interface SubvolumeInfo {
-  path: string;
-  bytesQuota: number; // 0 when unlimited
-  bytesUsed: number;
-  state: string; // complete, snapshot-retained, pending, in-progress, failed, canceled
-  dataPool: string;
-  createdAt: string;
-}
 
 const T = 45_000;
 
-export class CephFsCli {
+export class CephFsCli implements SubvolumeApi {
   constructor(
     private readonly conn: CephConn,
     readonly fs: string,
@@ -248,6 +231,15 @@ export class CephFsCli {
     }
   }
 
+  async cloneCancel(target: string): Promise<void> {
+    try {
+      await this.mgr({ prefix: 'fs clone cancel', vol_name: this.fs, clone_name: target, group_name: this.group });
+    } catch (e) {
+      // EINVAL: "cannot cancel -- clone finished".
+      if (!isErrno(e, ENOENT) && !isErrno(e, EINVAL)) throw e;
+    }
+  }
+
   /** Creates (or keeps) a Ceph user that can reach only this subvolume; returns its key. */
   async authorize(name: string, authId: string): Promise<string> {
     await this.sv('authorize', { sub_name: name, auth_id: authId, access_level: 'rw' });
@@ -308,8 +300,4 @@ export class CephFsCli {
     const fss = parseOutput<Array<{ name: string; data_pools: string[] }>>(await this.mon({ prefix: 'fs ls' }), 'fs ls');
     return fss.find((f) => f.name === this.fs)?.data_pools;
   }
-}
-
-export function isErrno(e: unknown, code: number): boolean {
-  return e instanceof ExecError && e.exitCode === code;
 }
