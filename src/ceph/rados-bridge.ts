@@ -202,8 +202,10 @@ def handle(req):
         if then is not None:
             sent = False
             if rc == 0:
-                v = json.loads(out).get(then["field"])
-                if not isinstance(v, int) or v < then["below"]:
+                d = json.loads(out)
+                v = d.get(then["field"])
+                same = all(d.get(k, x) == x for k, x in then.get("equals", {}).items())
+                if same and (not isinstance(v, int) or v < then["below"]):
                     rc, _, err = fn(json.dumps(then["cmd"]), b"")
                     sent = True
             out = json.dumps({"out": out, "sent": sent})
@@ -234,10 +236,15 @@ const EIO = 5;
 
 export type CephCommand = { prefix: string } & Record<string, string | number | boolean | string[]>;
 type Lane = 'mon' | 'mgr' | 'rbd';
-/** A second command the client sends right after the first when `field` of the first's JSON answer is not a number of at least `below`. */
+/**
+ * A second command the client sends right after the first when `field` of
+ * the first's JSON answer is not a number of at least `below`, and each field
+ * of `equals` (where the answer has it) holds the value given.
+ */
 export interface ThenCommand {
   field: string;
   below: number;
+  equals?: Record<string, string>;
   cmd: CephCommand;
 }
 const LIMIT: Record<Lane, number> = { mon: MON_WORKERS, mgr: MGR_WORKERS, rbd: RBD_WORKERS };

@@ -201,6 +201,12 @@ class FakeGroup implements SubvolumeApi {
     this.c.add(this.fs, this.group, name, bytes, { pool: pool ?? pools[0]!, snaps: sv?.snaps ?? new Map() });
   }
 
+  async grow(name: string, bytes: number): Promise<SubvolumeInfo | undefined> {
+    const before = await this.info(name);
+    if (before?.state === 'complete' && before.bytesQuota < bytes) await this.resize(name, bytes);
+    return before;
+  }
+
   async resize(name: string, bytes: number): Promise<void> {
     this.c.step('resize');
     const sv = this.open('resize', name);

@@ -359,12 +359,13 @@ export class CephfsController implements ControllerBackend {
 
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
     const { fs, name } = this.cliFor(id, req.secrets, ctx.log);
-    const info = await fs.info(name);
+    const required = Number(req.capacity_range?.required_bytes ?? 0);
+    // With required_bytes (the resizer always sends it) the lookup and the resize it decides go in one round trip.
+    const info = required > 0 ? await fs.grow(name, sizeFromRange(req.capacity_range, 0, MiB)) : await fs.info(name);
     if (!info || info.state !== 'complete') throw notFound(`volume ${req.volume_id} not found`);
     const size = sizeFromRange(req.capacity_range, info.bytesQuota, MiB);
-    // Only a larger size is sent, so the resize waits for the lookup: `--no-shrink` refuses only a size
-    // below the bytes used, and sets any other smaller size, shrinking the quota.
-    if (size > info.bytesQuota) await fs.resize(name, size);
+    // Only a larger size is sent: `--no-shrink` refuses only a size below the bytes used, and sets any other smaller size.
+    if (required <= 0 && size > info.bytesQuota) await fs.resize(name, size);
     // The quota is enforced by the MDS and clients at once: no node step.
     return { capacity_bytes: Math.max(size, info.bytesQuota), node_expansion_required: false };
   }

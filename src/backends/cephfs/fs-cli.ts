@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { CephConn } from '../../ceph/conn.js';
-import { cephCommand, type CephCommand } from '../../ceph/rados-bridge.js';
+import { cephCommand, cephCommandThen, type CephCommand } from '../../ceph/rados-bridge.js';
 import { parseOutput } from '../../util/json.js';
 import { EACCES, EAGAIN, ENOENT, EINVAL, EPERM, isErrno, type SubvolumeApi, type SubvolumeInfo } from './subvolume-api.js';
 
@@ -46,8 +46,20 @@ export class CephFsCli implements SubvolumeApi {
   }
 
   async info(name: string): Promise<SubvolumeInfo | undefined> {
+    return this.lookup(() => this.sv('info', { sub_name: name }));
+  }
+
+  async grow(name: string, bytes: number): Promise<SubvolumeInfo | undefined> {
+    const at = { vol_name: this.fs, group_name: this.group, sub_name: name };
+    const resize: CephCommand = { format: 'json', prefix: 'fs subvolume resize', ...at, new_size: String(bytes), no_shrink: true };
+    // Only a larger size is sent: `--no-shrink` refuses only a size below the bytes used, and sets any other, shrinking the quota.
+    return this.lookup(async () => (await cephCommandThen(this.conn, 'mgr', { format: 'json', prefix: 'fs subvolume info', ...at }, { field: 'bytes_quota', below: bytes, equals: { state: 'complete' }, cmd: resize }, { timeoutMs: T, log: this.log })).out);
+  }
+
+  /** An `info` answer read, or what its failure says of the subvolume. */
+  private async lookup(ask: () => Promise<string>): Promise<SubvolumeInfo | undefined> {
     try {
-      const r = parseOutput<Record<string, unknown>>(await this.sv('info', { sub_name: name }), 'fs subvolume info');
+      const r = parseOutput<Record<string, unknown>>(await ask(), 'fs subvolume info');
       return {
         path: String(r.path ?? ''),
         bytesQuota: typeof r.bytes_quota === 'number' ? r.bytes_quota : 0,

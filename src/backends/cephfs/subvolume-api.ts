@@ -42,6 +42,12 @@ export interface SubvolumeApi {
   getpath(name: string): Promise<string | undefined>;
   /** Creates the subvolume with its own RADOS namespace; on an existing one it resizes. ENOENT for a missing file system or group, EINVAL for a pool layout that is no data pool. */
   create(name: string, bytes: number, pool?: string): Promise<void>;
+  /**
+   * Grows the quota of a complete subvolume to `bytes` unless it is that large already: the
+   * lookup and the resize it decides in one round trip. Returns the subvolume as it was before,
+   * as `info` does (undefined when missing, state "in-progress" for a clone target).
+   */
+  grow(name: string, bytes: number): Promise<SubvolumeInfo | undefined>;
   /** Sets the quota with `--no-shrink`, which refuses (EINVAL) only a size below the bytes used: a size below the quota shrinks it. */
   resize(name: string, bytes: number): Promise<void>;
   /** Removes a subvolume (succeeds when it is gone); with retainSnapshots its snapshots stay restorable; force also cancels a clone. */
