@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { CephConn } from '../../ceph/conn.js';
-import { ExecError } from '../../util/exec.js';
+export { EACCES, EAGAIN, EEXIST, EINVAL, ENOENT, ENOTEMPTY, EPERM, isErrno } from '../../ceph/errno.js';
 
 /**
  * The CephFS operations the controller needs, for one cluster identity, file
@@ -12,13 +12,6 @@ import { ExecError } from '../../util/exec.js';
  * client); unit tests use an in-memory fake.
  */
 
-export const ENOENT = 2;
-export const EINVAL = 22;
-export const EEXIST = 17;
-export const EAGAIN = 11;
-export const ENOTEMPTY = 39;
-export const EPERM = 1;
-export const EACCES = 13;
 
 export interface SubvolumeInfo {
   path: string;
@@ -98,6 +91,3 @@ export interface SubvolumeApi {
 /** Makes the SubvolumeApi of one cluster identity, file system and group, for one call's logger. */
 export type SubvolumeConnector = (conn: CephConn, fs: string, group: string, log?: Logger) => SubvolumeApi;
 
-export function isErrno(e: unknown, code: number): boolean {
-  return e instanceof ExecError && e.exitCode === code;
-}
