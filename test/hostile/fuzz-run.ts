@@ -110,9 +110,13 @@ const DRIVER_MOUNT = /^fuse\.(ceph-fuse|rbd-fuse|s3fs|rclone)$|^ceph$/;
  */
 export async function outsideMounts(sandbox: string, s: Sentinels): Promise<Set<string>> {
   const above = (p: string) => p === '/' || s.root.startsWith(p + '/') || sandbox.startsWith(p + '/');
+  // Another driver's sandbox (a suite running beside this one on the machine mounts in its own mkdtemp
+  // directory): no request here names it, and its random name is no path an id could be turned into.
+  const drivers = path.join(path.dirname(sandbox), 'strata-drv-');
+  const otherSandbox = (p: string) => p.startsWith(drivers) && !p.startsWith(sandbox + '/') && p.indexOf('/', drivers.length) > 0;
   return new Set(
     (await readMountInfo())
-      .filter((m) => !m.mountPoint.startsWith(sandbox + '/') && m.mountPoint !== sandbox)
+      .filter((m) => !m.mountPoint.startsWith(sandbox + '/') && m.mountPoint !== sandbox && !otherSandbox(m.mountPoint))
       .filter((m) => m.mountPoint.startsWith(s.root) || above(m.mountPoint) || DRIVER_MOUNT.test(m.fsType) || m.source.startsWith('/dev/loop'))
       .map((m) => `${m.mountPoint} ${m.fsType} ${m.source} ${m.root}`),
   );
