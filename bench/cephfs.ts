@@ -28,13 +28,13 @@ import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
  * ones side by side (CreateVolume's last two, CreateSnapshot's first three
  * reads, DeleteSnapshot's steps after the snapshot rm, DeleteVolume's three
  * lookups).
- *   CreateVolume            sv info (ENOENT); sv create --size --namespace-isolated; sv getpath; sv metadata set
+ *   CreateVolume            sv getpath (ENOENT); sv create --size --namespace-isolated; sv getpath; sv metadata set
  *   ControllerExpandVolume  sv info; sv resize --no-shrink
  *   CreateSnapshot          sv snapshot metadata ls (ENOENT); sv info; config-key get (ENOENT); config-key set;
  *                           sv snapshot create; sv snapshot metadata set
- *   Restore until ready     sv info (ENOENT); sv snapshot metadata ls; sv snapshot clone; sv info (EAGAIN);
+ *   Restore until ready     sv getpath (ENOENT); sv snapshot metadata ls; sv snapshot clone; sv info (EAGAIN);
  *                           clone status every 250 ms until complete; sv info; sv metadata ls; sv metadata set
- *   Clone until ready       sv info (ENOENT); sv info; sv snapshot create; sv snapshot clone; sv info (EAGAIN);
+ *   Clone until ready       sv getpath (ENOENT); sv info; sv snapshot create; sv snapshot clone; sv info (EAGAIN);
  *                           clone status until complete; sv info; sv metadata ls; sv snapshot rm; sv metadata set
  *   DeleteSnapshot          sv snapshot rm; config-key rm; config-key get; config-key rm; sv info
  *   DeleteVolume            sv info; sv authorized_list; auth get-key (ENOENT); sv snapshot ls; sv rm
@@ -72,7 +72,7 @@ const retainedKey = (name: string, snap: string) => `strata/cephfs/${FS}/${GROUP
 const claimKey = (snap: string) => `strata/cephfs/snapshot-names/${snap}`;
 
 const createSteps = (name: string, size = SIZE): BaselineStep[] => [
-  mgr(sv('info', name), ENOENT),
+  mgr(sv('getpath', name), ENOENT),
   mgr(sv('create', name, { size, namespace_isolated: true })),
   mgr(sv('getpath', name)),
   mgr(sv('metadata set', name, { key_name: 'strata.volume', value: record(name) })),
@@ -188,7 +188,7 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
     (i) => {
       const t = `bare-r-${conc}-${i}`;
       return lib.run([
-        mgr(sv('info', t), ENOENT),
+        mgr(sv('getpath', t), ENOENT),
         mgr(sv('snapshot metadata ls', bare(i), { snap_name: 'snap' })),
         mgr(sv('snapshot clone', bare(i), { snap_name: 'snap', target_sub_name: t, target_group_name: GROUP })),
         mgr(sv('info', t), EAGAIN, ENOENT),
@@ -210,7 +210,7 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
     (i) => {
       const t = `bare-c-${conc}-${i}`;
       return lib.run([
-        mgr(sv('info', t), ENOENT),
+        mgr(sv('getpath', t), ENOENT),
         mgr(sv('info', bare(i))),
         mgr(sv('snapshot create', bare(i), { snap_name: t })),
         mgr(sv('snapshot clone', bare(i), { snap_name: t, target_sub_name: t, target_group_name: GROUP })),

@@ -2,7 +2,8 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Logger } from 'pino';
-import { failedPrecondition } from '../errors.js';
+import { failedPrecondition, unavailable } from '../errors.js';
+import { parseOutput } from '../util/json.js';
 import { boundedTimeout, currentCall, stopReason } from '../util/call-context.js';
 import { ExecError, stoppedError } from '../util/exec.js';
 import type { CephConn } from './conn.js';
@@ -196,7 +197,19 @@ def handle(req):
     fn = c.mgr_command if req["target"] == "mgr" else c.mon_command
     try:
         rc, out, err = fn(json.dumps(req["cmd"]), b"")
-        send({"id": req["id"], "rc": rc, "out": out.decode("utf-8", "replace"), "err": err})
+        out = out.decode("utf-8", "replace")
+        then = req.get("then")
+        if then is not None:
+            sent = False
+            if rc == 0:
+                d = json.loads(out)
+                v = d.get(then["field"])
+                same = all(d.get(k, x) == x for k, x in then.get("equals", {}).items())
+                if same and (not isinstance(v, int) or v < then["below"]):
+                    rc, _, err = fn(json.dumps(then["cmd"]), b"")
+                    sent = True
+            out = json.dumps({"out": out, "sent": sent})
+        send({"id": req["id"], "rc": rc, "out": out, "err": err})
     except Exception as e:
         send({"id": req["id"], "rc": -5, "out": "", "err": str(e)})
 pool = ThreadPoolExecutor(max_workers=cfg["workers"])
@@ -223,6 +236,17 @@ const EIO = 5;
 
 export type CephCommand = { prefix: string } & Record<string, string | number | boolean | string[]>;
 type Lane = 'mon' | 'mgr' | 'rbd';
+/**
+ * A second command the client sends right after the first when `field` of
+ * the first's JSON answer is not a number of at least `below`, and each field
+ * of `equals` (where the answer has it) holds the value given.
+ */
+export interface ThenCommand {
+  field: string;
+  below: number;
+  equals?: Record<string, string>;
+  cmd: CephCommand;
+}
 const LIMIT: Record<Lane, number> = { mon: MON_WORKERS, mgr: MGR_WORKERS, rbd: RBD_WORKERS };
 
 interface Request {
@@ -231,7 +255,7 @@ interface Request {
   /** Names the request in errors and logs ("ceph df", "rbd create"). */
   name: string;
   /** What goes on the wire besides the id. */
-  body: { target: 'mon' | 'mgr'; cmd: CephCommand } | { target: 'rbd'; op: string; args: Record<string, unknown> };
+  body: { target: 'mon' | 'mgr'; cmd: CephCommand; then?: ThenCommand } | { target: 'rbd'; op: string; args: Record<string, unknown> };
   /** Undefined once the caller has its answer (or gave up): a late reply is dropped. */
   settle?: (e: Error | undefined, out?: unknown) => void;
   sentAt?: number;
@@ -446,6 +470,20 @@ export async function cephCommand(conn: CephConn, target: 'mon' | 'mgr', cmd: Ce
   const name = `ceph ${cmd.prefix}`;
   const out = await timed(name, opts.log, () => bridgeFor(conn).call(target, name, { target, cmd }, opts.timeoutMs ?? 45_000));
   return typeof out === 'string' ? out : '';
+}
+
+/**
+ * Runs a mon or mgr command and, in the same client thread, `then.cmd` when
+ * the first's answer asks for it: a read and the write it decides in one
+ * round trip to the client. Returns the first's output and whether the second
+ * was sent; an error of either is the call's.
+ */
+export async function cephCommandThen(conn: CephConn, target: 'mon' | 'mgr', cmd: CephCommand, then: ThenCommand, opts: { timeoutMs?: number; log?: Logger } = {}): Promise<{ out: string; sent: boolean }> {
+  const name = `ceph ${cmd.prefix}, then ${then.cmd.prefix}`;
+  const out = await timed(name, opts.log, () => bridgeFor(conn).call(target, name, { target, cmd, then }, opts.timeoutMs ?? 45_000));
+  const r = parseOutput<{ out?: unknown; sent?: unknown }>(typeof out === 'string' ? out : '', name);
+  if (typeof r.out !== 'string' || typeof r.sent !== 'boolean') throw unavailable(`${name} gave an incomplete answer; retry`);
+  return { out: r.out, sent: r.sent };
 }
 
 /**

@@ -133,6 +133,12 @@ describe('cephfs backend, end to end', { timeout: 600_000 }, () => {
     for (let i = 0; i < 50 && (statfsBytes(onA.target) !== 384 * MiB || statfsBytes(onB.target) !== 384 * MiB); i++) await sleep(200);
     assert.equal(statfsBytes(onA.target), 384 * MiB);
     assert.equal(statfsBytes(onB.target), 384 * MiB);
+    // A retry, and a smaller size, change nothing: the mgr's resize --no-shrink would set a smaller quota.
+    for (const required of [384 * MiB, 128 * MiB]) {
+      const again = await ca.controller.ControllerExpandVolume({ volume_id: sharedId, capacity_range: { required_bytes: required }, secrets, volume_capability: RWX });
+      assert.equal(Number(again!.capacity_bytes), 384 * MiB);
+    }
+    assert.equal(statfsBytes(onA.target), 384 * MiB, 'the quota never shrinks');
 
     // A read-only publish of the staged volume refuses writes.
     const ro = path.join(b.dir, 'shared', 'ro-target');

@@ -15,7 +15,8 @@ import { parseRecord } from '../../util/json.js';
 import { all } from '../../util/settle.js';
 import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
-import { CephFsCli, EEXIST, EINVAL, ENOENT, isErrno } from './fs-cli.js';
+import { CephFsCli } from './fs-cli.js';
+import { EAGAIN, EEXIST, EINVAL, ENOENT, isErrno, type SubvolumeApi, type SubvolumeConnector } from './subvolume-api.js';
 import { parseCephfsParams } from './params.js';
 
 /**
@@ -30,8 +31,12 @@ import { parseCephfsParams } from './params.js';
 const META_VOLUME = 'strata.volume';
 const META_SNAPSHOT = 'strata.snapshot';
 const DEFAULT_SIZE = GiB;
-// How long CreateVolume waits for a clone before answering "still in progress" (clones take 4-7 s).
-const CLONE_WAIT_MS = 20_000;
+/** How long CreateVolume waits for a clone before answering "still in progress" (clones take 4-7 s), and how often it asks. */
+export interface CloneWait {
+  totalMs: number;
+  pollMs: number;
+}
+const CLONE_WAIT: CloneWait = { totalMs: 20_000, pollMs: 250 };
 
 interface VolumeMeta {
   v: 1;
@@ -48,6 +53,10 @@ interface VolumeMeta {
  */
 const metaValue = (v: unknown): string => asciiJson(v).replace(/%/g, '\\u0025');
 
+function fitsSource(size: number, sourceSize: number): void {
+  if (size < sourceSize) throw outOfRange(`requested size ${size} is smaller than the source (${sourceSize} bytes)`);
+}
+
 /** The Ceph user that may reach only this subvolume (shared by every node: volumes published before per-node users). */
 export const volumeUser = (subvolume: string) => `strata-${subvolume}`;
 
@@ -61,15 +70,19 @@ export const isNodeUserOf = (subvolume: string, user: string): boolean => new Re
 
 export class CephfsController implements ControllerBackend {
   private readonly clusters: CephClusters;
-  constructor(private readonly cfg: Config) {
+  constructor(
+    private readonly cfg: Config,
+    private readonly connect: SubvolumeConnector = (conn, fs, group, log) => new CephFsCli(conn, fs, group, log),
+    private readonly cloneWait: CloneWait = CLONE_WAIT,
+  ) {
     this.clusters = new CephClusters(cfg);
   }
 
-  private cli(clusterId: string, fs: string, group: string, secrets: Record<string, string> | undefined, log: Logger): CephFsCli {
-    return new CephFsCli(this.clusters.conn(clusterId, secrets), fs, group, log);
+  private cli(clusterId: string, fs: string, group: string, secrets: Record<string, string> | undefined, log: Logger): SubvolumeApi {
+    return this.connect(this.clusters.conn(clusterId, secrets), fs, group, log);
   }
 
-  private cliFor(id: ObjectId, secrets: Record<string, string> | undefined, log: Logger): { fs: CephFsCli; name: string; snap?: string } {
+  private cliFor(id: ObjectId, secrets: Record<string, string> | undefined, log: Logger): { fs: SubvolumeApi; name: string; snap?: string } {
     const [fsName, group, name, snap] = id.location as [string, string, string, string | undefined];
     return { fs: this.cli(id.cluster, fsName, group, secrets, log), name, snap };
   }
@@ -87,7 +100,9 @@ export class CephfsController implements ControllerBackend {
     const fs = this.cli(p.clusterID, p.fsName, p.subvolumeGroup, req.secrets, ctx.log);
     const src = req.volume_content_source;
     const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
-    let info = await fs.info(name);
+    // The lookup is a getpath, half the mgr's work of an info: most creates find nothing. A clone target answers EAGAIN.
+    const found = await fs.getpath(name).then((at) => at !== undefined, (e: unknown) => (isErrno(e, EAGAIN) ? true : Promise.reject(e)));
+    let info = found ? await fs.info(name) : undefined;
     if (!info) {
       if (wantSrc) {
         // A pool layout the file system lacks would fail the clone after a clone's temporary snapshot is made.
@@ -139,7 +154,7 @@ export class CephfsController implements ControllerBackend {
   }
 
   /** Starts the mgr clone for a restore (from a snapshot) or a clone (from a volume, via a temporary snapshot). */
-  private async startClone(fs: CephFsCli, clusterId: string, src: csi.VolumeContentSource, target: string, size: number, pool?: string): Promise<void> {
+  private async startClone(fs: SubvolumeApi, clusterId: string, src: csi.VolumeContentSource, target: string, size: number, pool?: string): Promise<void> {
     let from: { name: string; snap: string; size: number };
     if (src.snapshot) {
       const sid = this.sameFs(parseId(src.snapshot.snapshot_id, 's'), clusterId, fs, `snapshot ${src.snapshot.snapshot_id} not found`);
@@ -147,30 +162,32 @@ export class CephfsController implements ControllerBackend {
       const rec = await this.snapshotRecord(fs, name, snap);
       if (!rec) throw notFound(`snapshot ${src.snapshot.snapshot_id} not found`);
       from = { name, snap, size: rec.size };
+      fitsSource(size, from.size);
     } else {
       const vid = this.sameFs(parseId(src.volume!.volume_id, 'v'), clusterId, fs, `source volume ${src.volume!.volume_id} not found`);
       const name = vid.location[2]!;
       const info = await fs.info(name);
       if (!info || info.state !== 'complete') throw notFound(`source volume ${src.volume!.volume_id} not found`);
       from = { name, snap: target, size: info.bytesQuota };
+      // Before the temporary snapshot: a refused clone is not retried, and the snapshot would stay on the source until it is deleted.
+      fitsSource(size, from.size);
       try {
         await fs.snapCreate(name, target);
       } catch (e) {
         if (!isErrno(e, EEXIST)) throw e;
       }
     }
-    if (size < from.size) throw outOfRange(`requested size ${size} is smaller than the source (${from.size} bytes)`);
     await fs.clone(from.name, from.snap, target, pool);
   }
 
   /** A snapshot's record: in its metadata, or in config-key once its subvolume was removed. */
-  private async snapshotRecord(fs: CephFsCli, name: string, snap: string): Promise<SnapshotMeta | undefined> {
+  private async snapshotRecord(fs: SubvolumeApi, name: string, snap: string): Promise<SnapshotMeta | undefined> {
     const m = await fs.snapMetaList(name, snap);
     const raw = m?.[META_SNAPSHOT] ?? (m ? undefined : await fs.retainedGet(name, snap));
     return parseRecord<SnapshotMeta>(raw);
   }
 
-  private sameFs(id: ObjectId | undefined, clusterId: string, fs: CephFsCli, missing: string): ObjectId {
+  private sameFs(id: ObjectId | undefined, clusterId: string, fs: SubvolumeApi, missing: string): ObjectId {
     if (!id || id.backend !== 'cephfs') throw notFound(missing);
     if (id.cluster !== clusterId || id.location[0] !== fs.fs || id.location[1] !== fs.group) {
       throw invalidArgument('a CephFS volume can only be restored or cloned within its file system and subvolume group');
@@ -178,13 +195,13 @@ export class CephfsController implements ControllerBackend {
     return id;
   }
 
-  private async dropCloneSnapshot(fs: CephFsCli, clusterId: string, sourceVolumeId: string, target: string): Promise<void> {
+  private async dropCloneSnapshot(fs: SubvolumeApi, clusterId: string, sourceVolumeId: string, target: string): Promise<void> {
     const vid = parseId(sourceVolumeId, 'v');
     if (vid && vid.cluster === clusterId) await fs.snapRemove(vid.location[2]!, target);
   }
 
-  private async awaitClone(fs: CephFsCli, name: string, ctx: RpcContext) {
-    const deadline = Date.now() + CLONE_WAIT_MS;
+  private async awaitClone(fs: SubvolumeApi, name: string, ctx: RpcContext) {
+    const deadline = Date.now() + this.cloneWait.totalMs;
     for (;;) {
       const st = await fs.cloneState(name);
       if (!st || st.state === 'complete') break;
@@ -193,7 +210,7 @@ export class CephfsController implements ControllerBackend {
         throw internal(`cloning into ${name} ${st.state}${st.reason ? `: ${st.reason}` : ''}; it was removed, and a retry starts over`);
       }
       if (Date.now() > deadline) throw aborted(`volume is still being cloned (${st.state}); retry`);
-      await sleep(250);
+      await sleep(this.cloneWait.pollMs);
     }
     const info = await fs.info(name);
     if (!info) throw internal(`subvolume ${name} vanished after cloning`);
@@ -214,7 +231,8 @@ export class CephfsController implements ControllerBackend {
     const info = await fs.info(name);
     if (!info || info.state === 'snapshot-retained') return;
     if (info.state !== 'complete') {
-      // A clone still running: cancel it by removing the target.
+      // A clone target: the mgr refuses to remove one still running (EAGAIN, even with --force) until it is canceled.
+      await fs.cloneCancel(name);
       await fs.remove(name, false, true);
       return;
     }
@@ -280,7 +298,7 @@ export class CephfsController implements ControllerBackend {
   }
 
   /** Evicts a node user's sessions (the MDS blocklists them) and removes the user, so its key opens nothing again. Idempotent. */
-  private async fence(fs: CephFsCli, name: string, user: string, ctx: RpcContext): Promise<void> {
+  private async fence(fs: SubvolumeApi, name: string, user: string, ctx: RpcContext): Promise<void> {
     await fs.evict(name, user);
     await fs.deauthorize(name, user);
     ctx.log.debug({ subvolume: name, user }, 'node user evicted and removed');
@@ -301,9 +319,9 @@ export class CephfsController implements ControllerBackend {
   }
 
   /** Every subvolume group of every file system, so volumes of any StorageClass are listed. */
-  private async groups(clusterId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<CephFsCli[]> {
+  private async groups(clusterId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<SubvolumeApi[]> {
     const admin = this.cli(clusterId, '', '', secrets, ctx.log);
-    const out: CephFsCli[] = [];
+    const out: SubvolumeApi[] = [];
     for (const f of await admin.fsNames()) {
       for (const g of await this.cli(clusterId, f, '', secrets, ctx.log).groupNames()) out.push(this.cli(clusterId, f, g, secrets, ctx.log));
     }
@@ -332,7 +350,7 @@ export class CephfsController implements ControllerBackend {
   }
 
   /** The file system's data pools; INVALID_ARGUMENT when the class names a file system or pool layout the cluster lacks. */
-  private async dataPools(fs: CephFsCli, p: { clusterID: string; fsName: string; pool?: string }): Promise<string[]> {
+  private async dataPools(fs: SubvolumeApi, p: { clusterID: string; fsName: string; pool?: string }): Promise<string[]> {
     const pools = await fs.dataPools();
     if (!pools) throw invalidArgument(`parameter "fsName": cluster ${p.clusterID} has no file system "${p.fsName}"`);
     if (p.pool && !pools.includes(p.pool)) throw invalidArgument(`parameter "pool": "${p.pool}" is not a data pool of file system "${p.fsName}"`);
@@ -342,18 +360,12 @@ export class CephfsController implements ControllerBackend {
   async expand(id: ObjectId, req: csi.ControllerExpandVolumeRequest, ctx: RpcContext): Promise<csi.ControllerExpandVolumeResponse> {
     const { fs, name } = this.cliFor(id, req.secrets, ctx.log);
     const required = Number(req.capacity_range?.required_bytes ?? 0);
-    // With required_bytes the resize need not wait for the lookup: both go at once. `--no-shrink` refuses
-    // (EINVAL) a size the quota already reaches, and any subvolume that is missing or still a clone target.
-    const grown = required > 0 ? fs.resize(name, sizeFromRange(req.capacity_range, 0, MiB)).then(() => true, (e: unknown) => e) : undefined;
-    const info = await fs.info(name);
-    const resized = await grown;
+    // With required_bytes (the resizer always sends it) the lookup and the resize it decides go in one round trip.
+    const info = required > 0 ? await fs.grow(name, sizeFromRange(req.capacity_range, 0, MiB)) : await fs.info(name);
     if (!info || info.state !== 'complete') throw notFound(`volume ${req.volume_id} not found`);
     const size = sizeFromRange(req.capacity_range, info.bytesQuota, MiB);
-    if (resized === undefined) {
-      if (size > info.bytesQuota) await fs.resize(name, size);
-    } else if (resized !== true && (size > info.bytesQuota || !isErrno(resized, EINVAL))) {
-      throw resized;
-    }
+    // Only a larger size is sent: `--no-shrink` refuses only a size below the bytes used, and sets any other smaller size.
+    if (required <= 0 && size > info.bytesQuota) await fs.resize(name, size);
     // The quota is enforced by the MDS and clients at once: no node step.
     return { capacity_bytes: Math.max(size, info.bytesQuota), node_expansion_required: false };
   }

@@ -1,35 +1,18 @@
 import type { Logger } from 'pino';
 import type { CephConn } from '../../ceph/conn.js';
-import { cephCommand, type CephCommand } from '../../ceph/rados-bridge.js';
-import { ExecError } from '../../util/exec.js';
+import { cephCommand, cephCommandThen, type CephCommand } from '../../ceph/rados-bridge.js';
 import { parseOutput } from '../../util/json.js';
+import { EACCES, EAGAIN, ENOENT, EINVAL, EPERM, isErrno, type SubvolumeApi, type SubvolumeInfo } from './subvolume-api.js';
 
 /**
  * Typed access to `ceph fs subvolume ...` (the mgr volumes module) for one
  * cluster, file system and subvolume group, through the long-lived rados
- * client. Failures carry the errno as exit code, as from the CLI.
+ * client (the real SubvolumeApi). Failures carry the errno as exit code, as from the CLI.
  */
-
-export const ENOENT = 2;
-export const EINVAL = 22;
-export const EEXIST = 17;
-export const EAGAIN = 11;
-export const ENOTEMPTY = 39;
-export const EPERM = 1;
-export const EACCES = 13;
-
-export interface SubvolumeInfo {
-  path: string;
-  bytesQuota: number; // 0 when unlimited
-  bytesUsed: number;
-  state: string; // complete, snapshot-retained, pending, in-progress, failed, canceled
-  dataPool: string;
-  createdAt: string;
-}
 
 const T = 45_000;
 
-export class CephFsCli {
+export class CephFsCli implements SubvolumeApi {
   constructor(
     private readonly conn: CephConn,
     readonly fs: string,
@@ -63,8 +46,20 @@ export class CephFsCli {
   }
 
   async info(name: string): Promise<SubvolumeInfo | undefined> {
+    return this.lookup(() => this.sv('info', { sub_name: name }));
+  }
+
+  async grow(name: string, bytes: number): Promise<SubvolumeInfo | undefined> {
+    const at = { vol_name: this.fs, group_name: this.group, sub_name: name };
+    const resize: CephCommand = { format: 'json', prefix: 'fs subvolume resize', ...at, new_size: String(bytes), no_shrink: true };
+    // Only a larger size is sent: `--no-shrink` refuses only a size below the bytes used, and sets any other, shrinking the quota.
+    return this.lookup(async () => (await cephCommandThen(this.conn, 'mgr', { format: 'json', prefix: 'fs subvolume info', ...at }, { field: 'bytes_quota', below: bytes, equals: { state: 'complete' }, cmd: resize }, { timeoutMs: T, log: this.log })).out);
+  }
+
+  /** An `info` answer read, or what its failure says of the subvolume. */
+  private async lookup(ask: () => Promise<string>): Promise<SubvolumeInfo | undefined> {
     try {
-      const r = parseOutput<Record<string, unknown>>(await this.sv('info', { sub_name: name }), 'fs subvolume info');
+      const r = parseOutput<Record<string, unknown>>(await ask(), 'fs subvolume info');
       return {
         path: String(r.path ?? ''),
         bytesQuota: typeof r.bytes_quota === 'number' ? r.bytes_quota : 0,
@@ -248,6 +243,15 @@ export class CephFsCli {
     }
   }
 
+  async cloneCancel(target: string): Promise<void> {
+    try {
+      await this.mgr({ prefix: 'fs clone cancel', vol_name: this.fs, clone_name: target, group_name: this.group });
+    } catch (e) {
+      // EINVAL: "cannot cancel -- clone finished".
+      if (!isErrno(e, ENOENT) && !isErrno(e, EINVAL)) throw e;
+    }
+  }
+
   /** Creates (or keeps) a Ceph user that can reach only this subvolume; returns its key. */
   async authorize(name: string, authId: string): Promise<string> {
     await this.sv('authorize', { sub_name: name, auth_id: authId, access_level: 'rw' });
@@ -308,8 +312,4 @@ export class CephFsCli {
     const fss = parseOutput<Array<{ name: string; data_pools: string[] }>>(await this.mon({ prefix: 'fs ls' }), 'fs ls');
     return fss.find((f) => f.name === this.fs)?.data_pools;
   }
-}
-
-export function isErrno(e: unknown, code: number): boolean {
-  return e instanceof ExecError && e.exitCode === code;
 }

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { CephConn } from '../../ceph/conn.js';
-import { ExecError } from '../../util/exec.js';
+export { EACCES, EBUSY, EEXIST, ENOENT, ENOTEMPTY, EPERM, isErrno } from '../../ceph/errno.js';
 
 /**
  * The RBD operations the controller (and the node's fence check) needs, for
@@ -22,12 +22,6 @@ export type PoolSpec = string;
 
 export const poolSpec = (pool: string, namespace?: string): PoolSpec => (namespace ? `${pool}/${namespace}` : pool);
 
-export const ENOENT = 2;
-export const EBUSY = 16;
-export const EEXIST = 17;
-export const ENOTEMPTY = 39;
-export const EPERM = 1;
-export const EACCES = 13;
 
 export interface ImageInfo {
   size: number;
@@ -97,6 +91,3 @@ export interface RbdApi {
 /** Makes the RbdApi of one cluster identity, for one call's logger. */
 export type RbdConnector = (conn: CephConn, log?: Logger) => RbdApi;
 
-export function isErrno(e: unknown, code: number): boolean {
-  return e instanceof ExecError && e.exitCode === code;
-}

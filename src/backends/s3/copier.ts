@@ -2,7 +2,8 @@ import pLimit from 'p-limit';
 import type { Logger } from 'pino';
 import { aborted } from '../../errors.js';
 import { outsideCall } from '../../util/call-context.js';
-import { isNoSuchKey, type S3Store } from './store.js';
+import type { S3Api } from './s3-api.js';
+import { isNoSuchKey } from './store.js';
 
 /**
  * Server-side copies of a whole tree of objects (snapshots, restores, clones)
@@ -28,7 +29,7 @@ export interface CopyResult {
   copied: number;
 }
 
-export async function copyTree(store: S3Store, src: Tree, dst: Tree, isCancelled: () => boolean): Promise<CopyResult> {
+export async function copyTree(store: S3Api, src: Tree, dst: Tree, isCancelled: () => boolean): Promise<CopyResult> {
   const present = new Map<string, number>();
   for await (const page of store.list(dst.bucket, dst.prefix)) for (const o of page) present.set(o.key.slice(dst.prefix.length), o.size);
   const result: CopyResult = { objects: 0, bytes: 0, copied: 0 };

@@ -5,6 +5,7 @@ import { findCluster } from '../../config/config.js';
 import { failedPrecondition, unavailable } from '../../errors.js';
 import { boundedSignal, stopReason, throwIfStopped } from '../../util/call-context.js';
 import { readKey, type S3ClusterConfig } from './credentials.js';
+import type { RgwAdminApi } from './s3-api.js';
 
 /**
  * Ceph RGW's admin ops API (/admin/bucket, /admin/user) and its IAM API (user
@@ -37,6 +38,12 @@ export function rgwAdminOf(cfg: Config, cluster: string): RgwAdminEndpoint | und
   const credentials = { accessKeyId: readKey(s3.rgwAdmin.accessKeyIDFile, 'rgwAdmin.accessKeyIDFile'), secretAccessKey: readKey(s3.rgwAdmin.secretAccessKeyFile, 'rgwAdmin.secretAccessKeyFile') };
   const signer = (service: string) => new SignatureV4({ credentials, region: s3.region, service, sha256: Sha256 });
   return { s3, signer: signer('s3'), iam: signer('iam') };
+}
+
+/** The cluster's admin API (see rgwAdminOf), or undefined. */
+export function rgwAdminApi(cfg: Config, cluster: string): RgwAdminApi | undefined {
+  const a = rgwAdminOf(cfg, cluster);
+  return a && { request: (method, resource, query, body) => rgwAdminRequest(a, method, resource, query, body), iam: (params) => rgwIamRequest(a, params) };
 }
 
 /**

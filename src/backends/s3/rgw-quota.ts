@@ -1,11 +1,10 @@
 import { status } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import type { Config } from '../../config/config.js';
 import { isCsiError, unavailable } from '../../errors.js';
 import { stopReason } from '../../util/call-context.js';
 import { bucketOf, type Location } from './layout.js';
-import { rgwAdminOf, rgwAdminOk, rgwAdminRequest, type RgwAdminEndpoint } from './rgw-admin.js';
-import type { S3Store } from './store.js';
+import { rgwAdminOk } from './rgw-admin.js';
+import type { RgwAdminApi, S3Api } from './s3-api.js';
 
 /**
  * Enforced capacity on Ceph RGW: a volume with a bucket of its own gets a
@@ -15,20 +14,20 @@ import type { S3Store } from './store.js';
  */
 
 export class RgwQuota {
-  private readonly owners = new WeakMap<S3Store, Promise<string>>();
+  private readonly owners = new WeakMap<S3Api, Promise<string>>();
 
-  constructor(private readonly cfg: Config) {}
+  constructor(private readonly adminOf: (cluster: string) => RgwAdminApi | undefined) {}
 
   enforced(l: Location): boolean {
     return !l.shared && !!this.admin(l.cluster);
   }
 
-  private admin(cluster: string): RgwAdminEndpoint | undefined {
-    return rgwAdminOf(this.cfg, cluster);
+  private admin(cluster: string): RgwAdminApi | undefined {
+    return this.adminOf(cluster);
   }
 
-  private async call(a: RgwAdminEndpoint, method: 'GET' | 'PUT', query: Record<string, string>, body?: string): Promise<string> {
-    return rgwAdminOk(await rgwAdminRequest(a, method, 'bucket', query, body), `${method} bucket ${query.bucket}`);
+  private async call(a: RgwAdminApi, method: 'GET' | 'PUT', query: Record<string, string>, body?: string): Promise<string> {
+    return rgwAdminOk(await a.request(method, 'bucket', query, body), `${method} bucket ${query.bucket}`);
   }
 
   /**
@@ -42,7 +41,7 @@ export class RgwQuota {
    * the next volume's quota is one request; a refused PUT looks the owner up
    * again.
    */
-  async apply(l: Location, bytes: number | undefined, log: Logger, creator?: S3Store): Promise<void> {
+  async apply(l: Location, bytes: number | undefined, log: Logger, creator?: S3Api): Promise<void> {
     const a = !l.shared ? this.admin(l.cluster) : undefined;
     if (!a) return;
     const bucket = bucketOf(l);
@@ -69,7 +68,7 @@ export class RgwQuota {
     log.debug({ bucket, bytes }, 'bucket quota set');
   }
 
-  private async owner(a: RgwAdminEndpoint, bucket: string): Promise<string> {
+  private async owner(a: RgwAdminApi, bucket: string): Promise<string> {
     const info = JSON.parse(await this.call(a, 'GET', { bucket, format: 'json' })) as { owner?: string };
     if (!info.owner) throw unavailable(`RGW admin API gave no owner for bucket ${bucket}`);
     return info.owner;

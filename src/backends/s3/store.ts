@@ -1,29 +1,14 @@
-import {
-  AbortMultipartUploadCommand,
-  CompleteMultipartUploadCommand,
-  CopyObjectCommand,
-  CreateBucketCommand,
-  CreateMultipartUploadCommand,
-  DeleteBucketCommand,
-  DeleteObjectCommand,
-  DeleteObjectsCommand,
-  GetObjectCommand,
-  HeadBucketCommand,
-  HeadObjectCommand,
-  ListBucketsCommand,
-  ListObjectsV2Command,
-  type ListObjectsV2CommandOutput,
-  PutBucketPolicyCommand,
-  PutObjectCommand,
-  S3Client,
-  S3ServiceException,
-  UploadPartCopyCommand,
-} from '@aws-sdk/client-s3';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { ListObjectsV2CommandOutput, S3Client } from '@aws-sdk/client-s3';
 import { Agent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { CsiError, failedPrecondition, notFound, resourceExhausted, unavailable } from '../../errors.js';
 import { boundedSignal, stopReason, throwIfStopped } from '../../util/call-context.js';
+import type { ObjectInfo, S3Api } from './s3-api.js';
+
+// The SDK is a third of an idle process's memory: it loads with the first S3 request, not at start.
+type Sdk = typeof import('@aws-sdk/client-s3');
+let sdkLoad: Promise<[Sdk, typeof import('@smithy/node-http-handler')]> | undefined;
+const sdk = () => (sdkLoad ??= Promise.all([import('@aws-sdk/client-s3'), import('@smithy/node-http-handler')]));
 
 /**
  * The few S3 operations Strata needs, on one client per endpoint and
@@ -45,11 +30,6 @@ export interface S3Endpoint {
   region: string;
 }
 
-export interface ObjectInfo {
-  key: string;
-  size: number;
-}
-
 // One CopyObject is limited to 5 GiB and serial; above this, parts are copied side by side.
 export const MULTIPART_COPY_THRESHOLD = 32 * 1024 * 1024;
 export const COPY_PART_SIZE = 32 * 1024 * 1024;
@@ -64,7 +44,8 @@ const CLEANUP_TIMEOUT_MS = 5_000;
 // An AbortError's cause is why the call stopped (its deadline or its client), set by the call scope.
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'TimeoutError', 'RequestTimeout']);
 
-const code = (e: unknown) => (e instanceof S3ServiceException ? e.name : (e as { Code?: string; name?: string })?.Code ?? (e as Error)?.name);
+// A service exception (it has $fault) is named after the store's error code.
+const code = (e: unknown) => (typeof (e as { $fault?: unknown })?.$fault === 'string' ? (e as Error).name : (e as { Code?: string })?.Code ?? (e as Error)?.name);
 const sysCode = (e: unknown) => (e as { code?: unknown })?.code;
 const httpStatus = (e: unknown) => (e as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
 
@@ -90,31 +71,46 @@ export function mapS3Error(e: unknown, what: string): Error {
   return e as Error;
 }
 
-export class S3Store {
-  readonly client: S3Client;
+export class S3Store implements S3Api {
+  private made?: Promise<S3Client>;
 
-  constructor(ep: S3Endpoint, creds: S3Credentials) {
-    const keepAlive = { keepAlive: true, maxSockets: 64 };
-    this.client = new S3Client({
-      endpoint: ep.endpoint,
-      region: ep.region,
-      credentials: { accessKeyId: creds.accessKeyID, secretAccessKey: creds.secretAccessKey },
-      // Path style works on every S3 store (RGW included) without wildcard DNS.
-      forcePathStyle: true,
-      // RGW 16 rejects the SDK's default trailing checksums (MissingContentLength).
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      maxAttempts: 2,
-      requestHandler: new NodeHttpHandler({
-        httpAgent: new Agent(keepAlive),
-        httpsAgent: new HttpsAgent(keepAlive),
-        connectionTimeout: CONNECT_TIMEOUT_MS,
-        requestTimeout: REQUEST_TIMEOUT_MS,
-        // Without it the handler only logs a warning when requestTimeout passes, and waits on.
-        throwOnRequestTimeout: true,
-        socketTimeout: SOCKET_IDLE_MS,
-      }),
-    });
+  constructor(
+    private readonly ep: S3Endpoint,
+    private readonly creds: S3Credentials,
+  ) {}
+
+  /** The SDK client, made on first use. */
+  private client(): Promise<S3Client> {
+    return (this.made ??= sdk().then(([{ S3Client }, { NodeHttpHandler }]) => {
+      const keepAlive = { keepAlive: true, maxSockets: 64 };
+      return new S3Client({
+        endpoint: this.ep.endpoint,
+        region: this.ep.region,
+        credentials: { accessKeyId: this.creds.accessKeyID, secretAccessKey: this.creds.secretAccessKey },
+        // Path style works on every S3 store (RGW included) without wildcard DNS.
+        forcePathStyle: true,
+        // RGW 16 rejects the SDK's default trailing checksums (MissingContentLength).
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+        maxAttempts: 2,
+        requestHandler: new NodeHttpHandler({
+          httpAgent: new Agent(keepAlive),
+          httpsAgent: new HttpsAgent(keepAlive),
+          connectionTimeout: CONNECT_TIMEOUT_MS,
+          requestTimeout: REQUEST_TIMEOUT_MS,
+          // Without it the handler only logs a warning when requestTimeout passes, and waits on.
+          throwOnRequestTimeout: true,
+          socketTimeout: SOCKET_IDLE_MS,
+        }),
+      });
+    }));
+  }
+
+  /** Sends the command `make` builds from the SDK, bounded by the current call (and not sent when it has stopped). */
+  private async run<T>(make: (m: Sdk, c: S3Client) => Promise<T>): Promise<T> {
+    throwIfStopped();
+    const [[m], c] = await Promise.all([sdk(), this.client()]);
+    return make(m, c);
   }
 
   /** Options for one request: aborted when the current gRPC call stops (and it is not sent when it already has). */
@@ -126,7 +122,7 @@ export class S3Store {
   /** Creates a bucket; one that is already ours is fine. */
   async createBucket(bucket: string): Promise<void> {
     try {
-      await this.client.send(new CreateBucketCommand({ Bucket: bucket }), this.opts());
+      await this.run((m, c) => c.send(new m.CreateBucketCommand({ Bucket: bucket }), this.opts()));
     } catch (e) {
       if (code(e) === 'BucketAlreadyOwnedByYou') return;
       if (code(e) === 'BucketAlreadyExists') throw failedPrecondition(`bucket ${bucket} exists and belongs to someone else`);
@@ -136,7 +132,7 @@ export class S3Store {
 
   async bucketExists(bucket: string): Promise<boolean> {
     try {
-      await this.client.send(new HeadBucketCommand({ Bucket: bucket }), this.opts());
+      await this.run((m, c) => c.send(new m.HeadBucketCommand({ Bucket: bucket }), this.opts()));
       return true;
     } catch (e) {
       if (isNoSuchBucket(e) || httpStatus(e) === 404) return false;
@@ -147,7 +143,7 @@ export class S3Store {
   /** Removes an empty bucket; a missing one is fine. */
   async deleteBucket(bucket: string): Promise<void> {
     try {
-      await this.client.send(new DeleteBucketCommand({ Bucket: bucket }), this.opts());
+      await this.run((m, c) => c.send(new m.DeleteBucketCommand({ Bucket: bucket }), this.opts()));
     } catch (e) {
       if (isNoSuchBucket(e) || httpStatus(e) === 404) return;
       throw mapS3Error(e, `removing bucket ${bucket}`);
@@ -156,7 +152,7 @@ export class S3Store {
 
   async listBuckets(): Promise<string[]> {
     try {
-      const r = await this.client.send(new ListBucketsCommand({}), this.opts());
+      const r = await this.run((m, c) => c.send(new m.ListBucketsCommand({}), this.opts()));
       return (r.Buckets ?? []).map((b) => b.Name!).filter(Boolean);
     } catch (e) {
       throw mapS3Error(e, 'listing buckets');
@@ -165,7 +161,7 @@ export class S3Store {
 
   async putBucketPolicy(bucket: string, policy: string): Promise<void> {
     try {
-      await this.client.send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: policy }), this.opts());
+      await this.run((m, c) => c.send(new m.PutBucketPolicyCommand({ Bucket: bucket, Policy: policy }), this.opts()));
     } catch (e) {
       throw mapS3Error(e, `setting the policy of bucket ${bucket}`);
     }
@@ -174,7 +170,7 @@ export class S3Store {
   /** False when the store no longer knows this client's access key (it was removed); true when it answers. */
   async knowsKey(): Promise<boolean> {
     try {
-      await this.client.send(new ListBucketsCommand({}), this.opts());
+      await this.run((m, c) => c.send(new m.ListBucketsCommand({}), this.opts()));
       return true;
     } catch (e) {
       if (code(e) === 'InvalidAccessKeyId') return false;
@@ -188,7 +184,7 @@ export class S3Store {
     do {
       let r;
       try {
-        r = await this.client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, Delimiter: delimiter, ContinuationToken: token }), this.opts());
+        r = await this.run((m, c) => c.send(new m.ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, Delimiter: delimiter, ContinuationToken: token }), this.opts()));
       } catch (e) {
         if (isNoSuchBucket(e)) return;
         throw mapS3Error(e, `listing ${bucket}/${prefix}`);
@@ -212,7 +208,7 @@ export class S3Store {
 
   async getJson<T>(bucket: string, key: string): Promise<T | undefined> {
     try {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), this.opts());
+      const r = await this.run((m, c) => c.send(new m.GetObjectCommand({ Bucket: bucket, Key: key }), this.opts()));
       return JSON.parse(await r.Body!.transformToString()) as T;
     } catch (e) {
       if (isNoSuchKey(e) || isNoSuchBucket(e)) return undefined;
@@ -248,12 +244,12 @@ export class S3Store {
 
   private async send(bucket: string, key: string, body: string | Buffer, contentType?: string, ifNoneMatch?: '*'): Promise<void> {
     const Body = typeof body === 'string' ? Buffer.from(body) : body;
-    await this.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body, ContentType: contentType, IfNoneMatch: ifNoneMatch }), this.opts());
+    await this.run((m, c) => c.send(new m.PutObjectCommand({ Bucket: bucket, Key: key, Body, ContentType: contentType, IfNoneMatch: ifNoneMatch }), this.opts()));
   }
 
   async hasKey(bucket: string, key: string): Promise<boolean> {
     try {
-      await this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), this.opts());
+      await this.run((m, c) => c.send(new m.HeadObjectCommand({ Bucket: bucket, Key: key }), this.opts()));
       return true;
     } catch (e) {
       if (isNoSuchKey(e)) return false;
@@ -263,7 +259,7 @@ export class S3Store {
 
   async deleteKey(bucket: string, key: string): Promise<void> {
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }), this.opts());
+      await this.run((m, c) => c.send(new m.DeleteObjectCommand({ Bucket: bucket, Key: key }), this.opts()));
     } catch (e) {
       if (isNoSuchKey(e) || isNoSuchBucket(e)) return;
       throw mapS3Error(e, `removing ${bucket}/${key}`);
@@ -275,7 +271,7 @@ export class S3Store {
     if (!keys.length) return;
     let r;
     try {
-      r = await this.client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }), this.opts());
+      r = await this.run((m, c) => c.send(new m.DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys.map((Key) => ({ Key })), Quiet: true } }), this.opts()));
     } catch (e) {
       if (isNoSuchBucket(e)) return;
       throw mapS3Error(e, `removing objects in ${bucket}`);
@@ -302,7 +298,7 @@ export class S3Store {
     const source = `${src.bucket}/${encodeURIComponent(src.key).replace(/%2F/g, '/')}`;
     try {
       if (src.size <= MULTIPART_COPY_THRESHOLD) {
-        await this.client.send(new CopyObjectCommand({ Bucket: dst.bucket, Key: dst.key, CopySource: source, MetadataDirective: 'COPY' }), this.opts());
+        await this.run((m, c) => c.send(new m.CopyObjectCommand({ Bucket: dst.bucket, Key: dst.key, CopySource: source, MetadataDirective: 'COPY' }), this.opts()));
         return;
       }
       await this.multipartCopy(source, src.size, dst, parts);
@@ -312,7 +308,7 @@ export class S3Store {
   }
 
   private async multipartCopy(source: string, size: number, dst: { bucket: string; key: string }, parts: <T>(f: () => Promise<T>) => Promise<T>): Promise<void> {
-    const { UploadId } = await this.client.send(new CreateMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key }), this.opts());
+    const { UploadId } = await this.run((m, c) => c.send(new m.CreateMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key }), this.opts()));
     try {
       const count = Math.ceil(size / COPY_PART_SIZE);
       const done = await Promise.all(
@@ -320,22 +316,23 @@ export class S3Store {
           parts(async () => {
             const first = i * COPY_PART_SIZE;
             const last = Math.min(size, first + COPY_PART_SIZE) - 1;
-            const r = await this.client.send(
-              new UploadPartCopyCommand({ Bucket: dst.bucket, Key: dst.key, UploadId, PartNumber: i + 1, CopySource: source, CopySourceRange: `bytes=${first}-${last}` }),
-              this.opts(),
+            const r = await this.run((m, c) =>
+              c.send(new m.UploadPartCopyCommand({ Bucket: dst.bucket, Key: dst.key, UploadId, PartNumber: i + 1, CopySource: source, CopySourceRange: `bytes=${first}-${last}` }), this.opts()),
             );
             return { PartNumber: i + 1, ETag: r.CopyPartResult!.ETag };
           }),
         ),
       );
-      await this.client.send(new CompleteMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId, MultipartUpload: { Parts: done } }), this.opts());
+      await this.run((m, c) => c.send(new m.CompleteMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId, MultipartUpload: { Parts: done } }), this.opts()));
     } catch (e) {
-      await this.client.send(new AbortMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId }), { abortSignal: AbortSignal.timeout(CLEANUP_TIMEOUT_MS) }).catch(() => undefined);
+      // Not through run: the cleanup goes out even when the call has stopped.
+      const [[m], c] = await Promise.all([sdk(), this.client()]);
+      await c.send(new m.AbortMultipartUploadCommand({ Bucket: dst.bucket, Key: dst.key, UploadId }), { abortSignal: AbortSignal.timeout(CLEANUP_TIMEOUT_MS) }).catch(() => undefined);
       throw e;
     }
   }
 
   destroy(): void {
-    this.client.destroy();
+    void this.made?.then((c) => c.destroy());
   }
 }

@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Config } from '../../config/config.js';
 import { unavailable } from '../../errors.js';
 import { bucketOf, dataPrefix, objectName, recordKey, type Location } from './layout.js';
 import type { S3Mounter } from './params.js';
-import { rgwAdminOf, rgwAdminOk, rgwAdminRequest, rgwIamRequest, type RgwAdminEndpoint } from './rgw-admin.js';
-import type { S3Credentials, S3Store } from './store.js';
+import { rgwAdminOk } from './rgw-admin.js';
+import type { RgwAdminApi, S3Api } from './s3-api.js';
+import type { S3Credentials } from './store.js';
 
 /**
  * Least privilege and fencing for S3 volumes on Ceph RGW: each node a volume
@@ -85,15 +85,15 @@ export function prefixPolicy(l: Location, mounter: S3Mounter): string {
 }
 
 export class VolumeKeys {
-  constructor(private readonly cfg: Config) {}
+  constructor(private readonly adminOf: (cluster: string) => RgwAdminApi | undefined) {}
 
   /** The admin endpoint when the volume gets keys of its own; undefined when it is mounted with the provisioner's. */
-  private admin(l: Location): RgwAdminEndpoint | undefined {
-    return l.kind === 'v' ? rgwAdminOf(this.cfg, l.cluster) : undefined;
+  private admin(l: Location): RgwAdminApi | undefined {
+    return l.kind === 'v' ? this.adminOf(l.cluster) : undefined;
   }
 
-  private async user(a: RgwAdminEndpoint, l: Location): Promise<UserInfo | undefined> {
-    const r = await rgwAdminRequest(a, 'GET', 'user', { uid: volumeUser(l), format: 'json' });
+  private async user(a: RgwAdminApi, l: Location): Promise<UserInfo | undefined> {
+    const r = await a.request('GET', 'user', { uid: volumeUser(l), format: 'json' });
     if (r.status === 404) return undefined;
     return JSON.parse(rgwAdminOk(r, `reading user ${volumeUser(l)}`)) as UserInfo;
   }
@@ -111,7 +111,7 @@ export class VolumeKeys {
    * policy come first, so a key never exists without them; `owner` is the
    * bucket owner's store. A prefix: see issuePrefix.
    */
-  async issue(l: Location, nodeId: string, mounter: S3Mounter, owner: S3Store, log: Logger): Promise<S3Credentials | undefined> {
+  async issue(l: Location, nodeId: string, mounter: S3Mounter, owner: S3Api, log: Logger): Promise<S3Credentials | undefined> {
     const a = this.admin(l);
     if (!a) return undefined;
     if (l.shared) return this.issuePrefix(a, l, nodeId, mounter, log);
@@ -120,13 +120,13 @@ export class VolumeKeys {
     const known = VolumeKeys.nodeKey(u, nodeId);
     if (known) return known;
     if (!u) {
-      const r = await rgwAdminRequest(a, 'PUT', 'user', { uid, 'display-name': `Strata volume ${objectName(l)}`, 'max-buckets': '-1', 'generate-key': 'false', format: 'json' });
+      const r = await a.request('PUT', 'user', { uid, 'display-name': `Strata volume ${objectName(l)}`, 'max-buckets': '-1', 'generate-key': 'false', format: 'json' });
       if (r.code !== 'UserAlreadyExists') rgwAdminOk(r, `creating user ${uid}`);
     }
     await owner.putBucketPolicy(bucketOf(l), bucketPolicy(l));
     // RGW makes the secret (it never travels in a request); the access key says whose it is.
     const accessKey = nodeKeyPrefix(nodeId) + randomBytes(8).toString('hex').toUpperCase();
-    rgwAdminOk(await rgwAdminRequest(a, 'PUT', 'user', { key: '', uid, 'key-type': 's3', 'access-key': accessKey, 'generate-key': 'true', format: 'json' }), `adding a key to user ${uid}`);
+    rgwAdminOk(await a.request('PUT', 'user', { key: '', uid, 'key-type': 's3', 'access-key': accessKey, 'generate-key': 'true', format: 'json' }), `adding a key to user ${uid}`);
     u = await this.user(a, l);
     const made = VolumeKeys.nodeKey(u, nodeId);
     if (!made) throw unavailable(`RGW lost the key just added to user ${uid}; retry`);
@@ -140,28 +140,28 @@ export class VolumeKeys {
    * the user, so a retry after a crash between the two completes it; nothing
    * changes the user's keys afterwards (which would drop the policy).
    */
-  private async issuePrefix(a: RgwAdminEndpoint, l: Location, nodeId: string, mounter: S3Mounter, log: Logger): Promise<S3Credentials> {
+  private async issuePrefix(a: RgwAdminApi, l: Location, nodeId: string, mounter: S3Mounter, log: Logger): Promise<S3Credentials> {
     const uid = prefixUser(l, nodeId);
     const get = async () => {
-      const r = await rgwAdminRequest(a, 'GET', 'user', { uid, format: 'json' });
+      const r = await a.request('GET', 'user', { uid, format: 'json' });
       return r.status === 404 ? undefined : (JSON.parse(rgwAdminOk(r, `reading user ${uid}`)) as UserInfo);
     };
     let u = await get();
     if (!u) {
-      const r = await rgwAdminRequest(a, 'PUT', 'user', { uid, 'display-name': `Strata volume ${objectName(l)} on a node`, 'max-buckets': '-1', 'key-type': 's3', 'generate-key': 'true', format: 'json' });
+      const r = await a.request('PUT', 'user', { uid, 'display-name': `Strata volume ${objectName(l)} on a node`, 'max-buckets': '-1', 'key-type': 's3', 'generate-key': 'true', format: 'json' });
       if (r.code !== 'UserAlreadyExists') rgwAdminOk(r, `creating user ${uid}`);
       u = await get();
       log.debug({ user: uid }, 'node user made for the volume');
     }
-    rgwAdminOk(await rgwIamRequest(a, { Action: 'PutUserPolicy', UserName: uid, PolicyName: 'volume', PolicyDocument: prefixPolicy(l, mounter) }), `setting the policy of user ${uid}`);
+    rgwAdminOk(await a.iam({ Action: 'PutUserPolicy', UserName: uid, PolicyName: 'volume', PolicyDocument: prefixPolicy(l, mounter) }), `setting the policy of user ${uid}`);
     const k = u?.keys?.find((k) => k.access_key && k.secret_key);
     if (!k) throw unavailable(`RGW gave user ${uid} no key; retry`);
     return { accessKeyID: k.access_key!, secretAccessKey: k.secret_key! };
   }
 
   /** Removes an RGW user with its keys and policy; one already gone is fine (false). */
-  private async removeUser(a: RgwAdminEndpoint, uid: string): Promise<boolean> {
-    const r = await rgwAdminRequest(a, 'DELETE', 'user', { uid, 'purge-data': 'false', format: 'json' });
+  private async removeUser(a: RgwAdminApi, uid: string): Promise<boolean> {
+    const r = await a.request('DELETE', 'user', { uid, 'purge-data': 'false', format: 'json' });
     if (r.status === 404) return false;
     rgwAdminOk(r, `removing user ${uid}`);
     return true;
@@ -211,10 +211,10 @@ export class VolumeKeys {
     return this.revokeKeys(a, l, ((await this.user(a, l))?.keys ?? []).map((k) => k.access_key ?? '').filter((k) => isNodeKey(k) && gone(k)), log);
   }
 
-  private async revokeKeys(a: RgwAdminEndpoint, l: Location, keys: string[], log: Logger): Promise<number> {
+  private async revokeKeys(a: RgwAdminApi, l: Location, keys: string[], log: Logger): Promise<number> {
     const uid = volumeUser(l);
     for (const accessKey of keys) {
-      const r = await rgwAdminRequest(a, 'DELETE', 'user', { key: '', uid, 'access-key': accessKey, format: 'json' });
+      const r = await a.request('DELETE', 'user', { key: '', uid, 'access-key': accessKey, format: 'json' });
       // Removed meanwhile (a racing retry): RGW no longer knows the key.
       if (r.code !== 'InvalidAccessKeyId' && r.status !== 404) rgwAdminOk(r, `removing a key of user ${uid}`);
     }
