@@ -17,6 +17,9 @@ const stagedPath = (r: StageRecord): string => (r.request.volume_capability?.blo
 /** A mount's identity across bind mounts: the file system and the directory of it that is mounted. */
 const layer = (m: MountEntry): string => `${m.majorMinor} ${m.root}`;
 
+/** The layers a kernel restage stacked over at the staging path: a target bound from one of them reads the dead mount. */
+const belowStaging = (r: StageRecord, entries: MountEntry[]): Set<string> => new Set(entries.filter((m) => m.mountPoint === path.resolve(stagedPath(r))).slice(0, -1).map(layer));
+
 /**
  * Remounts FUSE volumes whose daemon died: the node plugin's container
  * restarted (taking its FUSE processes with it), a daemon crashed or was
@@ -68,18 +71,33 @@ export class Healer {
     let unfinished = 0;
     try {
       const entries = await readMountInfo();
-      for (const r of this.records.all()) {
-        // A fencing backend is asked each pass whether the volume is still this node's. Otherwise the
-        // probe needs no lock: a pass that finds every mount well never turns one of kubelet's calls away.
-        if (!this.fences(r) && (r.kernel || !(await this.needsCare(r, entries)))) continue;
+      for (const seen of this.records.all()) {
+        const log = this.log.child({ volumeId: seen.request.volume_id, staging: seen.request.staging_target_path });
+        const ctx: RpcContext = { reqId: `heal-${Date.now().toString(36)}`, log };
+        // The probe takes no lock: a pass that finds every volume still this node's and every mount
+        // well never turns one of kubelet's calls away, however slow the cluster is to say so (a
+        // fencing backend's answer is a round trip to Ceph or S3 on every pass).
+        let care: boolean;
+        try {
+          care = await this.needsCare(seen, entries, ctx);
+        } catch (e) {
+          unfinished++;
+          log.error({ err: (e as Error).message }, 'could not tell whether the volume needs care; will try again');
+          continue;
+        }
+        if (!care) continue;
         // Kubelet acting on the volume right now wins; the next pass looks again.
-        const release = this.locks.tryAcquire([r.request.volume_id]);
+        const release = this.locks.tryAcquire([seen.request.volume_id]);
         if (!release) {
           unfinished++;
           continue;
         }
-        const log = this.log.child({ volumeId: r.request.volume_id, staging: r.request.staging_target_path });
-        const ctx: RpcContext = { reqId: `heal-${Date.now().toString(36)}`, log };
+        // What the probe saw may be gone by now (kubelet unstaged it meanwhile): only the record as it is counts.
+        const r = this.records.get(seen.request.staging_target_path);
+        if (r?.request.volume_id !== seen.request.volume_id) {
+          release();
+          continue;
+        }
         try {
           if (await this.release(r, ctx)) continue;
           const health = r.kernel ? undefined : await mountHealth(stagedPath(r), entries);
@@ -105,12 +123,25 @@ export class Healer {
     return unfinished;
   }
 
-  private fences(r: StageRecord): boolean {
+  /**
+   * Whether the volume needs the healer under its lock: no longer this node's (a fencing backend
+   * says so), a kernel stage over a FUSE daemon that is gone, or a FUSE mount that is not well.
+   * Decided again under the lock by whatever acts on it.
+   */
+  private async needsCare(r: StageRecord, entries: Awaited<ReturnType<typeof readMountInfo>>, ctx: RpcContext): Promise<boolean> {
     const id = parseId(r.request.volume_id, 'v');
-    return !!(id && this.backends[id.backend]?.owned);
-  }
-
-  private async needsCare(r: StageRecord, entries: Awaited<ReturnType<typeof readMountInfo>>): Promise<boolean> {
+    const backend = id && this.backends[id.backend];
+    if (id && backend?.owned && !(await backend.owned(id, r.request, ctx))) return true;
+    if (r.kernel) {
+      if (id && backend?.deadStage && backend.restage && (await backend.deadStage(id, r.request))) return true;
+      // A heal cut short after its restage: targets still bound from the dead layer below.
+      const below = belowStaging(r, entries);
+      for (const target of Object.keys(r.targets)) {
+        const top = await findMount(target, entries);
+        if (top && below.has(layer(top))) return true;
+      }
+      return false;
+    }
     if ((await mountHealth(stagedPath(r), entries)) !== 'ok') return true;
     for (const target of Object.keys(r.targets)) if ((await mountHealth(target, entries)) === 'dead') return true;
     return false;
@@ -179,8 +210,7 @@ export class Healer {
       }
     }
     const entries = await readMountInfo();
-    // The layers a kernel restage stacked over: a target bound from one of them reads the dead mount.
-    const below = new Set(entries.filter((m) => m.mountPoint === path.resolve(stagedPath(r))).slice(0, -1).map(layer));
+    const below = belowStaging(r, entries);
     let rebound = 0;
     for (const [target, t] of Object.entries(r.targets)) {
       const top = await findMount(target, entries);

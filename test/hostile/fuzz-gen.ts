@@ -219,10 +219,13 @@ type IdClass = 'empty' | 'hostile' | 'overlong' | 'nonexistent' | 'wrongKind' | 
 const CLUSTER = '[A-Za-z0-9][A-Za-z0-9_.-]{0,31}';
 const NAME = '[A-Za-z0-9][A-Za-z0-9_.-]{0,62}';
 const HEX = '[0-9a-f]{32}';
+// RBD ids may name a RADOS namespace between pool and image (the radosNamespace parameter): a cephfs id with its
+// header changed to rbd is then a well-formed RBD id of nothing (pool <fs>, namespace <group>), not a malformed one.
+const RBD_NS = `(?::[A-Za-z0-9][A-Za-z0-9_.-]{0,31})?`;
 const isBucket = (b: string) => /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(b) && !/\.\.|\.-|-\./.test(b) && !/^\d+\.\d+\.\d+\.\d+$/.test(b);
 const ID_FORMS: Record<'v' | 's', RegExp[]> = {
-  v: [new RegExp(`^s1:v:rbd:${CLUSTER}:${NAME}:csi-vol-${HEX}$`), new RegExp(`^s1:v:cephfs:${CLUSTER}:${NAME}:${NAME}:csi-vol-${HEX}$`), new RegExp(`^s1:v:s3:${CLUSTER}:([^:]+):${HEX}$`)],
-  s: [new RegExp(`^s1:s:rbd:${CLUSTER}:${NAME}:csi-snap-${HEX}$`), new RegExp(`^s1:s:cephfs:${CLUSTER}:${NAME}:${NAME}:csi-vol-${HEX}:csi-snap-${HEX}$`), new RegExp(`^s1:s:s3:${CLUSTER}:([^:]+):${HEX}$`)],
+  v: [new RegExp(`^s1:v:rbd:${CLUSTER}:${NAME}${RBD_NS}:csi-vol-${HEX}$`), new RegExp(`^s1:v:cephfs:${CLUSTER}:${NAME}:${NAME}:csi-vol-${HEX}$`), new RegExp(`^s1:v:s3:${CLUSTER}:([^:]+):${HEX}$`)],
+  s: [new RegExp(`^s1:s:rbd:${CLUSTER}:${NAME}${RBD_NS}:csi-snap-${HEX}$`), new RegExp(`^s1:s:cephfs:${CLUSTER}:${NAME}:${NAME}:csi-vol-${HEX}:csi-snap-${HEX}$`), new RegExp(`^s1:s:s3:${CLUSTER}:([^:]+):${HEX}$`)],
 };
 
 /** True when `id` has the form of one of ours (it may still name nothing). */
@@ -371,6 +374,17 @@ function idDefect(field: string, p: IdPick, use: IdUse): Defect | undefined {
   return { what, codes: p.cls === 'overlong' ? [...unknown, IA] : unknown };
 }
 
+/**
+ * A hostile id can turn out a well-formed id of another backend than the request was built for (a CephFS id with
+ * its header changed to rbd reads as an RBD id in a namespace), while the capability stays the one of the
+ * request's backend: a second defect, as the id's backend may not support it (RBD refuses a file system written
+ * from several nodes). The spec's code for that is INVALID_ARGUMENT, and the driver may check it before the id.
+ */
+function foreignCap(x: Defect | undefined, p: IdPick, b: Backend): Defect | undefined {
+  if (!x || p.cls !== 'nonexistent' || p.id.split(':')[2] === b) return x;
+  return { what: `${x.what}, of backend ${p.id.split(':')[2]} with a capability for ${b}`, codes: [...new Set([...x.codes!, IA])] };
+}
+
 // ---------------------------------------------------------------------------
 // Capabilities, capacities, parameters, secrets, paths
 // ---------------------------------------------------------------------------
@@ -386,6 +400,9 @@ export function goodCap(b: Backend): Cap {
     ? { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } }
     : { mount: { fs_type: '', mount_flags: [] }, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } };
 }
+
+/** One mount option and nothing else: no "," (more options), no blank, control, quote or shell character, not option-like, at most 128 bytes. */
+const PLAIN_MOUNT_OPTION = /^[A-Za-z0-9_][A-Za-z0-9_.:/=+@-]{0,127}$/;
 
 /** A capability with one defect. Node RPCs and controller RPCs alike must refuse them. */
 function badCap(rng: Rng, ctx: FuzzContext, b: Backend, base: Cap): { cap: Cap | undefined; defect: Defect } {
@@ -416,7 +433,11 @@ function badCap(rng: Rng, ctx: FuzzContext, b: Backend, base: Cap): { cap: Cap |
     }
     case 8: {
       const f = rng.pick(['--bind', '-o', 'rw,exec', 'ro,remount', 'a b', '\n', '\0', '', '../x', 'x'.repeat(300), `${ASTRAL[0]}`, '-t', 'uid=0,gid=0', tok()]);
-      return { cap: { mount: { ...mount, mount_flags: ['noatime', f] }, access_mode: { mode } }, defect: d(`mount flag ${JSON.stringify(f.slice(0, 40))}`) };
+      const what = `mount flag ${JSON.stringify(f.slice(0, 40))}`;
+      // Some hostile tokens ("UPPER", "a=b", "csi-vol-…") are one plain mount option: the spec does not make an option
+      // the plugin does not know an error, so it may be refused (INVALID_ARGUMENT) or left to mount at the node.
+      if (PLAIN_MOUNT_OPTION.test(f)) return { cap: { mount: { ...mount, mount_flags: ['noatime', f] }, access_mode: { mode } }, defect: { ...d(`plain ${what}`, [IA, OK]), benign: true } };
+      return { cap: { mount: { ...mount, mount_flags: ['noatime', f] }, access_mode: { mode } }, defect: d(what) };
     }
     case 9: {
       const g = rng.pick(['-1', 'root', '--x', '1\n', 'x'.repeat(200), '0x10']);
@@ -492,6 +513,9 @@ function badParams(rng: Rng, ctx: FuzzContext, b: Backend): { params: Record<str
         kernelMountOptions: () => rng.pick(['a b', 'rw;x', 'x\ny', '$(x)', '\0']),
         fuseMountOptions: () => rng.pick(['a b', 'rw;x', 'x\ny', '$(x)', '\0']),
       }[k]!();
+      // A token that is a Ceph name ("UPPER", "csi-vol-0…") names a subvolume group the driver makes on first use, as
+      // a StorageClass may: a legal parameter, which a driver that refused groups it did not find would answer INVALID_ARGUMENT.
+      if (k === 'subvolumeGroup' && new RegExp(`^${NAME}$`).test(v)) return { params: { ...p, [k]: v }, defect: { what: `parameter ${k}=${JSON.stringify(v)} (a group not made yet)`, codes: [OK, IA], benign: true } };
       return set(k, v);
     }
     case 's3': {
@@ -777,7 +801,7 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
       const cap = v?.cap ?? goodCap(b);
       const req: Record<string, unknown> = { volume_id: p.id, node_id: ctx.nodeId, volume_capability: cap, readonly: false, secrets: { ...ctx.secrets[b] }, volume_context: { ...(v?.volumeContext ?? {}) } };
       const d = draft('ControllerPublishVolume', 'Controller', b, req, [OK], [p.id]);
-      add(d, idDefect('volume_id', p, 'lookup'));
+      add(d, foreignCap(idDefect('volume_id', p, 'lookup'), p, b));
       const n = p.cls === 'real' ? 1 : rng.int(2);
       for (let i = 0; i < n; i++) {
         const c = rng.int(p.cls === 'real' ? 8 : 6);
@@ -1008,7 +1032,7 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
       // The well-formed form asks for the size the volume has: nothing changes.
       const req: Record<string, unknown> = { volume_id: p.id, capacity_range: { required_bytes: v?.capacity ?? MiB }, secrets: { ...ctx.secrets[b] }, volume_capability: v?.cap ?? goodCap(b) };
       const d = draft('ControllerExpandVolume', 'Controller', b, req, [OK], [p.id]);
-      add(d, idDefect('volume_id', p, 'lookup'));
+      add(d, foreignCap(idDefect('volume_id', p, 'lookup'), p, b));
       if (p.cls !== 'real' || rng.chance(0.7)) {
         const c = rng.int(4);
         if (c === 0) {
@@ -1159,7 +1183,7 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
       const idd = idDefect('volume_id', p, 'lookup');
       // A well-formed id of nothing is not staged where the request says: "not staged there" is as right as "not found".
       if (idd && p.cls === 'nonexistent') idd.codes = [NF, FP];
-      add(d, idd);
+      add(d, foreignCap(idd, p, b));
       const c = rng.int(real ? 6 : 7);
       if (c === 0) {
         const bp = badPath(rng, ctx);
@@ -1249,7 +1273,7 @@ const BUILDERS: Record<string, { service: Service; weight: number; perBackend: b
       const p = pickId(rng, ctx, b, 'v', b === 'rbd' ? 0 : 20);
       const req: Record<string, unknown> = { volume_id: p.id, volume_path: v?.target ?? freshPath(rng, ctx, 'expand'), capacity_range: { required_bytes: v?.capacity ?? MiB }, staging_target_path: v?.staging ?? '', volume_capability: v?.cap ?? goodCap(b) };
       const d = draft('NodeExpandVolume', 'Node', b, req, [OK], [p.id]);
-      add(d, idDefect('volume_id', p, 'lookup'));
+      add(d, foreignCap(idDefect('volume_id', p, 'lookup'), p, b));
       const c = rng.int(4);
       if (c === 0) {
         const bp = badPath(rng, ctx);

@@ -7,7 +7,7 @@ import { ListBucketsCommand } from '@aws-sdk/client-s3';
 import { loadCsi } from '../../src/csi/proto.js';
 import { readMountInfo } from '../../src/mount/mountinfo.js';
 import { LAB_S3, type CephLab } from '../lab/ceph-lab.js';
-import type { CsiClients, DriverProcess } from '../helpers/driver.js';
+import { retryAborted, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { labS3Client } from '../helpers/s3.js';
 import { MiB, fileSha, writeRandom } from '../helpers/volumes.js';
 import type { VolumeCapability } from '../../src/csi/gen/csi/v1/VolumeCapability.js';
@@ -110,9 +110,13 @@ const DRIVER_MOUNT = /^fuse\.(ceph-fuse|rbd-fuse|s3fs|rclone)$|^ceph$/;
  */
 export async function outsideMounts(sandbox: string, s: Sentinels): Promise<Set<string>> {
   const above = (p: string) => p === '/' || s.root.startsWith(p + '/') || sandbox.startsWith(p + '/');
+  // Another driver's sandbox (a suite running beside this one on the machine mounts in its own mkdtemp
+  // directory): no request here names it, and its random name is no path an id could be turned into.
+  const drivers = path.join(path.dirname(sandbox), 'strata-drv-');
+  const otherSandbox = (p: string) => p.startsWith(drivers) && !p.startsWith(sandbox + '/') && p.indexOf('/', drivers.length) > 0;
   return new Set(
     (await readMountInfo())
-      .filter((m) => !m.mountPoint.startsWith(sandbox + '/') && m.mountPoint !== sandbox)
+      .filter((m) => !m.mountPoint.startsWith(sandbox + '/') && m.mountPoint !== sandbox && !otherSandbox(m.mountPoint))
       .filter((m) => m.mountPoint.startsWith(s.root) || above(m.mountPoint) || DRIVER_MOUNT.test(m.fsType) || m.source.startsWith('/dev/loop'))
       .map((m) => `${m.mountPoint} ${m.fsType} ${m.source} ${m.root}`),
   );
@@ -188,16 +192,16 @@ export async function reattachAndCheck(c: CsiClients, drv: DriverProcess, nodeId
   await c.node.NodeStageVolume({ volume_id: p.id, staging_target_path: staging, volume_capability: cap, secrets, publish_context: pub.publish_context, volume_context: p.volumeContext });
   await c.node.NodePublishVolume({ volume_id: p.id, staging_target_path: staging, target_path: target, volume_capability: cap, readonly: false, volume_context: p.volumeContext, publish_context: pub.publish_context });
   const bad = checkFiles(p, target);
-  await c.node.NodeUnpublishVolume({ volume_id: p.id, target_path: target });
-  await c.node.NodeUnstageVolume({ volume_id: p.id, staging_target_path: staging });
-  await c.controller.ControllerUnpublishVolume({ volume_id: p.id, node_id: nodeId, secrets });
+  await retryAborted(() => c.node.NodeUnpublishVolume({ volume_id: p.id, target_path: target }));
+  await retryAborted(() => c.node.NodeUnstageVolume({ volume_id: p.id, staging_target_path: staging }));
+  await retryAborted(() => c.controller.ControllerUnpublishVolume({ volume_id: p.id, node_id: nodeId, secrets }));
   return bad;
 }
 
 export async function detachPremade(c: CsiClients, nodeId: string, p: Premade, secrets: Record<string, string>): Promise<void> {
-  await c.node.NodeUnpublishVolume({ volume_id: p.id, target_path: p.target });
-  await c.node.NodeUnstageVolume({ volume_id: p.id, staging_target_path: p.staging });
-  await c.controller.ControllerUnpublishVolume({ volume_id: p.id, node_id: nodeId, secrets });
+  await retryAborted(() => c.node.NodeUnpublishVolume({ volume_id: p.id, target_path: p.target }));
+  await retryAborted(() => c.node.NodeUnstageVolume({ volume_id: p.id, staging_target_path: p.staging }));
+  await retryAborted(() => c.controller.ControllerUnpublishVolume({ volume_id: p.id, node_id: nodeId, secrets }));
 }
 
 // ---------------------------------------------------------------------------
@@ -390,13 +394,17 @@ export function tallies(r: FuzzResult): string[] {
   return lines;
 }
 
-/** Undoes what OK answers of the fuzz made (in reverse order of the CSI calls); returns what failed. */
+/**
+ * Undoes what OK answers of the fuzz made (in reverse order of the CSI calls); returns what failed.
+ * ABORTED is retried, as the sidecars and kubelet do: a FUSE daemon still flushing after an unmount,
+ * or the node's healer looking at a volume, is an operation in progress, not a failure.
+ */
 export async function undoMade(c: CsiClients, r: FuzzResult, secrets: Record<Backend, Record<string, string>>): Promise<string[]> {
   const problems: string[] = [];
   const backendOf = (id: string): Backend => (id.split(':')[2] as Backend) ?? 'rbd';
   const tryIt = async (what: string, f: () => Promise<unknown>) => {
     try {
-      await f();
+      await retryAborted(f);
     } catch (e) {
       problems.push(`${what}: ${(e as grpc.ServiceError).code ? grpc.status[(e as grpc.ServiceError).code] : ''} ${(e as Error).message}`);
     }
@@ -421,15 +429,15 @@ export async function deleteListed(c: CsiClients, keep: Set<string>, secrets: Re
   for (const e of snaps) {
     const id = e.snapshot!.snapshot_id!;
     if (keep.has(id)) continue;
-    await c.controller.DeleteSnapshot({ snapshot_id: id, secrets: secrets[backendOf(id)] });
+    await retryAborted(() => c.controller.DeleteSnapshot({ snapshot_id: id, secrets: secrets[backendOf(id)] }));
     done.push(id);
   }
   const vols = (await c.controller.ListVolumes({}))!.entries ?? [];
   for (const e of vols) {
     const id = e.volume!.volume_id!;
     if (keep.has(id)) continue;
-    for (const node of e.status?.published_node_ids ?? []) await c.controller.ControllerUnpublishVolume({ volume_id: id, node_id: node, secrets: secrets[backendOf(id)] });
-    await c.controller.DeleteVolume({ volume_id: id, secrets: secrets[backendOf(id)] });
+    for (const node of e.status?.published_node_ids ?? []) await retryAborted(() => c.controller.ControllerUnpublishVolume({ volume_id: id, node_id: node, secrets: secrets[backendOf(id)] }));
+    await retryAborted(() => c.controller.DeleteVolume({ volume_id: id, secrets: secrets[backendOf(id)] }));
     done.push(id);
   }
   return done;

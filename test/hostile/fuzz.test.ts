@@ -4,7 +4,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CephLab } from '../lab/ceph-lab.js';
-import { codeOf, connect, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
+import { codeOf, connect, retryAborted, startDriver, type CsiClients, type DriverProcess } from '../helpers/driver.js';
 import { BACKENDS, hostileRequests, seedFrom, type Backend, type FuzzContext } from './fuzz-gen.js';
 import {
   PARAMS,
@@ -149,8 +149,8 @@ describe(`fuzz: ${COUNT} hostile requests over every RPC and backend (seed ${SEE
       try {
         await detachPremade(c, NODE_ID, p, secrets[b]);
         problems.push(...(await reattachAndCheck(c, drv, NODE_ID, p, secrets[b])).map((x) => `after a fresh stage: ${x}`));
-        await c.controller.DeleteSnapshot({ snapshot_id: p.snapshotId, secrets: secrets[b] });
-        await c.controller.DeleteVolume({ volume_id: p.id, secrets: secrets[b] });
+        await retryAborted(() => c.controller.DeleteSnapshot({ snapshot_id: p.snapshotId, secrets: secrets[b] }));
+        await retryAborted(() => c.controller.DeleteVolume({ volume_id: p.id, secrets: secrets[b] }));
       } catch (e) {
         problems.push(`${b}: ${codeOf(e)} ${(e as Error).message}`);
       }

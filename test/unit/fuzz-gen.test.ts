@@ -113,6 +113,11 @@ describe('fuzz request generator', () => {
     assert.ok(!wellFormedId(`s1:v:s3:lab:192.168.1.1:${hex('a')}`, 'v'));
     assert.ok(wellFormedId(`s1:v:s3:lab:team-shared:${hex('a')}`, 'v'));
     assert.ok(wellFormedId(`s1:v:rbd:lab:UPPER:csi-vol-${hex('a')}`, 'v'));
+    // RBD ids in a RADOS namespace: a CephFS id with its header changed to rbd is one of them.
+    assert.ok(wellFormedId(`s1:v:rbd:lab:cephfs:csi:csi-vol-${hex('c')}`, 'v'));
+    assert.ok(wellFormedId(`s1:s:rbd:lab:rbd:ns1:csi-snap-${hex('b')}`, 's'));
+    assert.ok(!wellFormedId(`s1:v:rbd:lab:rbd:a:b:csi-vol-${hex('a')}`, 'v'));
+    assert.ok(!wellFormedId(`s1:v:rbd:lab:rbd:${'n'.repeat(33)}:csi-vol-${hex('a')}`, 'v'));
     for (const r of take(3, 5000)) {
       if (r.rpc !== 'ControllerGetVolume') continue;
       const d = r.defects.join(' ');

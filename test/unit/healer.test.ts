@@ -15,21 +15,25 @@ import type * as csi from '../../src/csi/types.js';
 const log = pino({ level: 'silent' });
 const volumeId = encodeId({ kind: 'v', backend: 'rbd', cluster: 'lab', location: ['rbd', `csi-vol-${'a'.repeat(32)}`] });
 
-/** A node with one kernel stage of a fencing backend whose ownership answers come from `answers`, in turn. */
-function nodeWith(answers: Array<boolean | Error>) {
+/** A node with one kernel stage of a fencing backend whose ownership answers come from `answers` (values, or promises), in turn. */
+function nodeWith(answers: Array<boolean | Error | Promise<boolean>>) {
   const records = new StageRecords(mkdtempSync(path.join(tmpdir(), 'strata-heal-')));
   records.staged({ volume_id: volumeId, staging_target_path: '/nonexistent/staging', secrets: {}, publish_context: {}, volume_context: {} } as unknown as csi.NodeStageVolumeRequest, false, true);
   let asked = 0;
+  let unstaged = 0;
   const backend = {
     owned: async () => {
       const a = answers[Math.min(asked++, answers.length - 1)]!;
       if (a instanceof Error) throw a;
       return a;
     },
+    unstage: async () => {
+      unstaged++;
+    },
   } as unknown as NodeBackend;
   const locks = new KeyedTryLock();
   const healer = new Healer(locks, { rbd: backend }, records, log);
-  return { healer, locks, asked: () => asked };
+  return { healer, locks, records, asked: () => asked, unstaged: () => unstaged };
 }
 
 describe('healer passes', () => {
@@ -49,15 +53,32 @@ describe('healer passes', () => {
     assert.equal(n.asked(), 3);
   });
 
-  it('a volume whose lock kubelet holds is looked at again, not skipped until the next interval', async () => {
-    const n = nodeWith([true]);
+  it('a fenced volume whose lock kubelet holds is released once kubelet is done, not at the next interval', async () => {
+    const n = nodeWith([false]);
     const release = n.locks.tryAcquire([volumeId])!;
     n.healer.start(60_000, 20);
     await sleep(100);
-    assert.equal(n.asked(), 0, 'not asked while kubelet holds the volume');
+    assert.equal(n.unstaged(), 0, 'nothing done while kubelet holds the volume');
     release();
     await sleep(100);
     n.healer.stop();
-    assert.equal(n.asked(), 1);
+    assert.equal(n.unstaged(), 1);
+    assert.equal(n.records.all().length, 0);
+  });
+
+  it('asks whether a volume is still this node\'s without its lock: kubelet is never turned away while a slow cluster answers', async () => {
+    let answer!: (owned: boolean) => void;
+    const n = nodeWith([new Promise<boolean>((resolve) => (answer = resolve))]);
+    n.healer.start(0, 20);
+    await sleep(50);
+    assert.equal(n.asked(), 1, 'the healer is waiting on the cluster');
+    const kubelet = n.locks.tryAcquire([volumeId]);
+    assert.ok(kubelet, "kubelet's call takes the volume's lock while the healer waits");
+    kubelet();
+    answer(true);
+    await sleep(50);
+    n.healer.stop();
+    assert.equal(n.unstaged(), 0);
+    assert.equal(n.records.all().length, 1);
   });
 });
