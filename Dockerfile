@@ -5,9 +5,15 @@
 ARG NODE_IMAGE=node:24-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
+# g++ builds the node plugin's mount addon (native/) against the Node-API headers from npm.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
+COPY native ./native
+RUN node native/build.mjs
 COPY tsconfig.json ./
 COPY proto ./proto
 COPY src ./src
@@ -37,6 +43,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /src/dist/src ./dist/src
+COPY --from=build /src/native/build/strata_mount.node ./native/build/
 COPY proto ./proto
 COPY package.json ./
 # A 1 MiB young generation (V8's default is 16) keeps each idle process ~10 MB smaller; the control plane allocates little.

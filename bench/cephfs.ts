@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pLimit from 'p-limit';
@@ -39,8 +39,9 @@ import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
  *   DeleteSnapshot          sv snapshot rm; config-key rm; config-key get; config-key rm; sv info
  *   DeleteVolume            sv info; sv authorized_list; auth get-key (ENOENT); sv snapshot ls; sv rm
  * Node rows are measured against the bare commands:
- *   NodeStage+Publish       ceph-fuse -r <path>; mount --bind (the driver gets the path and key from the
- *                           volume and publish contexts, made untimed by CreateVolume and ControllerPublish)
+ *   NodeStage+Publish       ceph-fuse -r <path> as the subvolume's own user; mount --bind (the driver gets
+ *                           the path and key from the volume and publish contexts, made untimed by
+ *                           CreateVolume and ControllerPublish)
  *   NodeUnpublish+Unstage   umount x2; wait for ceph-fuse to exit
  */
 
@@ -115,6 +116,7 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
   const vname = (i: number) => `b${conc}-${i}`;
   const bare = (i: number) => `bare-${conc}-${i}`;
   const bareSnap = (i: number) => `bare-snap-${conc}-${i}`;
+  const bareKeyFile = (i: number) => path.join(work, `${bare(i)}.key`);
   const dirs = (kind: string, i: number) => ({ staging: path.join(work, `${kind}-${conc}-${i}`, 'staging'), target: path.join(work, `${kind}-${conc}-${i}`, 'target') });
   const row = (op: string, driver: (i: number) => Promise<unknown>, baseline: (i: number) => Promise<unknown>, kind: 'librados' | 'cli' = 'librados', count = n) => compareRow(op, conc, count, kind, driver, baseline);
 
@@ -141,6 +143,10 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
       limit(async () => {
         pubs[i] = (await c.controller.ControllerPublishVolume({ volume_id: ids[i]!, node_id: 'bench-node', volume_capability: cap, secrets }))!.publish_context as Record<string, string>;
         await lib.run([mgr(sv('authorize', bare(i), { auth_id: `strata-${bare(i)}`, access_level: 'rw' }))]);
+        // The bare mount uses that user, as the node uses its own: an admin client holds the
+        // subvolume path's parent directories, and its ceph-fuse exits only at its next tick (up to 1 s).
+        mkdirSync(work, { recursive: true });
+        writeFileSync(bareKeyFile(i), (await ceph(['auth', 'get-key', `client.strata-${bare(i)}`])).trim(), { mode: 0o600 });
       }),
     ),
   );
@@ -158,7 +164,7 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
       const d = dirs('bare', i);
       mkdirSync(d.staging, { recursive: true });
       mkdirSync(d.target, { recursive: true });
-      await run('ceph-fuse', [...conn, '-r', barePaths[i]!, '--admin_socket', '', '--pid_file', '', d.staging], { timeoutMs: 60_000 });
+      await run('ceph-fuse', ['-c', '/dev/null', '-m', lab.monitors.join(','), '--id', `strata-${bare(i)}`, '--keyfile', bareKeyFile(i), ...CEPH_TIMEOUTS, '-r', barePaths[i]!, '--admin_socket', '', '--pid_file', '', d.staging], { timeoutMs: 60_000 });
       await run('mount', ['--bind', d.staging, d.target], { timeoutMs: 30_000 });
     },
     'cli',

@@ -62,8 +62,9 @@ export async function waitExit(pid: number, timeoutMs: number, what = 'the FUSE 
  * daemon is looked for whether or not the mount is still there, so a retry
  * after an unmount that did not wait long enough waits for the same daemon.
  */
-export async function unmountFuse(dir: string, binary: string | string[], timeoutMs: number, log?: Logger, opts: { lazy?: boolean } = {}): Promise<void> {
-  const pid = fuseDaemonPid(binary, dir);
+export async function unmountFuse(dir: string, binary: string | string[], timeoutMs: number, log?: Logger, opts: { lazy?: boolean; pid?: number } = {}): Promise<void> {
+  // A caller that looked the daemon up already says so: a look is a read of every process's command line.
+  const pid = 'pid' in opts ? opts.pid : fuseDaemonPid(binary, dir);
   if (await findMount(dir)) await (opts.lazy ? unmountLazy(dir, log) : unmount(dir, log));
   if (pid) await waitExit(pid, timeoutMs, typeof binary === 'string' ? binary : binary.join('/'));
 }

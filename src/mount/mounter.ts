@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { aborted, internal } from '../errors.js';
 import { ExecError, run, runAllowFail } from '../util/exec.js';
 import { fuseDaemonPid } from './fuse-process.js';
+import { bind, EBUSY, umount2 } from './syscalls.js';
 import { findMount, readMountInfo, type MountEntry } from './mountinfo.js';
 
 /**
@@ -22,7 +23,7 @@ export async function mount(source: string, target: string, fsType: string, opti
 
 /** Bind-mounts and, when asked, makes the bind read-only (a second remount step the kernel requires). */
 export async function bindMount(source: string, target: string, readonly: boolean, extra: string[] = [], log?: Logger): Promise<void> {
-  await run('mount', ['--bind', source, target], { timeoutMs: T, log });
+  await bind(source, target, T, log);
   if (readonly || extra.length) {
     // "ro" last: a flag of the request ("rw") must not undo a read-only publish.
     const opts = ['remount', 'bind', ...extra, ...(readonly ? ['ro'] : [])];
@@ -100,8 +101,11 @@ const DEAD = new Set(['ENOTCONN', 'ECONNABORTED']);
 
 /** Detaches a mount without asking its file system anything (no probe, no flush); a path that is not a mount point is fine. */
 export async function unmountLazy(target: string, log?: Logger): Promise<void> {
-  const r = await runAllowFail('umount', ['-l', target], { timeoutMs: T, log });
-  if (r.exitCode !== 0 && (await findMount(target))) throw new ExecError('umount', r.exitCode, r.stderr, false);
+  try {
+    await umount2(target, true, T, log);
+  } catch (e) {
+    if (await findMount(target)) throw e;
+  }
 }
 
 /** Unmounts if mounted; a path that is not a mount point is fine. */
@@ -114,14 +118,16 @@ export async function unmount(target: string, log?: Logger): Promise<void> {
     // Nothing can be flushed through a dead FUSE mount, and pods holding files
     // open in it would keep a plain umount busy forever: detach it lazily.
     const lazy = (await mountHealth(target, entries)) === 'dead';
-    const r = await runAllowFail('umount', lazy ? ['-l', target] : [target], { timeoutMs: T, log });
-    if (r.exitCode !== 0 && (await findMount(target))) {
-      if (/target is busy/.test(r.stderr) && i < 7) {
+    try {
+      await umount2(target, lazy, T, log);
+    } catch (e) {
+      if (!(await findMount(target))) continue;
+      if (e instanceof ExecError && e.exitCode === EBUSY && i < 7) {
         i++;
         await new Promise((res) => setTimeout(res, 100 * i));
         continue;
       }
-      throw new ExecError('umount', r.exitCode, r.stderr, false);
+      throw e;
     }
   }
   if (await findMount(target)) throw new ExecError('umount', 1, `${target} is still mounted`, false);

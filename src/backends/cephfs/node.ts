@@ -105,7 +105,7 @@ export class CephfsNode implements NodeBackend {
   async unstage(id: ObjectId, staging: string, ctx: RpcContext, staged?: csi.NodeStageVolumeRequest): Promise<void> {
     const pid = fuseDaemonPid('ceph-fuse', staging);
     // ceph-fuse flushes its caches on the way out: unstaged means the daemon is gone (a kernel mount has none).
-    const unmounting = unmountFuse(staging, 'ceph-fuse', 30_000, ctx.log);
+    const unmounting = unmountFuse(staging, 'ceph-fuse', 30_000, ctx.log, { pid });
     // The cluster is asked whether this node was fenced only when the daemon is slow to go: a clean
     // unstage costs no Ceph round trip (a process of the ceph CLI would add 0.2 s to every detach).
     if (pid && staged && !(await settlesWithin(unmounting, FENCED_CHECK_AFTER_MS)) && (await this.userRemoved(id, staged, ctx))) {

@@ -118,7 +118,7 @@ export class S3Node implements NodeBackend {
       await waitExit(pid, 10_000, 's3fs');
     }
     // Uploads finish before the FUSE daemon exits: unstaged means the daemon is gone.
-    await unmountFuse(staging, ['s3fs', 'rclone'], 60_000, ctx.log);
+    await unmountFuse(staging, ['s3fs', 'rclone'], 60_000, ctx.log, { pid });
     const vid = encodeId(id);
     rmSync(this.keyFile(vid), { force: true });
     this.usageCache.delete(vid);
