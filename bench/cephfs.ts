@@ -25,10 +25,10 @@ import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
  * python3-rados process (ceph-baseline.py), the practical floor. "sv X" is
  * `fs subvolume X`; (ENOENT) marks a lookup whose miss is the answer. The
  * baseline sends them one after the other; the driver sends independent
- * ones side by side (CreateVolume's last two, CreateSnapshot's first three
+ * ones side by side (CreateSnapshot's first three
  * reads, DeleteSnapshot's steps after the snapshot rm, DeleteVolume's three
  * lookups).
- *   CreateVolume            sv getpath (ENOENT); sv create --size --namespace-isolated; sv getpath; sv metadata set
+ *   CreateVolume            sv getpath (ENOENT); sv create --size --namespace-isolated; sv metadata set
  *   ControllerExpandVolume  sv info; sv resize --no-shrink
  *   CreateSnapshot          sv snapshot metadata ls (ENOENT); sv info; config-key get (ENOENT); config-key set;
  *                           sv snapshot create; sv snapshot metadata set
@@ -40,8 +40,7 @@ import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
  *   DeleteVolume            sv info; sv authorized_list; auth get-key (ENOENT); sv snapshot ls; sv rm
  * Node rows are measured against the bare commands:
  *   NodeStage+Publish       ceph-fuse -r <path> as the subvolume's own user; mount --bind (the driver gets
- *                           the path and key from the volume and publish contexts, made untimed by
- *                           CreateVolume and ControllerPublish)
+ *                           the path and key from the publish context, made untimed by ControllerPublish)
  *   NodeUnpublish+Unstage   umount x2; wait for ceph-fuse to exit
  */
 
@@ -75,7 +74,6 @@ const claimKey = (snap: string) => `strata/cephfs/snapshot-names/${snap}`;
 const createSteps = (name: string, size = SIZE): BaselineStep[] => [
   mgr(sv('getpath', name), ENOENT),
   mgr(sv('create', name, { size, namespace_isolated: true })),
-  mgr(sv('getpath', name)),
   mgr(sv('metadata set', name, { key_name: 'strata.volume', value: record(name) })),
 ];
 
@@ -108,7 +106,6 @@ const idle = processRss(pids);
 
 async function round(conc: number, n: number, clones: number): Promise<void> {
   const ids: string[] = [];
-  const paths: string[] = [];
   const pubs: Array<Record<string, string>> = [];
   const snaps: string[] = [];
   const restored: string[] = [];
@@ -125,7 +122,6 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
     async (i) => {
       const v = (await c.controller.CreateVolume({ name: vname(i), capacity_range: { required_bytes: SIZE }, volume_capabilities: [cap], parameters: PARAMS, secrets }))!.volume!;
       ids[i] = v.volume_id!;
-      paths[i] = v.volume_context!.subvolumePath!;
     },
     (i) => lib.run(createSteps(bare(i))),
   );
@@ -157,7 +153,7 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
     async (i) => {
       const d = dirs('drv', i);
       mkdirSync(d.staging, { recursive: true });
-      await c.node.NodeStageVolume({ volume_id: ids[i]!, staging_target_path: d.staging, volume_capability: cap, volume_context: { subvolumePath: paths[i]!, mounter: 'fuse' }, publish_context: pubs[i]! });
+      await c.node.NodeStageVolume({ volume_id: ids[i]!, staging_target_path: d.staging, volume_capability: cap, volume_context: { mounter: 'fuse' }, publish_context: pubs[i]! });
       await c.node.NodePublishVolume({ volume_id: ids[i]!, staging_target_path: d.staging, target_path: d.target, volume_capability: cap });
     },
     async (i) => {

@@ -162,12 +162,15 @@ describe('issue 16, node: the node touches only what it made and trusts only wha
     mkdirSync(staging);
     const adminSecrets = { userID: 'admin', userKey: lab.adminKey };
     for (const subvolumePath of ['/', '/volumes', '/volumes/csi', `/volumes/csi/csi-vol-${hex()}/6f1c9a8e-2b7d-4c1a-9e3f-0a1b2c3d4e5f`, `/volumes/csi/${id.split(':').at(-1)}/x/../../..`]) {
-      await refused(
-        c.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: RWX, secrets: adminSecrets, volume_context: { subvolumePath, mounter: 'fuse' }, publish_context: {} }),
-        'INVALID_ARGUMENT',
-        subvolumePath,
-      );
-      assert.equal(await findMount(staging), undefined, `${subvolumePath}: nothing mounted`);
+      // In the publish context, where ControllerPublish puts it, or in the volume context, as volumes of earlier versions have it.
+      for (const [volume_context, publish_context] of [[{ subvolumePath, mounter: 'fuse' }, {}], [{ mounter: 'fuse' }, { subvolumePath }]]) {
+        await refused(
+          c.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: RWX, secrets: adminSecrets, volume_context, publish_context }),
+          'INVALID_ARGUMENT',
+          subvolumePath,
+        );
+        assert.equal(await findMount(staging), undefined, `${subvolumePath}: nothing mounted`);
+      }
     }
     // The path of the id's own subvolume, which does not exist: NOT_FOUND, and still nothing mounted.
     const own = `/volumes/csi/${id.split(':').at(-1)}/6f1c9a8e-2b7d-4c1a-9e3f-0a1b2c3d4e5f`;

@@ -180,14 +180,21 @@ describe('cephfs backend, end to end', { timeout: 600_000 }, () => {
     assert.match(ctx.userID!, /^strata-csi-vol-/);
     assert.ok(ctx.userKey && ctx.userKey !== lab.adminKey, 'the node gets a key of its own, not the admin key');
     const staging = path.join(a.dir, 'tenant-2', 'staging');
+    // Volume one's context names volume one's path: refused before any mount.
     await assert.rejects(
       ca.node.NodeStageVolume({ volume_id: two.volume_id!, staging_target_path: staging, volume_capability: RWX, volume_context: two.volume_context, publish_context: ctx, secrets: {} }),
+      (e) => codeOf(e) === 'INVALID_ARGUMENT',
+    );
+    // With volume two's path, Ceph refuses volume one's user.
+    const twoPath = (await lab.ceph(['fs', 'subvolume', 'getpath', 'cephfs', two.volume_id!.split(':').at(-1)!, '--group_name', 'csi'])).trim();
+    await assert.rejects(
+      ca.node.NodeStageVolume({ volume_id: two.volume_id!, staging_target_path: staging, volume_capability: RWX, volume_context: two.volume_context, publish_context: { ...ctx, subvolumePath: twoPath }, secrets: {} }),
       (e) => codeOf(e) === 'FAILED_PRECONDITION',
     );
     assert.deepEqual(await leftovers(path.join(a.dir, 'tenant-2')), []);
     // The user's capabilities name this subvolume's path and RADOS namespace only.
     const caps = JSON.parse(await lab.ceph(['auth', 'get', `client.${ctx.userID}`, '--format', 'json'])) as Array<{ caps: Record<string, string> }>;
-    assert.match(caps[0]!.caps.mds!, new RegExp(`path=${one.volume_context!.subvolumePath}`));
+    assert.match(caps[0]!.caps.mds!, new RegExp(`path=${ctx.subvolumePath}`));
     assert.match(caps[0]!.caps.osd!, /namespace=fsvolumens_csi-vol-/);
     // With its own context, volume one mounts fine.
     const own = path.join(a.dir, 'tenant-1', 'staging');

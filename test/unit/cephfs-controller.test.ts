@@ -82,13 +82,13 @@ describe('cephfs controller: CreateVolume', () => {
   it('makes the group on first use, then a subvolume and its record; a retry answers from the record', async () => {
     const { fake, create, sv, record, callsOf, vol } = setup();
     let v!: csi.Volume;
-    assert.deepEqual(await callsOf(async () => (v = await create('pvc-1'))), ['getpath', 'create', 'dataPools', 'ensureGroup', 'create', 'getpath', 'metaSet']);
+    assert.deepEqual(await callsOf(async () => (v = await create('pvc-1'))), ['getpath', 'create', 'dataPools', 'ensureGroup', 'create', 'metaSet']);
     assert.equal(v.volume_id, encodeId({ kind: 'v', backend: 'cephfs', cluster: 'c', location: [FS, GROUP, vol('pvc-1')] }));
     assert.equal(v.capacity_bytes, 64 * MiB);
-    assert.equal(v.volume_context!.subvolumePath, sv('pvc-1')!.path);
+    assert.equal(v.volume_context!.subvolumePath, undefined, 'the path comes with ControllerPublish');
     assert.equal(sv('pvc-1')!.quota, 64 * MiB);
     assert.equal(record('pvc-1').name, 'pvc-1');
-    assert.deepEqual(await callsOf(() => create('pvc-2')), ['getpath', 'create', 'getpath', 'metaSet'], 'the group is there: no lookup of it');
+    assert.deepEqual(await callsOf(() => create('pvc-2')), ['getpath', 'create', 'metaSet'], 'the group is there: no lookup of it');
     let again!: csi.Volume;
     assert.deepEqual(await callsOf(async () => (again = await create('pvc-1'))), ['getpath', 'info', 'metaList'], 'a retry changes nothing');
     assert.deepEqual(again, v);
@@ -509,7 +509,7 @@ describe('cephfs controller: publish, unpublish, GetVolume, ListVolumes', () => 
     const v = await create('pvc-1');
     const name = sv('pvc-1')!.name;
     const ctxA = await publish(v.volume_id, 'node-a');
-    assert.deepEqual(ctxA, { userID: nodeUser(name, 'node-a'), userKey: `key-${nodeUser(name, 'node-a')}` });
+    assert.deepEqual(ctxA, { userID: nodeUser(name, 'node-a'), userKey: `key-${nodeUser(name, 'node-a')}`, subvolumePath: sv('pvc-1')!.path });
     assert.deepEqual(JSON.parse(sv('pvc-1')!.meta.get(attachKey('node-a'))!), { mode: 'SINGLE_NODE_WRITER', readonly: false });
     assert.deepEqual(mutations(await callsOf(() => publish(v.volume_id, 'node-a'))), ['authorize'], 'a retry records nothing again');
     await rejects(publish(v.volume_id, 'node-b'), status.FAILED_PRECONDITION);

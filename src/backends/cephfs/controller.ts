@@ -120,12 +120,12 @@ export class CephfsController implements ControllerBackend {
           await fs.ensureGroup();
           await fs.create(name, size, p.pool);
         }
-        // Made by this call: complete, with the size as quota and no metadata, so only its path is
-        // asked (getpath costs the mgr half an info). The record need not wait for it: both in one round trip.
+        // Made by this call: complete, with the size as quota and no metadata. Its path is not asked
+        // here (ControllerPublish gives it to the node): the mgr runs one command at a time, and a
+        // burst of creates waits on the sum of them.
         const vm: VolumeMeta = { v: 1, name: req.name, createdAt: new Date().toISOString() };
-        const [made] = await all([fs.getpath(name), fs.metaSet(name, META_VOLUME, metaValue(vm))]);
-        if (!made) throw internal(`subvolume ${name} vanished while being created`);
-        return this.toVolume(id, p.clusterID, size, made, vm, p);
+        await fs.metaSet(name, META_VOLUME, metaValue(vm));
+        return this.toVolume(id, p.clusterID, size, vm, p);
       }
       info = await fs.info(name);
       if (!info) throw internal(`subvolume ${name} vanished while being created`);
@@ -140,7 +140,7 @@ export class CephfsController implements ControllerBackend {
       if (!sizeFits(info.bytesQuota, req.capacity_range) || (!req.capacity_range && info.bytesQuota !== DEFAULT_SIZE && !wantSrc)) {
         throw alreadyExists(`volume "${req.name}" exists with size ${info.bytesQuota}, which does not match the request`);
       }
-      return this.toVolume(id, p.clusterID, info.bytesQuota, info.path, prev, p);
+      return this.toVolume(id, p.clusterID, info.bytesQuota, prev, p);
     }
     // First completion (or a retry after a crash before the record): clones carry their source's quota.
     if (info.bytesQuota !== size) await fs.resize(name, size);
@@ -150,7 +150,7 @@ export class CephfsController implements ControllerBackend {
     else if (src?.volume) vm.source = { volume: wantSrc };
     if (src?.volume) await this.dropCloneSnapshot(fs, p.clusterID, wantSrc!, name);
     await fs.metaSet(name, META_VOLUME, metaValue(vm));
-    return this.toVolume(id, p.clusterID, size, info.path, vm, p);
+    return this.toVolume(id, p.clusterID, size, vm, p);
   }
 
   /** Starts the mgr clone for a restore (from a snapshot) or a clone (from a volume, via a temporary snapshot). */
@@ -218,8 +218,8 @@ export class CephfsController implements ControllerBackend {
     return info;
   }
 
-  private toVolume(id: string, clusterID: string, size: number, path: string, meta: VolumeMeta, p?: { mounter?: string; kernelMountOptions: string[]; fuseMountOptions: string[] }): csi.Volume {
-    const ctx: Record<string, string> = { clusterID, subvolumePath: path };
+  private toVolume(id: string, clusterID: string, size: number, meta: VolumeMeta, p?: { mounter?: string; kernelMountOptions: string[]; fuseMountOptions: string[] }): csi.Volume {
+    const ctx: Record<string, string> = { clusterID };
     if (p?.mounter) ctx.mounter = p.mounter;
     if (p?.kernelMountOptions.length) ctx.kernelMountOptions = p.kernelMountOptions.join(',');
     if (p?.fuseMountOptions.length) ctx.fuseMountOptions = p.fuseMountOptions.join(',');
@@ -280,9 +280,10 @@ export class CephfsController implements ControllerBackend {
       for (const user of await fs.authorizedUsers(name)) if (isNodeUserOf(name, user) && !current.has(user) && user !== nodeUser(name, req.node_id)) await this.fence(fs, name, user, ctx);
       await fs.metaSet(name, attachKey(req.node_id), metaValue({ mode, readonly: req.readonly }));
     }
-    // The node mounts with a key for this subvolume and this node alone, handed over in the publish context.
+    // The node mounts with a key for this subvolume and this node alone, handed over in the publish
+    // context with the subvolume's path (which the node checks against the id).
     const user = nodeUser(name, req.node_id);
-    return { userID: user, userKey: await fs.authorize(name, user) };
+    return { userID: user, userKey: await fs.authorize(name, user), subvolumePath: info.path };
   }
 
   async unpublish(id: ObjectId, nodeId: string, secrets: Record<string, string>, ctx: RpcContext): Promise<void> {
@@ -312,7 +313,7 @@ export class CephfsController implements ControllerBackend {
     const meta = info.state === 'complete' ? await fs.metaList(name) : {};
     const vm = parseRecord<VolumeMeta>(meta[META_VOLUME]);
     return {
-      volume: this.toVolume(encodeId(id), id.cluster, info.bytesQuota, info.path, vm ?? { v: 1, name: '', createdAt: '' }),
+      volume: this.toVolume(encodeId(id), id.cluster, info.bytesQuota, vm ?? { v: 1, name: '', createdAt: '' }),
       publishedNodes: [...attachmentsIn(meta).keys()].sort(),
       abnormal: vm ? undefined : `subvolume is ${info.state === 'complete' ? 'missing its Strata record: creation did not finish' : `being cloned (${info.state})`}`,
     };

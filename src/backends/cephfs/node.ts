@@ -67,7 +67,8 @@ export class CephfsNode implements NodeBackend {
   async stage(id: ObjectId, req: csi.NodeStageVolumeRequest, ctx: RpcContext): Promise<void> {
     const staging = req.staging_target_path;
     const [fsName] = id.location as [string];
-    const path = subvolumePathOf(id, req.volume_context.subvolumePath);
+    // ControllerPublish gives the path; volumes made by earlier versions also have it in their volume context.
+    const path = subvolumePathOf(id, req.publish_context.subvolumePath ?? req.volume_context.subvolumePath);
     const opts = stageOptions(id, req);
     if (await findMount(staging)) return;
     const cluster = findCluster(this.cfg, id.cluster);
@@ -154,17 +155,18 @@ const RESERVED_OPTION = /^(name|secret|secretfile|mds_namespace|fs|client_fs|key
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
- * The subvolume path the volume context names, checked against the id: it
+ * The subvolume path the publish context names (the volume context, for
+ * volumes made by earlier versions), checked against the id: it
  * must be the path `ceph fs subvolume getpath` gives for the id's subvolume
  * (/volumes/<group>/<subvolume>/<uuid>), so that no context can point a
  * volume at another directory, or at the root of the file system.
  */
 export function subvolumePathOf(id: ObjectId, given: string | undefined): string {
   const [, group, name] = id.location as [string, string, string];
-  if (!given) throw invalidArgument('volume_context.subvolumePath is required (the volume context CreateVolume returned)');
+  if (!given) throw invalidArgument('publish_context.subvolumePath is required (the publish context ControllerPublishVolume returned)');
   const prefix = `/volumes/${group}/${name}/`;
   if (!given.startsWith(prefix) || !UUID.test(given.slice(prefix.length))) {
-    throw invalidArgument(`volume_context.subvolumePath ${JSON.stringify(given.slice(0, 256))} is not the path of subvolume ${name} in group ${group}`);
+    throw invalidArgument(`subvolumePath ${JSON.stringify(given.slice(0, 256))} is not the path of subvolume ${name} in group ${group}`);
   }
   return given;
 }
