@@ -8,7 +8,7 @@ import { MiB, mountCap } from '../test/helpers/volumes.js';
 import { CEPH_TIMEOUTS } from '../src/ceph/conn.js';
 import { run } from '../src/util/exec.js';
 import { fuseDaemonPid, waitExit } from '../src/mount/fuse-process.js';
-import { ROW_HEADER, compareRow, measure, printRss, processRss, type Sample } from './stats.js';
+import { ROW_HEADER, compareRow, measure, measurePair, printRss, processRss, type Sample } from './stats.js';
 import { benchDrivers, unpublishAndUnstage } from './driver.js';
 import { CephBaseline, type BaselineStep } from './ceph-baseline.js';
 
@@ -70,6 +70,16 @@ const configKey = (verb: 'get' | 'set' | 'rm', key: string, val?: string) => ({ 
 const record = (name: string) => JSON.stringify({ v: 1, name, createdAt: new Date().toISOString() });
 const retainedKey = (name: string, snap: string) => `strata/cephfs/${FS}/${GROUP}/${name}/${snap}`;
 const claimKey = (snap: string) => `strata/cephfs/snapshot-names/${snap}`;
+
+/** CreateSnapshot's commands: `claim` names the snapshot in the name-claim key and its record. */
+const snapshotSteps = (vol: string, snap: string, claim: string): BaselineStep[] => [
+  mgr(sv('snapshot metadata ls', vol, { snap_name: snap }), ENOENT),
+  mgr(sv('info', vol)),
+  mon(configKey('get', claimKey(claim)), ENOENT),
+  mon(configKey('set', claimKey(claim), `s1:s:cephfs:lab:${claim}`)),
+  mgr(sv('snapshot create', vol, { snap_name: snap })),
+  mgr(sv('snapshot metadata set', vol, { snap_name: snap, key_name: 'strata.snapshot', value: record(claim) })),
+];
 
 const createSteps = (name: string, size = SIZE): BaselineStep[] => [
   mgr(sv('getpath', name), ENOENT),
@@ -172,14 +182,7 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
       snaps[i] = (await c.controller.CreateSnapshot({ source_volume_id: ids[i]!, name: `s${conc}-${i}`, secrets }))!.snapshot!.snapshot_id!;
     },
     (i) =>
-      lib.run([
-        mgr(sv('snapshot metadata ls', bare(i), { snap_name: 'snap' }), ENOENT),
-        mgr(sv('info', bare(i))),
-        mon(configKey('get', claimKey(bareSnap(i))), ENOENT),
-        mon(configKey('set', claimKey(bareSnap(i)), `s1:s:cephfs:lab:${bareSnap(i)}`)),
-        mgr(sv('snapshot create', bare(i), { snap_name: 'snap' })),
-        mgr(sv('snapshot metadata set', bare(i), { snap_name: 'snap', key_name: 'strata.snapshot', value: record(bareSnap(i)) })),
-      ]),
+      lib.run(snapshotSteps(bare(i), 'snap', bareSnap(i))),
   );
 
   await row(
@@ -284,9 +287,18 @@ async function round(conc: number, n: number, clones: number): Promise<void> {
   );
 }
 
-/** CreateSnapshot p50 over `n` volumes, one new snapshot each, at concurrency 1. */
-async function snapshotP50(vols: string[], tag: string): Promise<Sample> {
-  return measure(vols.length, 1, (i) => c.controller.CreateSnapshot({ source_volume_id: vols[i]!, name: `scale-${tag}-${i}`, secrets }));
+/**
+ * CreateSnapshot p50 over the driver's `vols` and, alternating with it, the baseline's commands on
+ * as many bare subvolumes, one new snapshot each, at concurrency 1: whatever the number of
+ * volumes does to the mgr and the MDS shows in both columns.
+ */
+function snapshotP50(vols: string[], bareVols: string[], tag: string): Promise<{ driver: Sample; bare: Sample }> {
+  return measurePair(
+    vols.length,
+    1,
+    (i) => c.controller.CreateSnapshot({ source_volume_id: vols[i]!, name: `scale-${tag}-${i}`, secrets }),
+    (i) => lib.run(snapshotSteps(bareVols[i]!, `scale-${tag}`, `bare-scale-${tag}-${i}`)),
+  );
 }
 
 try {
@@ -297,7 +309,9 @@ try {
 
   const vol = async (name: string) => (await c.controller.CreateVolume({ name, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [cap], parameters: PARAMS, secrets }))!.volume!.volume_id!;
   const scale = await Promise.all(Array.from({ length: 10 }, (_, i) => vol(`scale-${i}`)));
-  const at10 = await snapshotP50(scale, '10');
+  const bareScale = Array.from({ length: 10 }, (_, i) => `bare-scale-${i}`);
+  await Promise.all(bareScale.map((name) => lib.run(createSteps(name, 16 * MiB))));
+  const at10 = await snapshotP50(scale, bareScale, '10');
 
   const burstIds: string[] = [];
   const burst = await measure(100, 100, async (i) => (burstIds[i] = await vol(`burst-${i}`)));
@@ -307,8 +321,9 @@ try {
   // 10 + 100 driver volumes and 100 bare ones so far; 90 more driver volumes make 200 of the driver's.
   const limit = pLimit(16);
   await Promise.all(Array.from({ length: 90 }, (_, i) => limit(() => vol(`fill-${i}`))));
-  const at200 = await snapshotP50(scale, '200');
-  console.log(`CreateSnapshot p50 (n 10, conc 1): ${at10.p50.toFixed(0)} ms with 10 volumes, ${at200.p50.toFixed(0)} ms with 200 volumes (${(at200.p50 / at10.p50).toFixed(2)}x)`);
+  const at200 = await snapshotP50(scale, bareScale, '200');
+  const grew = (k: 'driver' | 'bare') => `${at10[k].p50.toFixed(0)} ms with 10 volumes, ${at200[k].p50.toFixed(0)} ms with 200 (${(at200[k].p50 / at10[k].p50).toFixed(2)}x)`;
+  console.log(`CreateSnapshot p50 (n 10, conc 1): driver ${grew('driver')}; baseline ${grew('bare')}`);
 
   // 100 concurrent DeleteVolume, each side once the mgr has purged what was removed before it.
   const drained = async () => {
