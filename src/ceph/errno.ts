@@ -13,6 +13,8 @@ export const EBUSY = 16;
 export const EEXIST = 17;
 export const EINVAL = 22;
 export const ENOTEMPTY = 39;
+/** librados answers a wait that timed out with a positive ETIMEDOUT. */
+export const ETIMEDOUT = 110;
 
 export function isErrno(e: unknown, code: number): boolean {
   return e instanceof ExecError && e.exitCode === code;

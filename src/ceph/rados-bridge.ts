@@ -7,6 +7,7 @@ import { parseOutput } from '../util/json.js';
 import { boundedTimeout, currentCall, stopReason } from '../util/call-context.js';
 import { ExecError, stoppedError } from '../util/exec.js';
 import type { CephConn } from './conn.js';
+import { ETIMEDOUT } from './errno.js';
 
 /**
  * Mon and mgr commands through one long-lived librados client per cluster
@@ -212,10 +213,24 @@ def handle(req):
         send({"id": req["id"], "rc": rc, "out": out, "err": err})
     except Exception as e:
         send({"id": req["id"], "rc": -5, "out": "", "err": str(e)})
+def handle_chain(req):
+    fn = c.mgr_command if req["target"] == "mgr" else c.mon_command
+    chain, steps = req["chain"], []
+    try:
+        for i, cmd in enumerate([chain["lookup"]] + chain["then"]):
+            rc, out, err = fn(json.dumps(cmd), b"")
+            steps.append({"rc": rc, "out": out.decode("utf-8", "replace"), "err": err})
+            # The lookup goes on only when it found nothing; the commands after it, while each succeeds.
+            if (abs(rc) != chain["missing"]) if i == 0 else (rc != 0):
+                break
+        send({"id": req["id"], "rc": 0, "out": json.dumps(steps), "err": ""})
+    except Exception as e:
+        send({"id": req["id"], "rc": -5, "out": "", "err": str(e)})
 pool = ThreadPoolExecutor(max_workers=cfg["workers"])
 for line in sys.stdin:
     if line.strip():
-        pool.submit(handle, json.loads(line))
+        req = json.loads(line)
+        pool.submit(handle_chain if "chain" in req else handle, req)
 # Threads may wait on a mgr or an OSD that never answers; nothing is left to answer to.
 os._exit(0)
 `;
@@ -231,7 +246,6 @@ export const MGR_WORKERS = 8;
 export const RBD_WORKERS = 32;
 /** A client with a request unanswered this long is taken for hung and replaced. */
 export const HUNG_MS = 90_000;
-const ETIMEDOUT = 110;
 const EIO = 5;
 
 export type CephCommand = { prefix: string } & Record<string, string | number | boolean | string[]>;
@@ -247,6 +261,21 @@ export interface ThenCommand {
   equals?: Record<string, string>;
   cmd: CephCommand;
 }
+/**
+ * A lookup and the commands that make what it did not find, run by the client one after the
+ * other: `then` is sent only when `lookup` fails with `missing`, and stops at its first failure.
+ */
+export interface CommandChain {
+  lookup: CephCommand;
+  missing: number;
+  then: CephCommand[];
+}
+/** What one command of a chain answered: rc 0, or the errno (negative from Ceph, positive from a timed-out wait). */
+export interface ChainStep {
+  rc: number;
+  out: string;
+  err: string;
+}
 const LIMIT: Record<Lane, number> = { mon: MON_WORKERS, mgr: MGR_WORKERS, rbd: RBD_WORKERS };
 
 interface Request {
@@ -255,7 +284,7 @@ interface Request {
   /** Names the request in errors and logs ("ceph df", "rbd create"). */
   name: string;
   /** What goes on the wire besides the id. */
-  body: { target: 'mon' | 'mgr'; cmd: CephCommand; then?: ThenCommand } | { target: 'rbd'; op: string; args: Record<string, unknown> };
+  body: { target: 'mon' | 'mgr'; cmd: CephCommand; then?: ThenCommand } | { target: 'mon' | 'mgr'; chain: CommandChain } | { target: 'rbd'; op: string; args: Record<string, unknown> };
   /** Undefined once the caller has its answer (or gave up): a late reply is dropped. */
   settle?: (e: Error | undefined, out?: unknown) => void;
   sentAt?: number;
@@ -484,6 +513,20 @@ export async function cephCommandThen(conn: CephConn, target: 'mon' | 'mgr', cmd
   const r = parseOutput<{ out?: unknown; sent?: unknown }>(typeof out === 'string' ? out : '', name);
   if (typeof r.out !== 'string' || typeof r.sent !== 'boolean') throw unavailable(`${name} gave an incomplete answer; retry`);
   return { out: r.out, sent: r.sent };
+}
+
+/**
+ * Runs a chain (a lookup, then the commands that make what it did not find) in one round trip
+ * to the client. Returns what each command that ran answered, in order: the caller reads the
+ * errnos. An answer that is not one step or more is UNAVAILABLE (retry).
+ */
+export async function cephCommandChain(conn: CephConn, target: 'mon' | 'mgr', chain: CommandChain, opts: { timeoutMs?: number; log?: Logger } = {}): Promise<ChainStep[]> {
+  const name = `ceph ${[chain.lookup, ...chain.then].map((c) => c.prefix).join(', then ')}`;
+  const out = await timed(name, opts.log, () => bridgeFor(conn).call(target, name, { target, chain }, opts.timeoutMs ?? 45_000));
+  const steps = parseOutput<unknown>(typeof out === 'string' ? out : '', name);
+  const ok = (x: unknown): x is ChainStep => typeof x === 'object' && x !== null && typeof (x as ChainStep).rc === 'number' && typeof (x as ChainStep).out === 'string' && typeof (x as ChainStep).err === 'string';
+  if (!Array.isArray(steps) || steps.length === 0 || steps.length > chain.then.length + 1 || !steps.every(ok)) throw unavailable(`${name} gave an incomplete answer; retry`);
+  return steps;
 }
 
 /**

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { EAGAIN, EEXIST, EINVAL, ENOENT, ENOTEMPTY, type SubvolumeApi, type SubvolumeInfo } from '../../src/backends/cephfs/subvolume-api.js';
+import { EAGAIN, EEXIST, EINVAL, ENOENT, ENOTEMPTY, isErrno, type SubvolumeApi, type SubvolumeInfo } from '../../src/backends/cephfs/subvolume-api.js';
 import { ExecError } from '../../src/util/exec.js';
 
 /**
@@ -199,6 +199,14 @@ class FakeGroup implements SubvolumeApi {
     if (sv && sv.state !== 'snapshot-retained') throw err('create', EAGAIN, `subvolume '${name}' is not ready for operation create`);
     // Over a retained subvolume: a new incarnation that keeps the snapshots.
     this.c.add(this.fs, this.group, name, bytes, { pool: pool ?? pools[0]!, snaps: sv?.snaps ?? new Map() });
+  }
+
+  async createIfMissing(name: string, bytes: number, pool: string | undefined, key: string, value: string): Promise<'found' | 'made'> {
+    const at = await this.getpath(name).catch((e: unknown) => (isErrno(e, EAGAIN) ? 'clone target' : Promise.reject(e)));
+    if (at !== undefined) return 'found';
+    await this.create(name, bytes, pool);
+    await this.metaSet(name, key, value);
+    return 'made';
   }
 
   async grow(name: string, bytes: number): Promise<SubvolumeInfo | undefined> {

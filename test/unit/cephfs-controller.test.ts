@@ -82,7 +82,8 @@ describe('cephfs controller: CreateVolume', () => {
   it('makes the group on first use, then a subvolume and its record; a retry answers from the record', async () => {
     const { fake, create, sv, record, callsOf, vol } = setup();
     let v!: csi.Volume;
-    assert.deepEqual(await callsOf(async () => (v = await create('pvc-1'))), ['getpath', 'create', 'dataPools', 'ensureGroup', 'create', 'metaSet']);
+    // The lookup, create and record go in one round trip (createIfMissing); after the group is made, all three again.
+    assert.deepEqual(await callsOf(async () => (v = await create('pvc-1'))), ['getpath', 'create', 'dataPools', 'ensureGroup', 'getpath', 'create', 'metaSet']);
     assert.equal(v.volume_id, encodeId({ kind: 'v', backend: 'cephfs', cluster: 'c', location: [FS, GROUP, vol('pvc-1')] }));
     assert.equal(v.capacity_bytes, 64 * MiB);
     assert.equal(v.volume_context!.subvolumePath, undefined, 'the path comes with ControllerPublish');

@@ -100,33 +100,19 @@ export class CephfsController implements ControllerBackend {
     const fs = this.cli(p.clusterID, p.fsName, p.subvolumeGroup, req.secrets, ctx.log);
     const src = req.volume_content_source;
     const wantSrc = src?.snapshot?.snapshot_id ?? src?.volume?.volume_id;
-    // The lookup is a getpath, half the mgr's work of an info: most creates find nothing. A clone target answers EAGAIN.
-    const found = await fs.getpath(name).then((at) => at !== undefined, (e: unknown) => (isErrno(e, EAGAIN) ? true : Promise.reject(e)));
+    if (!wantSrc) {
+      const vm: VolumeMeta = { v: 1, name: req.name, createdAt: new Date().toISOString() };
+      if ((await this.createBlank(fs, p, name, size, vm)) === 'made') return this.toVolume(id, p.clusterID, size, vm, p);
+    }
+    // The lookup is a getpath, half the mgr's work of an info. A clone target answers EAGAIN.
+    const found = !wantSrc || (await fs.getpath(name).then((at) => at !== undefined, (e: unknown) => (isErrno(e, EAGAIN) ? true : Promise.reject(e))));
     let info = found ? await fs.info(name) : undefined;
     if (!info) {
-      if (wantSrc) {
-        // A pool layout the file system lacks would fail the clone after a clone's temporary snapshot is made.
-        if (p.pool) await this.dataPools(fs, p);
-        await this.startClone(fs, p.clusterID, src!, name, size, p.pool);
-      } else {
-        try {
-          await fs.create(name, size, p.pool);
-        } catch (e) {
-          // The mgr answers a file system or pool layout the cluster lacks as a missing group (ENOENT) or a bad argument (EINVAL).
-          if (!isErrno(e, ENOENT) && !isErrno(e, EINVAL)) throw e;
-          await this.dataPools(fs, p);
-          if (!isErrno(e, ENOENT)) throw e;
-          // The group is made on first use; checking for it on every create would cost a command each time.
-          await fs.ensureGroup();
-          await fs.create(name, size, p.pool);
-        }
-        // Made by this call: complete, with the size as quota and no metadata. Its path is not asked
-        // here (ControllerPublish gives it to the node): the mgr runs one command at a time, and a
-        // burst of creates waits on the sum of them.
-        const vm: VolumeMeta = { v: 1, name: req.name, createdAt: new Date().toISOString() };
-        await fs.metaSet(name, META_VOLUME, metaValue(vm));
-        return this.toVolume(id, p.clusterID, size, vm, p);
-      }
+      // Found a moment ago and gone now: a DeleteVolume of the same name ran meanwhile.
+      if (!wantSrc) throw aborted(`subvolume ${name} was removed while being looked up; retry`);
+      // A pool layout the file system lacks would fail the clone after a clone's temporary snapshot is made.
+      if (p.pool) await this.dataPools(fs, p);
+      await this.startClone(fs, p.clusterID, src!, name, size, p.pool);
       info = await fs.info(name);
       if (!info) throw internal(`subvolume ${name} vanished while being created`);
     }
@@ -151,6 +137,24 @@ export class CephfsController implements ControllerBackend {
     if (src?.volume) await this.dropCloneSnapshot(fs, p.clusterID, wantSrc!, name);
     await fs.metaSet(name, META_VOLUME, metaValue(vm));
     return this.toVolume(id, p.clusterID, size, vm, p);
+  }
+
+  /**
+   * A blank volume: the lookup, the subvolume (its size as quota, no metadata yet) and its record in
+   * one round trip ('made'), or 'found' (a retry, a clone target) to be checked against the request.
+   */
+  private async createBlank(fs: SubvolumeApi, p: ReturnType<typeof parseCephfsParams>, name: string, size: number, vm: VolumeMeta): Promise<'found' | 'made'> {
+    try {
+      return await fs.createIfMissing(name, size, p.pool, META_VOLUME, metaValue(vm));
+    } catch (e) {
+      // The mgr answers a file system or pool layout the cluster lacks as a missing group (ENOENT) or a bad argument (EINVAL).
+      if (!isErrno(e, ENOENT) && !isErrno(e, EINVAL)) throw e;
+      await this.dataPools(fs, p);
+      if (!isErrno(e, ENOENT)) throw e;
+      // The group is made on first use; checking for it on every create would cost a command each time.
+      await fs.ensureGroup();
+      return fs.createIfMissing(name, size, p.pool, META_VOLUME, metaValue(vm));
+    }
   }
 
   /** Starts the mgr clone for a restore (from a snapshot) or a clone (from a volume, via a temporary snapshot). */

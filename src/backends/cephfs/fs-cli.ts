@@ -1,7 +1,10 @@
 import type { Logger } from 'pino';
 import type { CephConn } from '../../ceph/conn.js';
-import { cephCommand, cephCommandThen, type CephCommand } from '../../ceph/rados-bridge.js';
+import { cephCommand, cephCommandChain, cephCommandThen, type CephCommand, type ChainStep } from '../../ceph/rados-bridge.js';
+import { unavailable } from '../../errors.js';
+import { ExecError } from '../../util/exec.js';
 import { parseOutput } from '../../util/json.js';
+import { ETIMEDOUT } from '../../ceph/errno.js';
 import { EACCES, EAGAIN, ENOENT, EINVAL, EPERM, isErrno, type SubvolumeApi, type SubvolumeInfo } from './subvolume-api.js';
 
 /**
@@ -29,8 +32,16 @@ export class CephFsCli implements SubvolumeApi {
   }
 
   /** A `fs subvolume ...` command on this file system and group. */
+  private svCmd(verb: string, args: Record<string, string | number | boolean> = {}): CephCommand {
+    return { format: 'json', prefix: `fs subvolume ${verb}`, vol_name: this.fs, group_name: this.group, ...args };
+  }
+
   private sv(verb: string, args: Record<string, string | number | boolean> = {}): Promise<string> {
-    return this.mgr({ prefix: `fs subvolume ${verb}`, vol_name: this.fs, group_name: this.group, ...args });
+    return this.mgr(this.svCmd(verb, args));
+  }
+
+  private createCmd(name: string, bytes: number, pool?: string): CephCommand {
+    return this.svCmd('create', { sub_name: name, size: bytes, namespace_isolated: true, ...(pool ? { pool_layout: pool } : {}) });
   }
 
   async ensureGroup(): Promise<void> {
@@ -90,7 +101,26 @@ export class CephFsCli implements SubvolumeApi {
 
   /** Note: create on an existing subvolume resizes it; callers look first. */
   async create(name: string, bytes: number, pool?: string): Promise<void> {
-    await this.sv('create', { sub_name: name, size: bytes, namespace_isolated: true, ...(pool ? { pool_layout: pool } : {}) });
+    await this.mgr(this.createCmd(name, bytes, pool));
+  }
+
+  async createIfMissing(name: string, bytes: number, pool: string | undefined, key: string, value: string): Promise<'found' | 'made'> {
+    const [lookup, ...made] = await cephCommandChain(
+      this.conn,
+      'mgr',
+      { lookup: this.svCmd('getpath', { sub_name: name }), missing: ENOENT, then: [this.createCmd(name, bytes, pool), this.svCmd('metadata set', { sub_name: name, key_name: key, value })] },
+      { timeoutMs: T, log: this.log },
+    );
+    const failed = (what: string, s: ChainStep) => new ExecError(`ceph fs subvolume ${what}`, Math.abs(s.rc), s.err || `errno ${Math.abs(s.rc)}`, s.rc === ETIMEDOUT);
+    // A clone target answers EAGAIN until its clone completes: it is there.
+    if (lookup!.rc === 0 || Math.abs(lookup!.rc) === EAGAIN) return 'found';
+    if (Math.abs(lookup!.rc) !== ENOENT) throw failed('getpath', lookup!);
+    for (const [i, what] of ['create', 'metadata set'].entries()) {
+      const s = made[i];
+      if (!s) throw unavailable(`ceph fs subvolume ${what} gave no answer; retry`);
+      if (s.rc !== 0) throw failed(what, s);
+    }
+    return 'made';
   }
 
   async resize(name: string, bytes: number): Promise<void> {

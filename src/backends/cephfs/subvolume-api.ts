@@ -36,6 +36,12 @@ export interface SubvolumeApi {
   /** Creates the subvolume with its own RADOS namespace; on an existing one it resizes. ENOENT for a missing file system or group, EINVAL for a pool layout that is no data pool. */
   create(name: string, bytes: number, pool?: string): Promise<void>;
   /**
+   * A blank subvolume and its record in one round trip: the lookup (`getpath`), then, only when
+   * it finds nothing, `create` and the metadata `key`. 'found' when it exists (a clone target
+   * too); errors as from `create` and `metaSet`.
+   */
+  createIfMissing(name: string, bytes: number, pool: string | undefined, key: string, value: string): Promise<'found' | 'made'>;
+  /**
    * Grows the quota of a complete subvolume to `bytes` unless it is that large already: the
    * lookup and the resize it decides in one round trip. Returns the subvolume as it was before,
    * as `info` does (undefined when missing, state "in-progress" for a clone target).
