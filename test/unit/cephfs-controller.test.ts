@@ -276,6 +276,22 @@ describe('cephfs controller: restores and clones', () => {
     assert.equal(sv('restore')!.state, 'complete');
   });
 
+  it('removes a failed clone of a volume with its temporary snapshot on the source', async () => {
+    const { fake, create, sv, fromVolume } = setup();
+    const v = await create('pvc-1');
+    fake.clonePolls = Infinity;
+    await rejects(create('copy', 64 * MiB, fromVolume(v.volume_id)), status.ABORTED);
+    assert.equal(sv('pvc-1')!.snaps.size, 1, 'the temporary snapshot the clone copies from');
+    fake.finishClone(FS, GROUP, sv('copy')!.name, 'failed');
+    await rejects(create('copy', 64 * MiB, fromVolume(v.volume_id)), status.INTERNAL, /failed.*retry starts over/);
+    assert.equal(sv('copy'), undefined);
+    assert.equal(sv('pvc-1')!.snaps.size, 0, 'nothing is left on the source');
+    fake.clonePolls = 1;
+    await create('copy', 64 * MiB, fromVolume(v.volume_id));
+    assert.equal(sv('copy')!.state, 'complete');
+    assert.equal(sv('pvc-1')!.snaps.size, 0);
+  });
+
   it('cancels a clone in progress on DeleteVolume (the mgr refuses to remove it before), releasing its source snapshot', async () => {
     const { fake, ctrl, create, snapshot, sv, fromSnapshot, callsOf } = setup();
     const v = await create('pvc-1');

@@ -116,7 +116,10 @@ export class CephfsController implements ControllerBackend {
       info = await fs.info(name);
       if (!info) throw internal(`subvolume ${name} vanished while being created`);
     }
-    if (info.state !== 'complete') info = await this.awaitClone(fs, name, ctx);
+    if (info.state !== 'complete') {
+      // A failed clone of a volume takes its temporary snapshot with it: a retry makes another.
+      info = await this.awaitClone(fs, name, ctx, src?.volume ? () => this.dropCloneSnapshot(fs, p.clusterID, wantSrc!, name) : undefined);
+    }
 
     const meta = await fs.metaList(name);
     const prev = parseRecord<VolumeMeta>(meta[META_VOLUME]);
@@ -204,13 +207,15 @@ export class CephfsController implements ControllerBackend {
     if (vid && vid.cluster === clusterId) await fs.snapRemove(vid.location[2]!, target);
   }
 
-  private async awaitClone(fs: SubvolumeApi, name: string, ctx: RpcContext) {
+  /** Waits for a clone; one that failed is removed, with what `dropSource` removes on its source. */
+  private async awaitClone(fs: SubvolumeApi, name: string, ctx: RpcContext, dropSource?: () => Promise<void>) {
     const deadline = Date.now() + this.cloneWait.totalMs;
     for (;;) {
       const st = await fs.cloneState(name);
       if (!st || st.state === 'complete') break;
       if (st.state === 'failed' || st.state === 'canceled') {
         await fs.remove(name, false, true);
+        await dropSource?.();
         throw internal(`cloning into ${name} ${st.state}${st.reason ? `: ${st.reason}` : ''}; it was removed, and a retry starts over`);
       }
       if (Date.now() > deadline) throw aborted(`volume is still being cloned (${st.state}); retry`);
