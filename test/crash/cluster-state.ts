@@ -122,3 +122,30 @@ export async function settledState(lab: CephLab, driverDir: string, want: Cluste
     await sleep(500);
   }
 }
+
+/**
+ * What holds RBD images that outlived their DeleteVolume: each image's watchers, the OSD
+ * blocklist, and the FUSE daemons still running on this machine. Printed when the final check
+ * fails, so that a watch nobody explains (seen once: two images whose watch outlived a clean
+ * NodeUnstage and the fence by minutes) can be traced to its client.
+ */
+export async function rbdLeftoverReport(lab: CephLab, images: string[]): Promise<string> {
+  const lines: string[] = [];
+  for (const image of images) {
+    const r = await lab.rbd(['status', `rbd/${image}`, '--format', 'json']).catch((e: Error) => e.message);
+    lines.push(`${image}: ${r.trim()}`);
+  }
+  lines.push(`blocklist: ${(await lab.ceph(['osd', 'blocklist', 'ls']).catch((e: Error) => e.message)).trim().replace(/\n/g, '; ')}`);
+  const daemons = readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .map((p) => {
+      try {
+        return `${p}: ${readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ').slice(0, 200)}`;
+      } catch {
+        return '';
+      }
+    })
+    .filter((l) => /\b(rbd-fuse|rbd-nbd)\b/.test(l));
+  lines.push(`FUSE daemons: ${daemons.length ? daemons.join(' | ') : 'none'}`);
+  return lines.join('\n');
+}

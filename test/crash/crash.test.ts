@@ -14,7 +14,7 @@ import type { Volume } from '../../src/csi/gen/csi/v1/Volume.js';
 import type { Snapshot } from '../../src/csi/gen/csi/v1/Snapshot.js';
 import type { VolumeCapability } from '../../src/csi/gen/csi/v1/VolumeCapability.js';
 import { CrashableDriver, formatKill, prng, retry, seedFromEnv, type KillRecord } from './harness.js';
-import { clusterState, settledState, type ClusterState } from './cluster-state.js';
+import { clusterState, rbdLeftoverReport, settledState, type ClusterState } from './cluster-state.js';
 
 /**
  * kill -9 of the plugin (controller and node in one process, with the
@@ -287,6 +287,8 @@ describe('crash test: kill -9 inside every mutating RPC converges on retry', { t
     assert.ok(kills.length >= 30, `at least 30 kills (${kills.length})`);
     for (const b of ['rbd', 'cephfs', 's3', 's3-shared']) assert.ok(kills.filter((k) => k.backend === b).length >= 10, `at least 10 kills on ${b}`);
     // Long enough for the RBD trash purge to retry past a killed command's 30 s watch.
-    assert.deepEqual(await settledState(lab, d.dir, baseline, 100_000), baseline);
+    const settled = await settledState(lab, d.dir, baseline, 100_000);
+    if (settled.rbdImages.length) console.log(`# images left:\n${(await rbdLeftoverReport(lab, settled.rbdImages)).replace(/^/gm, '#   ')}`);
+    assert.deepEqual(settled, baseline);
   });
 });
