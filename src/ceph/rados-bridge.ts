@@ -4,8 +4,8 @@ import { createInterface } from 'node:readline';
 import type { Logger } from 'pino';
 import { failedPrecondition, unavailable } from '../errors.js';
 import { parseOutput } from '../util/json.js';
-import { boundedTimeout, currentCall, stopReason } from '../util/call-context.js';
-import { ExecError, stoppedError } from '../util/exec.js';
+import { currentCall, stopReason } from '../util/call-context.js';
+import { ExecError, stoppedError, timeLeft } from '../util/exec.js';
 import type { CephConn } from './conn.js';
 import { ETIMEDOUT } from './errno.js';
 
@@ -262,6 +262,15 @@ export interface ThenCommand {
   cmd: CephCommand;
 }
 /**
+ * The error of a command the client answered with `rc`, its errno as the exit code, as from the
+ * CLI. librados returns a positive errno from timed-out waits and a negative one from Ceph.
+ */
+export function cephError(name: string, rc: number, err: string): ExecError {
+  const errno = Math.abs(rc);
+  return new ExecError(name, errno, err || `errno ${errno}`, errno === ETIMEDOUT);
+}
+
+/**
  * A lookup and the commands that make what it did not find, run by the client one after the
  * other: `then` is sent only when `lookup` fails with `missing`, and stops at its first failure.
  */
@@ -385,10 +394,8 @@ class Bridge {
     this.busy[r.lane]--;
     this.pump();
     this.touch();
-    // librados returns a positive errno from timed-out waits and a negative one from Ceph.
-    const errno = Math.abs(m.rc);
-    if (errno === 0) r.settle?.(undefined, m.out);
-    else r.settle?.(new ExecError(r.name, errno, m.err || `errno ${errno}`, errno === ETIMEDOUT));
+    if (m.rc === 0) r.settle?.(undefined, m.out);
+    else r.settle?.(cephError(r.name, m.rc, m.err));
   }
 
   /** Puts queued requests on the wire while their lane has a free thread. */
@@ -419,10 +426,12 @@ class Bridge {
   /** Sends one request; its answer's `out` once it succeeds, an ExecError with the errno otherwise. */
   call(lane: Lane, name: string, body: Request['body'], timeoutMs: number): Promise<unknown> {
     if (this.failure || this.closed) return Promise.reject(this.failure ?? new ExecError(name, EIO, 'rados client closed', false, true));
-    const why = stopReason();
-    if (why) return Promise.reject(stoppedError(name, why.message));
-    const ms = boundedTimeout(timeoutMs);
-    if (ms <= 0) return Promise.reject(stoppedError(name, "no time left before the call's deadline"));
+    let ms: number;
+    try {
+      ms = timeLeft(name, timeoutMs);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return new Promise((resolve, reject) => {
       const r: Request = { id: this.nextId++, lane, name, body };
       const signal = currentCall()?.signal;

@@ -1,8 +1,7 @@
 import { createRequire } from 'node:module';
 import { constants } from 'node:os';
 import type { Logger } from 'pino';
-import { boundedTimeout, stopReason } from '../util/call-context.js';
-import { ExecError, stoppedError } from '../util/exec.js';
+import { ExecError, timeLeft } from '../util/exec.js';
 
 /**
  * umount(2) and bind mounts as system calls, through the native addon
@@ -20,7 +19,7 @@ const addon = createRequire(import.meta.url)('../../../native/build/strata_mount
 
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
 
-export const errnoName = (n: number | undefined): string | undefined => (n === undefined ? undefined : ERRNO_NAMES.get(n));
+const errnoName = (n: number | undefined): string | undefined => (n === undefined ? undefined : ERRNO_NAMES.get(n));
 
 /**
  * The call bounded as a command is: it waits at most `timeoutMs`, cut to what is left of the
@@ -28,10 +27,7 @@ export const errnoName = (n: number | undefined): string | undefined => (n === u
  * thread, and the mount table, read again by the caller, says what it did.
  */
 async function bounded(what: string, call: () => Promise<void>, timeoutMs: number, log?: Logger): Promise<void> {
-  const why = stopReason();
-  if (why) throw stoppedError(what, why.message);
-  const ms = boundedTimeout(timeoutMs);
-  if (ms <= 0) throw stoppedError(what, "no time left before the call's deadline");
+  const ms = timeLeft(what, timeoutMs);
   const started = Date.now();
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new ExecError(what, undefined, `no answer within ${ms} ms`, true)), ms)));

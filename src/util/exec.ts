@@ -66,6 +66,19 @@ export function stoppedError(cmd: string, why: string): ExecError {
   return new ExecError(cmd, undefined, why, true);
 }
 
+/**
+ * The time `what` (a command, a request to the rados client, a system call) may take: `ownMs`,
+ * cut to what is left of the current call. Throws the stopped error when the call has stopped
+ * or has no time left, so that nothing is started for a call no one waits for.
+ */
+export function timeLeft(what: string, ownMs: number): number {
+  const why = stopReason();
+  if (why) throw stoppedError(what, why.message);
+  const ms = boundedTimeout(ownMs);
+  if (ms <= 0) throw stoppedError(what, "no time left before the call's deadline");
+  return ms;
+}
+
 /** Runs a command and returns its output; throws ExecError on non-zero exit. */
 export async function run(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const r = await runAllowFail(file, args, opts);
@@ -81,10 +94,7 @@ function withoutKeys(env: NodeJS.ProcessEnv, keys: string[]): Record<string, str
 
 /** Runs a command and returns its output whatever the exit code. */
 export async function runAllowFail(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
-  const why = stopReason();
-  if (why) throw stoppedError(file, why.message);
-  const timeout = boundedTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
-  if (timeout <= 0) throw stoppedError(file, 'no time left before the call\'s deadline');
+  const timeout = timeLeft(file, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   const started = Date.now();
   const options: Options = {
     timeout,

@@ -1,10 +1,8 @@
 import type { Logger } from 'pino';
 import type { CephConn } from '../../ceph/conn.js';
-import { cephCommand, cephCommandChain, cephCommandThen, type CephCommand, type ChainStep } from '../../ceph/rados-bridge.js';
+import { cephCommand, cephCommandChain, cephCommandThen, cephError, type CephCommand, type ChainStep } from '../../ceph/rados-bridge.js';
 import { unavailable } from '../../errors.js';
-import { ExecError } from '../../util/exec.js';
 import { parseOutput } from '../../util/json.js';
-import { ETIMEDOUT } from '../../ceph/errno.js';
 import { EACCES, EAGAIN, ENOENT, EINVAL, EPERM, isErrno, type SubvolumeApi, type SubvolumeInfo } from './subvolume-api.js';
 
 /**
@@ -111,7 +109,7 @@ export class CephFsCli implements SubvolumeApi {
       { lookup: this.svCmd('getpath', { sub_name: name }), missing: ENOENT, then: [this.createCmd(name, bytes, pool), this.svCmd('metadata set', { sub_name: name, key_name: key, value })] },
       { timeoutMs: T, log: this.log },
     );
-    const failed = (what: string, s: ChainStep) => new ExecError(`ceph fs subvolume ${what}`, Math.abs(s.rc), s.err || `errno ${Math.abs(s.rc)}`, s.rc === ETIMEDOUT);
+    const failed = (what: string, s: ChainStep) => cephError(`ceph fs subvolume ${what}`, s.rc, s.err);
     // A clone target answers EAGAIN until its clone completes: it is there.
     if (lookup!.rc === 0 || Math.abs(lookup!.rc) === EAGAIN) return 'found';
     if (Math.abs(lookup!.rc) !== ENOENT) throw failed('getpath', lookup!);
