@@ -205,6 +205,15 @@ export class FakeRbd implements RbdApi {
     return this.find(pool, image)?.watchers;
   }
 
+  /** Headers whose watches were reloaded, as "<pool>/<image>" or "<pool>#<id>". */
+  readonly reloads: string[] = [];
+
+  async reloadWatches(pool: string, header: { image: string } | { id: string }): Promise<boolean> {
+    this.step('reloadWatches');
+    this.reloads.push('id' in header ? `${pool}#${header.id}` : `${pool}/${header.image}`);
+    return true;
+  }
+
   async rbdPools(): Promise<Array<{ name: string; maxAvail: number }>> {
     this.step('rbdPools');
     return [...this.pools].map((name) => ({ name, maxAvail: 10 * 2 ** 30 }));

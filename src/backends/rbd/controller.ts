@@ -15,7 +15,7 @@ import { asciiJson } from '../../csi/grammar.js';
 import { toSnapshot, type SnapshotMeta } from '../snapshots.js';
 import { ATTACH_PREFIX, attachKey, attachmentsIn, decidePublish, type Attachment } from '../attachments.js';
 import { parseRbdParams, FS_TYPES, type RbdParams } from './params.js';
-import { EBUSY, EEXIST, ENOENT, isErrno, poolSpec, type CreateOptions, type RbdApi, type RbdConnector } from './rbd-api.js';
+import { EBUSY, EEXIST, ENOENT, isErrno, poolSpec, tryReloadWatches, type CreateOptions, type RbdApi, type RbdConnector } from './rbd-api.js';
 import { located, rbdLocation } from './location.js';
 import { RBD_NAMESPACE } from '../../csi/grammar.js';
 import { LibRbd } from './librbd.js';
@@ -358,7 +358,8 @@ export class RbdController implements ControllerBackend {
       const claimed = [...clients].filter(([n]) => !nodes.includes(n)).map(([, a]) => a);
       addrs.push(...ownInstances((await rbd.watchers(pool, image)) ?? [], [], claimed));
     }
-    await blocklist(conn, addrs.filter((a) => !kept.has(a)), ctx.log.child({ image, nodes }));
+    // A blocklisted client's watch goes at once, unless the OSD keeps it without a timeout (see reloadWatches).
+    if ((await blocklist(conn, addrs.filter((a) => !kept.has(a)), ctx.log.child({ image, nodes }))).length) await tryReloadWatches(rbd, pool, { image }, ctx.log);
     for (const n of nodes) if (clients.has(n)) await rbd.metaRemove(pool, image, clientKey(n));
   }
 

@@ -3,8 +3,9 @@ import type { CephConn } from '../../ceph/conn.js';
 import { cephCommand, rbdCall } from '../../ceph/rados-bridge.js';
 import { failedPrecondition, unavailable } from '../../errors.js';
 import { parseOutput } from '../../util/json.js';
+import { namesInPg, objectHash } from '../../ceph/pg-hash.js';
 import { ExecError } from '../../util/exec.js';
-import { EACCES, EEXIST, ENOENT, ENOTEMPTY, EPERM, type CreateOptions, type ImageInfo, type RbdApi, type SnapInfo, isErrno } from './rbd-api.js';
+import { EACCES, EBUSY, EEXIST, ENOENT, ENOTEMPTY, EPERM, type CreateOptions, type ImageInfo, type RbdApi, type SnapInfo, isErrno, tryReloadWatches } from './rbd-api.js';
 
 /**
  * RbdApi on librbd, inside the long-lived rados client of the connection's
@@ -14,6 +15,12 @@ import { EACCES, EEXIST, ENOENT, ENOTEMPTY, EPERM, type CreateOptions, type Imag
  */
 
 const TIMEOUT_MS = 45_000;
+/** Twice the OSD's default object-context cache of a placement group (osd_pg_object_context_cache_count). */
+const RELOAD_MISSES = 128;
+/** A header's watches are reloaded at most this often: a reload times them out, a second one adds nothing. */
+const RELOAD_EVERY_MS = 10_000;
+const reloadedAt = new Map<string, number>();
+const TRASH_ID = /^[0-9a-f]{1,32}$/;
 
 export class LibRbd implements RbdApi {
   constructor(
@@ -114,6 +121,8 @@ export class LibRbd implements RbdApi {
     } catch (e) {
       if (isErrno(e, ENOENT)) return 'missing';
       if (isErrno(e, ENOTEMPTY)) return 'has-snapshots';
+      // A watch that can never time out by itself must not hold the image for good.
+      if (isErrno(e, EBUSY)) await tryReloadWatches(this, pool, { image }, this.log);
       throw e;
     }
   }
@@ -136,6 +145,7 @@ export class LibRbd implements RbdApi {
     } catch (e) {
       // Clones or snapshots still hold it (or a killed client's watch): a later pass tries again.
       if (isErrno(e, ENOENT)) return true;
+      if (isErrno(e, EBUSY)) await tryReloadWatches(this, pool, { id }, this.log);
       if (e instanceof ExecError && e.exitCode !== undefined) return false;
       throw e;
     }
@@ -162,6 +172,28 @@ export class LibRbd implements RbdApi {
   async watchers(pool: string, image: string): Promise<string[] | undefined> {
     const r = await this.undefinedIfMissing(this.call('watchers', { pool, image }));
     return r === undefined ? undefined : list(r, 'rbd status').map((a) => text(a, 'rbd status'));
+  }
+
+  async reloadWatches(pool: string, header: { image: string } | { id: string }): Promise<boolean> {
+    if ('id' in header && !TRASH_ID.test(header.id)) return false;
+    const oid = 'id' in header ? `rbd_header.${header.id}` : text(await this.call('header', { pool, image: header.image }), 'rbd header');
+    const key = `${this.conn.monitors.join(',')} ${pool} ${oid}`;
+    const now = Date.now();
+    for (const [k, at] of reloadedAt) if (now - at >= RELOAD_EVERY_MS) reloadedAt.delete(k);
+    if (reloadedAt.has(key)) return false;
+    reloadedAt.set(key, now);
+    const [base = '', namespace = ''] = pool.split('/');
+    const map = parseOutput<{ raw_pgid?: unknown; pgid?: unknown }>(await this.mon('osd map', { pool: base, object: oid, nspace: namespace }), 'ceph osd map');
+    const pgNum = count(parseOutput<{ pg_num?: unknown }>(await this.mon('osd pool get', { pool: base, var: 'pg_num' }), 'ceph osd pool get').pg_num, 'ceph osd pool get');
+    const [raw, ps] = [map.raw_pgid, map.pgid].map((p) => parseInt(text(p, 'ceph osd map').split('.')[1] ?? '', 16));
+    // A pool placed by another hash than rjenkins (none made since Argonaut) would get misses elsewhere.
+    if (raw !== objectHash(namespace, oid) || !Number.isSafeInteger(ps)) {
+      this.log?.warn({ pool, oid }, 'the pool does not place objects by the rjenkins hash: stale watches there time out only when the OSD reloads the header');
+      return false;
+    }
+    await this.call('reload_pg', { pool, names: namesInPg('strata.watch-reload.', namespace, ps!, pgNum, RELOAD_MISSES) });
+    this.log?.info({ pool, oid, pg: `${base}.${ps!.toString(16)}` }, 'made the OSD reload the watches of an image header');
+    return true;
   }
 
   private async df(): Promise<Array<{ name: string; maxAvail: number }>> {

@@ -15,7 +15,7 @@ import type { NodeBackend } from '../types.js';
 import { RbdAttacher, chooseMounter, type ImageRef } from './attach.js';
 import { FS_TYPES, MOUNTERS, type FsType, type RbdMounter } from './params.js';
 import { LibRbd } from './librbd.js';
-import { ENOENT, isErrno, poolSpec, type RbdApi } from './rbd-api.js';
+import { ENOENT, isErrno, poolSpec, tryReloadWatches, type RbdApi } from './rbd-api.js';
 import { located } from './location.js';
 import { blocklist, clientKey, clientsIn, ownInstances, parseClientRecord, type ClientRecord } from './fence.js';
 import { asciiJson } from '../../csi/grammar.js';
@@ -79,7 +79,11 @@ export class RbdNode implements NodeBackend {
       // A stage cut short between rbd-fuse and losetup left our own rbd-fuse mount, whose watch is the one seen.
       const own = (await findMount(this.attacher.fuseDir(ref))) ? 1 : 0;
       if (!own) before = watchers;
-      if (watchers.length > own && isSingleNode(mode)) throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
+      if (watchers.length > own && isSingleNode(mode)) {
+        // A watch left by a client killed while registering it would otherwise refuse the volume here for good.
+        await tryReloadWatches(rbd, spec(ref), { image: ref.image }, ctx.log);
+        throw failedPrecondition(`volume is in use elsewhere (watcher ${watchers[0]}); refusing a second single-node attachment`);
+      }
     }
     const device = ours ?? (await this.attacher.attach(chooseMounter(opts.mounter), ref, conn, ctx.log));
     // The record is needed before a pod writes, which is after NodePublish: it is written while the
@@ -211,6 +215,7 @@ export class RbdNode implements NodeBackend {
     if (!left.length) return;
     try {
       await blocklist(conn, left, ctx.log);
+      await tryReloadWatches(rbd, spec(ref), { image: ref.image }, ctx.log);
     } catch (e) {
       ctx.log.warn({ err: String(e) }, 'could not blocklist the dead rbd-fuse client; waiting for its watch to time out');
     }

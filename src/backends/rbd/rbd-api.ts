@@ -83,11 +83,28 @@ export interface RbdApi {
   namespaces(pool: string): Promise<string[]>;
   /** Addresses of the clients that have the image open (krbd, rbd-nbd, rbd-fuse); undefined when there is no such image. */
   watchers(pool: string, image: string): Promise<string[] | undefined>;
+  /**
+   * Makes the OSD read the watches on an image's header (by name, or a trashed one's id) afresh.
+   * A watch whose client was killed while registering it has no timeout in a Pacific OSD (Ceph
+   * bug 58120, fixed in 17.2.8 and 18.2.5) and would hold the image until the OSD restarts; read
+   * afresh, it times out like any other (30 s), or goes at once when its client is blocklisted.
+   * Live clients keep theirs. False when it was done for this header moments ago, or cannot be.
+   */
+  reloadWatches(pool: string, header: { image: string } | { id: string }): Promise<boolean>;
   /** Pools with the rbd application enabled, and the bytes each can still take. */
   rbdPools(): Promise<Array<{ name: string; maxAvail: number }>>;
   poolAvailable(pool: string): Promise<number | undefined>;
 }
 
 /** Makes the RbdApi of one cluster identity, for one call's logger. */
+/** reloadWatches for a caller that goes on whatever it does: a failure (caps that do not allow it, a slow mon) is only logged. */
+export async function tryReloadWatches(rbd: RbdApi, pool: string, header: { image: string } | { id: string }, log?: Logger): Promise<void> {
+  try {
+    await rbd.reloadWatches(pool, header);
+  } catch (e) {
+    log?.warn({ err: String(e), pool, ...header }, 'could not make the OSD reload the watches of an image header');
+  }
+}
+
 export type RbdConnector = (conn: CephConn, log?: Logger) => RbdApi;
 
