@@ -26,12 +26,12 @@ describe('RADOS placement (pg-hash)', () => {
     assert.equal(stableMod(0xffffffff, 1), 0);
   });
 
-  it('names objects that land in the one placement group asked for', () => {
-    const names = namesInPg('strata.watch-reload.', 'ns1', 43, 100, 20);
+  it('names objects that land in the one placement group asked for', async () => {
+    const names = await namesInPg('strata.watch-reload.', 'ns1', 43, 100, 20);
     assert.equal(names.length, 20);
     assert.equal(new Set(names).size, 20);
     for (const n of names) assert.equal(stableMod(objectHash('ns1', n), 100), 43);
-    assert.ok(namesInPg('strata.watch-reload.', '', 3, 8, 5).includes('strata.watch-reload.7'));
-    assert.throws(() => namesInPg('x.', '', 8, 8, 1), RangeError);
+    assert.ok((await namesInPg('strata.watch-reload.', '', 3, 8, 5)).includes('strata.watch-reload.7'));
+    await assert.rejects(namesInPg('x.', '', 8, 8, 1), RangeError);
   });
 });

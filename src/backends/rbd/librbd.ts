@@ -191,7 +191,7 @@ export class LibRbd implements RbdApi {
       this.log?.warn({ pool, oid }, 'the pool does not place objects by the rjenkins hash: stale watches there time out only when the OSD reloads the header');
       return false;
     }
-    await this.call('reload_pg', { pool, names: namesInPg('strata.watch-reload.', namespace, ps!, pgNum, RELOAD_MISSES) });
+    await this.call('reload_pg', { pool, names: await namesInPg('strata.watch-reload.', namespace, ps!, pgNum, RELOAD_MISSES) });
     this.log?.info({ pool, oid, pg: `${base}.${ps!.toString(16)}` }, 'made the OSD reload the watches of an image header');
     return true;
   }
