@@ -58,9 +58,11 @@ export function rjenkins(key: Uint8Array, length = key.length): number {
   return c;
 }
 
-/** The hash RADOS places an object by: its name, after its namespace and 0x1f when it has one. */
+/** What RADOS hashes to place an object: its name, after its namespace and 0x1f when it has one. */
+const placementKey = (namespace: string, name: string): Buffer => Buffer.from(namespace ? `${namespace}\x1f${name}` : name);
+
 export function objectHash(namespace: string, name: string): number {
-  return rjenkins(Buffer.from(namespace ? `${namespace}\x1f${name}` : name));
+  return rjenkins(placementKey(namespace, name));
 }
 
 /** ceph_stable_mod: a hash folded into pg_num placement groups so that growing pg_num splits them in place. */
@@ -85,7 +87,7 @@ const BATCH = 20_000;
  */
 export async function namesInPg(prefix: string, namespace: string, ps: number, pgNum: number, count: number): Promise<string[]> {
   if (!Number.isSafeInteger(pgNum) || pgNum < 1 || ps < 0 || ps >= pgNum) throw new RangeError(`placement group ${ps} of ${pgNum}`);
-  const head = Buffer.from(namespace ? `${namespace}\x1f${prefix}` : prefix);
+  const head = placementKey(namespace, prefix);
   const key = Buffer.alloc(head.length + 16);
   head.copy(key);
   const mask = pgMask(pgNum);

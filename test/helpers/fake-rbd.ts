@@ -205,12 +205,9 @@ export class FakeRbd implements RbdApi {
     return this.find(pool, image)?.watchers;
   }
 
-  /** Headers whose watches were reloaded, as "<pool>/<image>" or "<pool>#<id>". */
-  readonly reloads: string[] = [];
-
-  async reloadWatches(pool: string, header: { image: string } | { id: string }): Promise<boolean> {
+  /** A fake image has no stale watches to reload. */
+  async reloadWatches(): Promise<boolean> {
     this.step('reloadWatches');
-    this.reloads.push('id' in header ? `${pool}#${header.id}` : `${pool}/${header.image}`);
     return true;
   }
 

@@ -96,7 +96,6 @@ export interface RbdApi {
   poolAvailable(pool: string): Promise<number | undefined>;
 }
 
-/** Makes the RbdApi of one cluster identity, for one call's logger. */
 /** reloadWatches for a caller that goes on whatever it does: a failure (caps that do not allow it, a slow mon) is only logged. */
 export async function tryReloadWatches(rbd: RbdApi, pool: string, header: { image: string } | { id: string }, log?: Logger): Promise<void> {
   try {
@@ -106,5 +105,6 @@ export async function tryReloadWatches(rbd: RbdApi, pool: string, header: { imag
   }
 }
 
+/** Makes the RbdApi of one cluster identity, for one call's logger. */
 export type RbdConnector = (conn: CephConn, log?: Logger) => RbdApi;
 
