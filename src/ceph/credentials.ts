@@ -12,17 +12,29 @@ import { currentCall } from '../util/call-context.js';
  * cluster's default identity from config.
  *
  * A request's key is written to a 0600 file in a private 0700 directory
- * (tmpfs when the host has /dev/shm) only while something needs it: each
- * fileFor() holds the file until its gRPC call has settled (ceph-fuse and
- * rbd-fuse read it while the stage call runs, and keep the key in memory
- * once connected), or for HOLD_MS outside a call (the healer). The directory
- * is named after the process (pid and start time), so a driver that starts
- * removes the directories of dead ones, whatever killed them.
+ * (tmpfs when the host has /dev/shm) only when a tool needs it (the identity's
+ * keyFile is read): the rados client takes the key on stdin, so a controller
+ * call that only talks to it writes no file. Each fileFor() holds the file
+ * until its gRPC call has settled (ceph-fuse and rbd-fuse read it while the
+ * stage call runs, and keep the key in memory once connected), or for HOLD_MS
+ * outside a call (the healer). The directory is named after the process (pid
+ * and start time), so a driver that starts removes the directories of dead
+ * ones, whatever killed them.
  */
 
 export interface CephIdentity {
   id: string;
-  keyFile: string;
+  /** A 0600 file holding the key, for Ceph tools; a request's key is written there when this is first read. */
+  readonly keyFile: string;
+  /** The key, for the rados client. */
+  key(): string;
+  /** Tells identities (user and key) apart without holding the key: one rados client per tag. */
+  readonly tag: string;
+}
+
+/** An identity whose key is in a file already (the config's default identity). */
+export function identityFromFile(id: string, keyFile: string): CephIdentity {
+  return { id, keyFile, tag: `file:${keyFile}`, key: () => readFileSync(keyFile, 'utf8').trim() };
 }
 
 const userIdPattern = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -92,6 +104,9 @@ export function disposeKeyFiles(): void {
   shared.holders.clear();
 }
 
+/** A key file's name: the user and key hashed, so the same identity shares one file. */
+const keyTag = (id: string, key: string): string => createHash('sha256').update(id).update('\0').update(key).digest('hex').slice(0, 24);
+
 export class KeyFiles {
   constructor() {
     // The first use in a process is its start-up: what killed processes left goes now.
@@ -101,9 +116,27 @@ export class KeyFiles {
     }
   }
 
+  /** A request's identity; its key goes to a file only if its keyFile is read. */
+  identity(id: string, key: string): CephIdentity {
+    const tag = keyTag(id, key);
+    let file: string | undefined;
+    const hold = (): string => (file ??= this.hold(tag, key));
+    return {
+      id,
+      tag,
+      key: () => key,
+      get keyFile() {
+        return hold();
+      },
+    };
+  }
+
   /** Returns the path of a 0600 file holding `key`, kept while the current call (or HOLD_MS) needs it. */
   fileFor(id: string, key: string): string {
-    const name = createHash('sha256').update(id).update('\0').update(key).digest('hex').slice(0, 24);
+    return this.hold(keyTag(id, key), key);
+  }
+
+  private hold(name: string, key: string): string {
     const file = path.join(keyDir(), name);
     const n = shared.holders.get(file) ?? 0;
     if (!n || !existsSync(file)) writeFileSync(file, key + '\n', { mode: 0o600 });
@@ -143,10 +176,10 @@ export function resolveCephIdentity(
     if (!userID || !userKey) throw invalidArgument('secrets must carry both userID and userKey');
     if (!userIdPattern.test(userID)) throw invalidArgument('secret userID is not a valid Ceph user name');
     if (!keyPattern.test(userKey)) throw invalidArgument('secret userKey is not a valid Ceph key (base64)');
-    return { id: userID, keyFile: keyFiles.fileFor(userID, userKey) };
+    return keyFiles.identity(userID, userKey);
   }
   const ceph = cluster.ceph;
-  if (ceph?.userID && ceph.userKeyFile) return { id: ceph.userID, keyFile: ceph.userKeyFile };
+  if (ceph?.userID && ceph.userKeyFile) return identityFromFile(ceph.userID, ceph.userKeyFile);
   throw failedPrecondition(
     `no Ceph credentials for cluster "${cluster.id}": pass secrets userID and userKey, or set ceph.userID and ceph.userKeyFile in the config`,
   );

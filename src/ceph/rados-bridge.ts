@@ -1,5 +1,5 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Logger } from 'pino';
 import { failedPrecondition, unavailable } from '../errors.js';
@@ -332,7 +332,7 @@ class Bridge {
   closed = false;
 
   constructor(conn: CephConn, private readonly onClose: () => void) {
-    const key = readKeyFile(conn);
+    const key = readKey(conn);
     this.child = spawn(PYTHON, ['-c', BRIDGE], { stdio: ['pipe', 'pipe', 'pipe'] });
     this.child.stdin.on('error', () => undefined); // EPIPE after a crash; the exit handler reports it
     this.child.stderr.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-2000)));
@@ -486,9 +486,9 @@ class Bridge {
   }
 }
 
-function readKeyFile(conn: CephConn): string {
+function readKey(conn: CephConn): string {
   try {
-    return readFileSync(conn.identity.keyFile, 'utf8').trim();
+    return conn.identity.key();
   } catch (e) {
     throw failedPrecondition(`cannot read the key file of client.${conn.identity.id}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
   }
@@ -497,7 +497,7 @@ function readKeyFile(conn: CephConn): string {
 const bridges = new Map<string, Bridge>();
 
 function bridgeFor(conn: CephConn): Bridge {
-  const key = `${conn.monitors.join(',')}\0${conn.identity.id}\0${conn.identity.keyFile}`;
+  const key = `${conn.monitors.join(',')}\0${conn.identity.id}\0${conn.identity.tag}`;
   let b = bridges.get(key);
   if (!b || b.closed) {
     const made = new Bridge(conn, () => {

@@ -151,7 +151,7 @@ export function wrapChecked<Req, Res, C>(
     }
     const started = process.hrtime.bigint();
     const req = call.request;
-    log.debug({ req: redact(req) }, 'request');
+    if (log.isLevelEnabled('debug')) log.debug({ req: redact(req) }, 'request');
     rt.inflight.count++;
     let release: (() => void) | undefined;
     const finish = (err: { code: status; details: string } | null, res?: Res) => {

@@ -55,7 +55,8 @@ function listenAddress(endpoint: string): { bind: string; socket?: string } {
 export async function serve(opts: ServeOptions): Promise<RunningServer> {
   const csi = loadCsi().csi.v1;
   const rt: RpcRuntime = { log: opts.log, locks: new KeyedTryLock(), inflight: { count: 0 } };
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+  // channelz (grpc-js's call statistics) is on by default and costs every call; nothing here serves it.
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.enable_channelz': 0 });
   const controller = opts.mode !== 'node';
   let healer: Healer | undefined;
   const node = opts.mode !== 'controller';

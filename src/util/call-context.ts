@@ -48,7 +48,8 @@ export class CallScope {
 
   /** The client went away: nobody waits for the answer, so the work stops. */
   cancel(): void {
-    this.abort(new CsiError(status.CANCELLED, 'the client cancelled the call'));
+    // grpc-js reports a cancel for calls already answered too: no error (and its stack) for those.
+    if (!this.done) this.abort(new CsiError(status.CANCELLED, 'the client cancelled the call'));
   }
 
   /** Whether the call's handler has returned or thrown (work it left running still sees this scope). */

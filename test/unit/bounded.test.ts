@@ -188,6 +188,24 @@ describe('key files', () => {
     assert.equal(existsSync(fc), false);
   });
 
+  it('a request\'s identity writes its key to a file only when a tool asks for the file', () => {
+    const kf = new KeyFiles();
+    const s = new CallScope(undefined);
+    const before = KeyFiles.held();
+    const id = s.run(() => kf.identity('u4', KEY));
+    assert.equal(id.key(), KEY, 'the rados client gets the key itself');
+    assert.equal(id.tag, s.run(() => kf.identity('u4', KEY)).tag, 'the same user and key: the same client');
+    assert.notEqual(id.tag, kf.identity('u5', KEY).tag);
+    assert.equal(KeyFiles.held(), before, 'no file yet');
+    const f = s.run(() => id.keyFile);
+    assert.equal(id.keyFile, f, 'written once per identity');
+    assert.equal(statSync(f).mode & 0o777, 0o600);
+    assert.equal(KeyFiles.held(), before + 1);
+    s.settle();
+    assert.equal(existsSync(f), false, 'removed with its call');
+    assert.equal(KeyFiles.held(), before);
+  });
+
   it('work a settled call left running holds its key file for a while, as work outside any call does', () => {
     const s = new CallScope(undefined);
     s.settle();

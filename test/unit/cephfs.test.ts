@@ -3,10 +3,11 @@ import { describe, it } from 'node:test';
 import { fuseMountCommand, kernelMountCommand, type CephfsMountSpec } from '../../src/backends/cephfs/node.js';
 import { parseCephfsParams } from '../../src/backends/cephfs/params.js';
 import { decidePublish, type Attachment } from '../../src/backends/attachments.js';
+import { identityFromFile } from '../../src/ceph/credentials.js';
 
 const spec: CephfsMountSpec = {
   monitors: ['10.0.0.1:6789', '10.0.0.2:6789'],
-  identity: { id: 'strata-csi-vol-ab', keyFile: '/dev/shm/k/1' },
+  identity: identityFromFile('strata-csi-vol-ab', '/dev/shm/k/1'),
   fsName: 'fs1',
   path: '/volumes/csi/csi-vol-ab/uuid',
   target: '/staging',

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { RbdAttacher, fuseCommand, mapCommand, unmapCommand, listMappedCommand } from '../../src/backends/rbd/attach.js';
 import { cephArgs, type CephConn } from '../../src/ceph/conn.js';
+import { identityFromFile } from '../../src/ceph/credentials.js';
 import { extFsBytesFromSuperblock, growFsCommand, mkfsCommand } from '../../src/mount/mounter.js';
 import { stageMountOptions } from '../../src/backends/rbd/node.js';
 
@@ -11,7 +12,7 @@ import { stageMountOptions } from '../../src/backends/rbd/node.js';
  * real in the integration tests.
  */
 
-const conn: CephConn = { monitors: ['10.0.0.1:6789', '10.0.0.2:6789'], identity: { id: 'csi-node', keyFile: '/dev/shm/strata-keys-x/abc' } };
+const conn: CephConn = { monitors: ['10.0.0.1:6789', '10.0.0.2:6789'], identity: identityFromFile('csi-node', '/dev/shm/strata-keys-x/abc') };
 const ref = { cluster: 'prod', pool: 'rbd', image: 'csi-vol-0123' };
 
 describe('Ceph command lines', () => {
