@@ -1,5 +1,6 @@
 import type { CephLab } from '../test/lab/ceph-lab.js';
-import { connect, startDriver, type CsiClients, type DriverProcess } from '../test/helpers/driver.js';
+import { startDriver, type CsiClients, type DriverProcess } from '../test/helpers/driver.js';
+import { buildGoClient, goClients } from './csi-go.js';
 
 export interface BenchDrivers {
   ctrl: DriverProcess;
@@ -9,12 +10,13 @@ export interface BenchDrivers {
   stop(): Promise<void>;
 }
 
-/** The two plugins every benchmark measures: a controller and a node ("bench-node"), on the lab's config, logging warnings only. */
+/** The two plugins every benchmark measures: a controller and a node ("bench-node"), on the lab's config, logging warnings only; called through grpc-go. */
 export async function benchDrivers(lab: CephLab): Promise<BenchDrivers> {
+  await buildGoClient();
   const config = lab.writeDriverConfig();
   const ctrl = await startDriver({ config, mode: 'controller', logLevel: 'warn' });
   const node = await startDriver({ config, mode: 'node', nodeId: 'bench-node', logLevel: 'warn' });
-  const c: CsiClients = { ...connect(ctrl.socket), node: connect(node.socket).node };
+  const c = goClients({ controller: ctrl.socket, node: node.socket });
   return {
     ctrl,
     node,
