@@ -4,7 +4,7 @@ import { createInterface } from 'node:readline';
 import type { Logger } from 'pino';
 import { failedPrecondition, unavailable } from '../errors.js';
 import { parseOutput } from '../util/json.js';
-import { currentCall, stopReason } from '../util/call-context.js';
+import { currentCall, nextOrder, stopReason } from '../util/call-context.js';
 import { ExecError, stoppedError, timeLeft } from '../util/exec.js';
 import type { CephConn } from './conn.js';
 import { ETIMEDOUT } from './errno.js';
@@ -40,7 +40,8 @@ import { ETIMEDOUT } from './errno.js';
  * thread meanwhile, so threads are bounded per lane (at most MON_WORKERS mon
  * commands, MGR_WORKERS mgr commands and RBD_WORKERS librbd calls on the
  * wire; more wait here, where a deadline can still drop them unsent), and
- * such a call ends when the watchdog replaces its client. Mon commands have a
+ * such a call ends when the watchdog replaces its client. Waiting requests go
+ * out oldest call first. Mon commands have a
  * lane of their own: the mgr's volumes module runs its commands one at a
  * time, and a config-key read must not queue behind a burst of them.
  */
@@ -315,6 +316,19 @@ interface Request {
   /** Undefined once the caller has its answer (or gave up): a late reply is dropped. */
   settle?: (e: Error | undefined, out?: unknown) => void;
   sentAt?: number;
+  /** The order its call began in: a lane's queue sends the requests of older calls first. */
+  order: number;
+}
+
+/**
+ * Puts a request behind every waiting one of its call or an older call, ahead of newer calls'
+ * (FIFO among equals): a burst of calls of several steps each then finishes call by call, instead
+ * of every call waiting behind every other call's earlier steps.
+ */
+export function enqueueByOrder<T extends { order: number }>(queue: T[], r: T): void {
+  let i = queue.length;
+  while (i > 0 && queue[i - 1]!.order > r.order) i--;
+  queue.splice(i, 0, r);
 }
 
 class Bridge {
@@ -451,8 +465,9 @@ class Bridge {
       return Promise.reject(e);
     }
     return new Promise((resolve, reject) => {
-      const r: Request = { id: this.nextId++, lane, name, body };
-      const signal = currentCall()?.signal;
+      const call = currentCall();
+      const r: Request = { id: this.nextId++, lane, name, body, order: call?.order ?? nextOrder() };
+      const signal = call?.signal;
       const onAbort = () => giveUp(stoppedError(name, stopReason()?.message ?? 'the call stopped'));
       const timer = setTimeout(() => giveUp(new ExecError(name, ETIMEDOUT, `no answer within ${ms} ms`, true)), ms);
       r.settle = (e, out) => {
@@ -469,7 +484,7 @@ class Bridge {
         r.settle?.(e);
       };
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.queue.push(r);
+      enqueueByOrder(this.queue, r);
       this.pump();
     });
   }

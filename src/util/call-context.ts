@@ -16,7 +16,13 @@ export const DEADLINE_MARGIN_MS = 1000;
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+let begun = 0;
+/** A number for work that is not a call (or a request made outside one), in the order calls and such work begin. */
+export const nextOrder = (): number => ++begun;
+
 export class CallScope {
+  /** When this call began, relative to other calls: queues serve older calls first. */
+  readonly order = nextOrder();
   private readonly controller = new AbortController();
   private readonly waiting: Array<() => void> = [];
   private readonly timer: NodeJS.Timeout | undefined;

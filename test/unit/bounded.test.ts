@@ -11,6 +11,7 @@ import { toStatus } from '../../src/csi/handler.js';
 import { CsiError, deadlineExceeded, isCsiError } from '../../src/errors.js';
 import { CallScope, boundedSignal, boundedTimeout, currentCall, outsideCall, stopReason } from '../../src/util/call-context.js';
 import { ExecError, run } from '../../src/util/exec.js';
+import { enqueueByOrder } from '../../src/ceph/rados-bridge.js';
 
 /**
  * Every backend call follows its gRPC call: the call scope, commands cut to
@@ -158,6 +159,22 @@ describe('errors at the edge', () => {
     assert.equal((mapS3Error(Object.assign(new Error('Request aborted'), { name: 'AbortError' }), 'x') as CsiError).code, status.UNAVAILABLE);
     assert.equal((mapS3Error(Object.assign(new Error('x'), { name: 'TimeoutError', code: 'ETIMEDOUT' }), 'x') as CsiError).code, status.UNAVAILABLE);
     assert.equal((mapS3Error(Object.assign(new Error('connect'), { code: 'ECONNREFUSED' }), 'x') as CsiError).code, status.UNAVAILABLE);
+  });
+});
+
+describe('rados client queue', () => {
+  it('sends the requests of older calls first, and a call\'s own requests in the order made', () => {
+    const a = new CallScope(undefined);
+    const b = new CallScope(undefined);
+    assert.ok(a.order < b.order, 'calls are numbered as they begin');
+    const q: Array<{ order: number; name: string }> = [];
+    enqueueByOrder(q, { order: b.order, name: 'b info' });
+    enqueueByOrder(q, { order: a.order, name: 'a info' });
+    enqueueByOrder(q, { order: b.order, name: 'b rm' });
+    enqueueByOrder(q, { order: a.order, name: 'a rm' });
+    const later = new CallScope(undefined);
+    enqueueByOrder(q, { order: later.order, name: 'later' });
+    assert.deepEqual(q.map((r) => r.name), ['a info', 'a rm', 'b info', 'b rm', 'later']);
   });
 });
 
