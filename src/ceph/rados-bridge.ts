@@ -466,7 +466,8 @@ class Bridge {
     }
     return new Promise((resolve, reject) => {
       const call = currentCall();
-      const r: Request = { id: this.nextId++, lane, name, body, order: call?.order ?? nextOrder() };
+      // Work a call left running after it settled (a background purge) waits like work outside any call.
+      const r: Request = { id: this.nextId++, lane, name, body, order: call && !call.settled ? call.order : nextOrder() };
       const signal = call?.signal;
       const onAbort = () => giveUp(stoppedError(name, stopReason()?.message ?? 'the call stopped'));
       const timer = setTimeout(() => giveUp(new ExecError(name, ETIMEDOUT, `no answer within ${ms} ms`, true)), ms);
