@@ -129,8 +129,19 @@ describe('issue 16: bounded backend calls and a contained Ceph client', { timeou
         callWithin(c2, 'CreateVolume', createReq('k10-rbd', RBD, { secrets }), 60_000),
       ]);
       for (const r of results) assert.ok(r.code === 'OK' || r.code === 'ABORTED', `${r.code}: ${r.details}`);
+      assert.equal(keyDirsOf(d2.child.pid!).length, 0, 'calls that only talk to the rados client write no key file');
+      // A fence runs `ceph osd blocklist` as a tool, which takes the request's key as a file.
+      const vol = await untilOk(() => callWithin<{ volume: { volume_id: string } }>(c2, 'CreateVolume', createReq('k10-rbd', RBD, { secrets }), 60_000), 60_000, new Map());
+      const volumeId = vol.res!.volume.volume_id;
+      const node = 'k10-node';
+      const pub = await callWithin(c2, 'ControllerPublishVolume', { volume_id: volumeId, node_id: node, volume_capability: mountCap(), secrets }, 60_000);
+      assert.equal(pub.code, 'OK', pub.details);
+      const image = volumeId.split(':').at(-1)!;
+      await lab.rbd(['image-meta', 'set', `rbd/${image}`, `strata.client.${Buffer.from(node).toString('hex')}`, JSON.stringify({ v: 1, addrs: [`127.0.0.1:0/${process.pid}`] })]);
+      const unpub = await callWithin(c2, 'ControllerUnpublishVolume', { volume_id: volumeId, node_id: node, secrets }, 60_000);
+      assert.equal(unpub.code, 'OK', unpub.details);
       const dirs = keyDirsOf(d2.child.pid!);
-      assert.equal(dirs.length, 1, 'the request key was written in one directory named after the driver');
+      assert.equal(dirs.length, 1, 'the fence wrote the request key in one directory named after the driver');
       await sleep(500);
       assert.deepEqual(readdirSync(path.join(SHM, dirs[0]!)), [], 'no key file is left once the calls are done');
     } finally {
